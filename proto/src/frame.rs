@@ -1,0 +1,210 @@
+//! The wire header: every datagram (or serial frame) starts with magic, version and kind. Fixed
+//! little-endian layout, parsed in this one place; `docs/protocol.md` has the byte-by-byte table.
+//!
+//! Sealed frames (shards, object metadata, heartbeats) carry a 36-byte header that is the AEAD's
+//! associated data, then the ChaCha20-Poly1305 ciphertext of the payload and its 16-byte tag. The nonce
+//! is the frame's sequence number, unique within a session.
+
+use chacha20poly1305::{aead::AeadInPlace, ChaCha20Poly1305, Nonce, Tag};
+
+pub const MAGIC: [u8; 2] = [0xD1, 0x0D];
+pub const VERSION: u8 = 1;
+pub const SEALED_HEADER_LEN: usize = 36;
+pub const TAG_LEN: usize = 16;
+/// IPv4 + UDP headers, for turning an MTU into a datagram budget.
+pub const IP_UDP_OVERHEAD: usize = 28;
+/// Largest frame any link carries (a jumbo frame's datagram); larger input is refused unparsed.
+pub const MAX_FRAME: usize = 9000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// Session announce: HPKE encapsulated key plus a sealed body (see `session`).
+    Announce = 1,
+    /// One FEC shard of one block of one object.
+    Shard = 2,
+    /// Object metadata (postcard `ObjectMeta`), repeated through the object's frames.
+    Meta = 3,
+    /// Sender liveness and counters (postcard `Heartbeat`).
+    Heartbeat = 4,
+}
+
+impl FrameKind {
+    fn from_u8(b: u8) -> Option<Self> {
+        Some(match b {
+            1 => FrameKind::Announce,
+            2 => FrameKind::Shard,
+            3 => FrameKind::Meta,
+            4 => FrameKind::Heartbeat,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("frame too short")]
+    Short,
+    #[error("frame too long")]
+    Long,
+    #[error("bad magic")]
+    Magic,
+    #[error("unsupported protocol version {0}")]
+    Version(u8),
+    #[error("unknown frame kind {0}")]
+    Kind(u8),
+}
+
+/// Kind of a raw frame, checking magic, version and size bounds.
+pub fn peek_kind(frame: &[u8]) -> Result<FrameKind, ParseError> {
+    if frame.len() > MAX_FRAME {
+        return Err(ParseError::Long);
+    }
+    if frame.len() < 4 {
+        return Err(ParseError::Short);
+    }
+    if frame[..2] != MAGIC {
+        return Err(ParseError::Magic);
+    }
+    if frame[2] != VERSION {
+        return Err(ParseError::Version(frame[2]));
+    }
+    FrameKind::from_u8(frame[3]).ok_or(ParseError::Kind(frame[3]))
+}
+
+/// The associated-data header of a sealed frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SealedHeader {
+    pub kind: FrameKind,
+    /// Names the session (8 bytes exported from the HPKE context), so the receiver finds the key.
+    pub session: u64,
+    /// Frame number within the session: the AEAD nonce, and how the receiver counts loss.
+    pub seq: u64,
+    pub object: u64,
+    pub block: u32,
+    pub shard: u16,
+}
+
+impl SealedHeader {
+    pub fn write(&self, out: &mut [u8; SEALED_HEADER_LEN]) {
+        out[0..2].copy_from_slice(&MAGIC);
+        out[2] = VERSION;
+        out[3] = self.kind as u8;
+        out[4..12].copy_from_slice(&self.session.to_le_bytes());
+        out[12..20].copy_from_slice(&self.seq.to_le_bytes());
+        out[20..28].copy_from_slice(&self.object.to_le_bytes());
+        out[28..32].copy_from_slice(&self.block.to_le_bytes());
+        out[32..34].copy_from_slice(&self.shard.to_le_bytes());
+        out[34..36].copy_from_slice(&[0, 0]);
+    }
+
+    /// Parse the header of a sealed frame (one that is not an announce).
+    pub fn parse(frame: &[u8]) -> Result<Self, ParseError> {
+        let kind = peek_kind(frame)?;
+        if kind == FrameKind::Announce {
+            return Err(ParseError::Kind(kind as u8));
+        }
+        if frame.len() < SEALED_HEADER_LEN + TAG_LEN {
+            return Err(ParseError::Short);
+        }
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&frame[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        Ok(SealedHeader {
+            kind,
+            session: u64_at(4),
+            seq: u64_at(12),
+            object: u64_at(20),
+            block: u32::from_le_bytes([frame[28], frame[29], frame[30], frame[31]]),
+            shard: u16::from_le_bytes([frame[32], frame[33]]),
+        })
+    }
+}
+
+fn nonce(seq: u64) -> Nonce {
+    let mut n = [0u8; 12];
+    n[..8].copy_from_slice(&seq.to_le_bytes());
+    n.into()
+}
+
+/// Seal in place: `frame` is header + payload + room for the tag; writes the header and the tag.
+/// Returns false only if the buffer is too short for a header and a tag (a caller bug, not wire data).
+pub(crate) fn seal(aead: &ChaCha20Poly1305, header: &SealedHeader, frame: &mut [u8]) -> bool {
+    let n = frame.len();
+    if n < SEALED_HEADER_LEN + TAG_LEN {
+        return false;
+    }
+    let (head, rest) = frame.split_at_mut(SEALED_HEADER_LEN);
+    let Ok(head) = <&mut [u8; SEALED_HEADER_LEN]>::try_from(head) else { return false };
+    header.write(head);
+    let (payload, tag_out) = rest.split_at_mut(rest.len() - TAG_LEN);
+    match aead.encrypt_in_place_detached(&nonce(header.seq), head, payload) {
+        Ok(tag) => {
+            tag_out.copy_from_slice(&tag);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Authenticate and decrypt in place; on success the payload is `frame[SEALED_HEADER_LEN..len-TAG_LEN]`.
+pub(crate) fn open(aead: &ChaCha20Poly1305, header: &SealedHeader, frame: &mut [u8]) -> bool {
+    let n = frame.len();
+    if n < SEALED_HEADER_LEN + TAG_LEN {
+        return false;
+    }
+    let (head, rest) = frame.split_at_mut(SEALED_HEADER_LEN);
+    let (payload, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+    let tag = Tag::clone_from_slice(tag);
+    aead.decrypt_in_place_detached(&nonce(header.seq), head, payload, &tag).is_ok()
+}
+
+/// Shard size that fits one datagram of the given MTU: what is left after IP/UDP, the sealed header
+/// and the tag, rounded down to a multiple of 64 (Reed-Solomon SIMD works on even sizes; 64 keeps
+/// its vector loops whole).
+pub fn shard_size_for_mtu(mtu: usize) -> Option<usize> {
+    let room = mtu.checked_sub(IP_UDP_OVERHEAD + SEALED_HEADER_LEN + TAG_LEN)?;
+    let s = room & !63;
+    (s >= 64).then_some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chacha20poly1305::KeyInit;
+
+    #[test]
+    fn header_round_trip_and_default_shard() {
+        let h = SealedHeader { kind: FrameKind::Shard, session: 1, seq: 2, object: 3, block: 4, shard: 5 };
+        let mut b = [0u8; SEALED_HEADER_LEN + TAG_LEN];
+        let mut head = [0u8; SEALED_HEADER_LEN];
+        h.write(&mut head);
+        b[..SEALED_HEADER_LEN].copy_from_slice(&head);
+        assert_eq!(SealedHeader::parse(&b).unwrap(), h);
+        assert_eq!(shard_size_for_mtu(1500), Some(1408));
+        assert_eq!(shard_size_for_mtu(100), None);
+    }
+
+    #[test]
+    fn every_bit_flip_is_rejected() {
+        let aead = ChaCha20Poly1305::new(&[9u8; 32].into());
+        let h = SealedHeader { kind: FrameKind::Shard, session: 1, seq: 2, object: 3, block: 4, shard: 5 };
+        let mut frame = vec![0u8; SEALED_HEADER_LEN + 40 + TAG_LEN];
+        frame[SEALED_HEADER_LEN..SEALED_HEADER_LEN + 40].fill(0xAB);
+        assert!(seal(&aead, &h, &mut frame));
+        for bit in 0..frame.len() * 8 {
+            let mut f = frame.clone();
+            f[bit / 8] ^= 1 << (bit % 8);
+            let ok = match SealedHeader::parse(&f) {
+                Ok(h2) => open(&aead, &h2, &mut f),
+                Err(_) => false,
+            };
+            assert!(!ok, "flip of bit {bit} was accepted");
+        }
+        let mut f = frame.clone();
+        assert!(open(&aead, &h, &mut f));
+        assert!(f[SEALED_HEADER_LEN..SEALED_HEADER_LEN + 40].iter().all(|&b| b == 0xAB));
+    }
+}

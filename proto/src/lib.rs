@@ -1,0 +1,21 @@
+//! The sans-I/O heart of the diode suite: wire format, keys and sessions, frame sealing, FEC blocks,
+//! object metadata and reassembly, gap ranges and journal records.
+//!
+//! Nothing here touches sockets, files, threads or clocks: time and randomness are passed in, so every
+//! protocol behaviour can be exercised in a unit or property test and the same code runs over UDP and
+//! serial. `docs/protocol.md` documents the wire format byte by byte.
+#![forbid(unsafe_code)]
+
+pub mod fec;
+pub mod frame;
+pub mod gap;
+pub mod journal;
+pub mod keys;
+pub mod object;
+pub mod session;
+
+pub use fec::{BlockAssembly, BlockEncoder, Geometry};
+pub use frame::{FrameKind, SealedHeader};
+pub use keys::{KeyId, PublicKey, Role, SecretKey};
+pub use object::{Assembly, ObjectKind, ObjectMeta};
+pub use session::{Drop, SenderSession, SessionTable};

@@ -1,0 +1,394 @@
+//! Objects: what travels is a file or an approval envelope, described by `ObjectMeta` (postcard, carried
+//! in Meta frames repeated through the object so that losing any frame never loses the metadata) and
+//! cut into FEC blocks. `Assembly` is the receiver's state for one object: which blocks are finished, the
+//! blocks being collected, and which data shards of set-aside blocks are already on disk.
+//!
+//! Names from the wire are untrusted: `safe_name` turns one into path components that cannot leave the
+//! inbox (no absolute paths, `..`, NUL, control characters or device names).
+
+use crate::fec::{BlockAssembly, FecError, Geometry};
+use reed_solomon_simd::ReedSolomonDecoder;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const MAX_NAME: usize = 1024;
+/// Largest object accepted: 16 TiB.
+pub const MAX_SIZE: u64 = 1 << 44;
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    File,
+    Envelope,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Chosen by the sender, recorded in its journal; what replay lines name.
+    pub id: u64,
+    /// Relative path with `/` separators.
+    pub name: String,
+    pub size: u64,
+    pub sha256: [u8; 32],
+    pub kind: ObjectKind,
+    pub shard_size: u32,
+    pub data_shards: u16,
+    pub parity_shards: u16,
+    /// Modification time at the sender, seconds since the epoch.
+    pub mtime: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MetaError {
+    #[error("metadata does not decode")]
+    Decode,
+    #[error("unsafe name {0:?}: {1}")]
+    Name(String, &'static str),
+    #[error("object of {0} bytes is larger than allowed")]
+    Size(u64),
+    #[error(transparent)]
+    Fec(#[from] FecError),
+}
+
+impl ObjectMeta {
+    pub fn encode(&self) -> Vec<u8> {
+        // postcard cannot fail on this type except by allocation failure
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Parse metadata from the wire: everything the rest of the code relies on is checked here.
+    pub fn decode(bytes: &[u8]) -> Result<Self, MetaError> {
+        let meta: ObjectMeta = postcard::from_bytes(bytes).map_err(|_| MetaError::Decode)?;
+        meta.check()?;
+        Ok(meta)
+    }
+
+    pub fn check(&self) -> Result<(), MetaError> {
+        safe_name(&self.name)?;
+        if self.size > MAX_SIZE {
+            return Err(MetaError::Size(self.size));
+        }
+        self.geometry()?;
+        Ok(())
+    }
+
+    pub fn geometry(&self) -> Result<Geometry, FecError> {
+        Geometry::new(self.shard_size as usize, self.data_shards as usize, self.parity_shards as usize)
+    }
+
+    pub fn sha256_hex(&self) -> String {
+        hex::encode(self.sha256)
+    }
+}
+
+const DEVICE_NAMES: [&str; 22] = [
+    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8", "COM9", "LPT1",
+    "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
+];
+
+/// Split an untrusted name into components that are safe to join under the inbox.
+pub fn safe_name(name: &str) -> Result<Vec<&str>, MetaError> {
+    let bad = |why| Err(MetaError::Name(name.chars().take(200).collect(), why));
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > MAX_NAME {
+        return bad("too long");
+    }
+    if name.starts_with('/') || name.starts_with('\\') || name.get(1..2) == Some(":") {
+        return bad("absolute path");
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return bad("NUL or control character");
+    }
+    if name.contains('\\') {
+        return bad("backslash");
+    }
+    let parts: Vec<&str> = name.split('/').collect();
+    for p in &parts {
+        if p.is_empty() || *p == "." {
+            return bad("empty or `.` component");
+        }
+        if *p == ".." {
+            return bad("`..` component");
+        }
+        if p.len() > 255 {
+            return bad("component longer than 255 bytes");
+        }
+        let stem = p.split('.').next().unwrap_or(p).trim_end();
+        if DEVICE_NAMES.iter().any(|d| d.eq_ignore_ascii_case(stem)) {
+            return bad("device name");
+        }
+    }
+    Ok(parts)
+}
+
+/// Order in which a group of neighbouring blocks is sent: shard 0 of every block, then shard 1 of every
+/// block, and so on, so that a burst of lost frames is spread over the whole group.
+pub fn interleave(shards_per_block: &[usize]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let max = shards_per_block.iter().copied().max().unwrap_or(0);
+    (0..max).flat_map(move |s| {
+        shards_per_block.iter().enumerate().filter(move |(_, n)| s < **n).map(move |(b, _)| (b, s))
+    })
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ShardError {
+    #[error("block {0} does not exist in this object")]
+    Block(u32),
+    #[error("shard {1} does not exist in block {0}")]
+    Shard(u32, u16),
+    #[error("shard of {0} bytes, expected {1}")]
+    Length(usize, usize),
+}
+
+/// What the receiver must do after a shard was taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing new (duplicate or finished block).
+    Nothing,
+    /// Stored; the block is still short of shards.
+    Stored,
+    /// The block can be decoded now: call `finish_block`.
+    Ready,
+    /// The block was set aside earlier with these data shards on disk: read them back with `restore`,
+    /// then offer the shard again.
+    Restore(Vec<usize>),
+}
+
+/// The receiver's state for one object.
+pub struct Assembly {
+    pub meta: ObjectMeta,
+    geometry: Geometry,
+    blocks: u64,
+    done: Vec<bool>,
+    done_count: u64,
+    active: BTreeMap<u32, BlockAssembly>,
+    /// Blocks set aside unfinished: the data shards already written at their place in the partial file.
+    spilled: BTreeMap<u32, Vec<usize>>,
+}
+
+/// What of an `Assembly` is persisted, so that a restarted receiver loses nothing it had.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AssemblyState {
+    pub meta: ObjectMeta,
+    pub done: Vec<u32>,
+    pub spilled: Vec<(u32, Vec<u32>)>,
+}
+
+impl Assembly {
+    pub fn new(meta: ObjectMeta) -> Result<Self, MetaError> {
+        meta.check()?;
+        let geometry = meta.geometry()?;
+        let blocks = geometry.block_count(meta.size);
+        Ok(Assembly {
+            meta,
+            geometry,
+            blocks,
+            done: vec![false; blocks as usize],
+            done_count: 0,
+            active: BTreeMap::new(),
+            spilled: BTreeMap::new(),
+        })
+    }
+
+    pub fn from_state(state: AssemblyState) -> Result<Self, MetaError> {
+        let mut a = Assembly::new(state.meta)?;
+        for b in state.done {
+            if let Some(d) = a.done.get_mut(b as usize) {
+                if !*d {
+                    *d = true;
+                    a.done_count += 1;
+                }
+            }
+        }
+        for (b, shards) in state.spilled {
+            if (b as u64) < a.blocks && !a.done[b as usize] {
+                let k = a.geometry.data_in(a.meta.size, b as u64);
+                a.spilled.insert(b, shards.into_iter().map(|s| s as usize).filter(|s| *s < k).collect());
+            }
+        }
+        Ok(a)
+    }
+
+    pub fn state(&self) -> AssemblyState {
+        AssemblyState {
+            meta: self.meta.clone(),
+            done: (0..self.blocks as u32).filter(|b| self.done[*b as usize]).collect(),
+            spilled: self.spilled.iter().map(|(b, v)| (*b, v.iter().map(|s| *s as u32).collect())).collect(),
+        }
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    pub fn block_count(&self) -> u64 {
+        self.blocks
+    }
+
+    pub fn done_count(&self) -> u64 {
+        self.done_count
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.done_count == self.blocks
+    }
+
+    pub fn is_done(&self, block: u32) -> bool {
+        self.done.get(block as usize).copied().unwrap_or(true)
+    }
+
+    /// Could this shard add anything? Cheap, for skipping decryption of redundant frames.
+    pub fn wants(&self, block: u32, shard: u16) -> bool {
+        if self.is_done(block) {
+            return false;
+        }
+        match self.active.get(&block) {
+            Some(b) => !b.has(shard as usize),
+            None => true,
+        }
+    }
+
+    /// Offset of block `b` in the object.
+    pub fn block_offset(&self, block: u32) -> u64 {
+        block as u64 * self.geometry.block_bytes()
+    }
+
+    fn new_block(&self, block: u32) -> BlockAssembly {
+        let k = self.geometry.data_in(self.meta.size, block as u64);
+        BlockAssembly::new(k, self.geometry.parity_for(k), self.geometry.shard_size)
+    }
+
+    pub fn insert(&mut self, block: u32, shard: u16, bytes: &[u8]) -> Result<Step, ShardError> {
+        if block as u64 >= self.blocks {
+            return Err(ShardError::Block(block));
+        }
+        if bytes.len() != self.geometry.shard_size {
+            return Err(ShardError::Length(bytes.len(), self.geometry.shard_size));
+        }
+        if self.done[block as usize] {
+            return Ok(Step::Nothing);
+        }
+        if !self.active.contains_key(&block) {
+            if let Some(on_disk) = self.spilled.get(&block) {
+                return Ok(Step::Restore(on_disk.clone()));
+            }
+            let nb = self.new_block(block);
+            if shard as usize >= nb.shards() {
+                return Err(ShardError::Shard(block, shard));
+            }
+            self.active.insert(block, nb);
+        }
+        let Some(b) = self.active.get_mut(&block) else { return Ok(Step::Nothing) };
+        if shard as usize >= b.shards() {
+            return Err(ShardError::Shard(block, shard));
+        }
+        if !b.insert(shard as usize, bytes) {
+            return Ok(Step::Nothing);
+        }
+        Ok(if b.ready() { Step::Ready } else { Step::Stored })
+    }
+
+    /// Bring back a set-aside block: `shards` are its data shards read from the partial file.
+    pub fn restore(&mut self, block: u32, shards: &[(usize, Vec<u8>)]) {
+        let Some(_) = self.spilled.remove(&block) else { return };
+        let mut nb = self.new_block(block);
+        for (i, bytes) in shards {
+            nb.insert(*i, bytes);
+        }
+        self.active.insert(block, nb);
+    }
+
+    /// Decode a ready block; returns its offset and data (trimmed to the object's size). Call
+    /// `mark_done` once the data is written.
+    pub fn finish_block(&mut self, block: u32, decoder: &mut Option<ReedSolomonDecoder>) -> Result<(u64, &[u8]), FecError> {
+        let len = self.geometry.block_len(self.meta.size, block as u64) as usize;
+        let offset = self.block_offset(block);
+        let b = self.active.get_mut(&block).ok_or_else(|| FecError::Decode(format!("block {block} not active")))?;
+        let data = b.decode(decoder)?;
+        Ok((offset, &data[..len.min(data.len())]))
+    }
+
+    pub fn mark_done(&mut self, block: u32) {
+        self.active.remove(&block);
+        self.spilled.remove(&block);
+        if let Some(d) = self.done.get_mut(block as usize) {
+            if !*d {
+                *d = true;
+                self.done_count += 1;
+            }
+        }
+    }
+
+    /// Blocks being collected, in order.
+    pub fn active_blocks(&self) -> Vec<u32> {
+        self.active.keys().copied().collect()
+    }
+
+    pub fn active_bytes(&self) -> usize {
+        self.active.values().map(|b| b.shards() * self.geometry.shard_size).sum()
+    }
+
+    /// Set an unfinished block aside to bound memory: returns its data shards present, which the caller
+    /// writes at `block_offset + i * shard_size` in the partial file before calling `spilled`.
+    pub fn evict(&mut self, block: u32) -> Option<Vec<(usize, Vec<u8>)>> {
+        let b = self.active.remove(&block)?;
+        let k = self.geometry.data_in(self.meta.size, block as u64);
+        Some(b.present().filter(|(i, _)| *i < k).map(|(i, s)| (i, s.to_vec())).collect())
+    }
+
+    /// Record that these data shards of an evicted block are on disk (an empty list forgets the block).
+    pub fn spilled(&mut self, block: u32, on_disk: Vec<usize>) {
+        if !on_disk.is_empty() {
+            self.spilled.insert(block, on_disk);
+        }
+    }
+
+    /// Drop an active block entirely (its shards could not be kept, e.g. the disk is full).
+    pub fn discard(&mut self, block: u32) {
+        self.active.remove(&block);
+    }
+
+    /// Blocks not finished, as inclusive ranges.
+    pub fn missing(&self) -> Vec<(u32, u32)> {
+        crate::gap::ranges(self.done.iter().enumerate().filter(|(_, d)| !**d).map(|(i, _)| i as u32))
+    }
+}
+
+/// Sender counters carried in heartbeat frames, so the receiver can judge the link while it is idle.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Heartbeat {
+    /// Frames sealed so far in this session, this heartbeat included.
+    pub frames_sent: u64,
+    /// Objects finished (all passes) since the sender started.
+    pub objects_sent: u64,
+    /// Object being sent now, if any.
+    pub current_object: Option<u64>,
+    /// The configured pace, bits per second.
+    pub rate_bps: u64,
+    /// Seconds between heartbeats, so the receiver knows when silence means the link is down.
+    pub interval_ms: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_names_are_refused() {
+        for n in [
+            "", "/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", "nul\0byte", "C:evil", "CON", "dir/aux.txt",
+            "lpt1", "back\\slash", "new\nline",
+        ] {
+            assert!(safe_name(n).is_err(), "{n:?} accepted");
+        }
+        assert_eq!(safe_name("a/b c/d.txt").unwrap(), vec!["a", "b c", "d.txt"]);
+        assert!(safe_name("..foo/bar..").is_ok());
+    }
+
+    #[test]
+    fn interleaving_spreads_blocks() {
+        let order: Vec<_> = interleave(&[3, 1, 2]).collect();
+        assert_eq!(order, vec![(0, 0), (1, 0), (2, 0), (0, 1), (2, 1), (0, 2)]);
+    }
+}

@@ -1,0 +1,455 @@
+//! Sessions: HPKE (RFC 9180) in Auth mode, suite DHKEM(X25519, HKDF-SHA256) / HKDF-SHA256 /
+//! ChaCha20-Poly1305, one-way: the sender encapsulates to the receiver's static key with its own static key,
+//! and announces the session with the encapsulated key, repeated so that a late receiver joins.
+//!
+//! From the HPKE context both ends export a 32-byte frame key (every sealed frame uses it directly with
+//! ChaCha20-Poly1305, the nonce being the frame's sequence number) and an 8-byte session tag that names
+//! the session in each frame header. The announce body carries a session counter that only ever grows;
+//! the receiver refuses a new session whose counter is below the highest it has accepted from that sender,
+//! so a recorded session cannot be played back later.
+
+use crate::frame::{self, FrameKind, SealedHeader, MAGIC, VERSION};
+use crate::keys::{Kem, KeyId, PublicKey, SecretKey};
+use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
+use hpke::{aead::ChaCha20Poly1305 as HpkeChaCha, kdf::HkdfSha256, Deserializable, OpModeR, OpModeS, Serializable};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+const INFO: &[u8] = b"diode-suite v1 session";
+const EXPORT_FRAME_KEY: &[u8] = b"diode-suite v1 frame key";
+const EXPORT_TAG: &[u8] = b"diode-suite v1 session tag";
+/// Bytes before the sealed announce body: prefix, sender id, receiver id, encapsulated key, body length.
+pub const ANNOUNCE_HEADER_LEN: usize = 4 + 8 + 8 + 32 + 2;
+/// Sessions kept per sender: the current one and a short overlap for frames still in flight after rekey.
+const SESSIONS_PER_SENDER: usize = 3;
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+struct AnnounceBody {
+    counter: u64,
+    created_at: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("HPKE setup failed: {0}")]
+    Hpke(String),
+}
+
+struct Keys {
+    aead: ChaCha20Poly1305,
+    tag: u64,
+}
+
+fn export_keys<C>(export: C) -> Result<Keys, hpke::HpkeError>
+where
+    C: Fn(&[u8], &mut [u8]) -> Result<(), hpke::HpkeError>,
+{
+    let mut key = [0u8; 32];
+    export(EXPORT_FRAME_KEY, &mut key)?;
+    let mut tag = [0u8; 8];
+    export(EXPORT_TAG, &mut tag)?;
+    Ok(Keys { aead: ChaCha20Poly1305::new(&key.into()), tag: u64::from_le_bytes(tag) })
+}
+
+/// The sending end of one session.
+pub struct SenderSession {
+    keys: Keys,
+    next_seq: u64,
+    announce: Vec<u8>,
+    counter: u64,
+}
+
+impl SenderSession {
+    pub fn start<R: rand_core::CryptoRng>(
+        me: &SecretKey,
+        to: &PublicKey,
+        counter: u64,
+        created_at: u64,
+        rng: &mut R,
+    ) -> Result<Self, SessionError> {
+        let mode = OpModeS::<Kem>::Auth((me.key.clone(), me.public.key.clone()));
+        let (enc, mut ctx) = hpke::setup_sender::<HpkeChaCha, HkdfSha256, Kem, _>(&mode, &to.key, INFO, rng)
+            .map_err(|e| SessionError::Hpke(e.to_string()))?;
+        let body = postcard::to_allocvec(&AnnounceBody { counter, created_at })
+            .map_err(|e| SessionError::Hpke(e.to_string()))?;
+        let mut announce = Vec::with_capacity(ANNOUNCE_HEADER_LEN + body.len() + frame::TAG_LEN);
+        announce.extend_from_slice(&MAGIC);
+        announce.push(VERSION);
+        announce.push(FrameKind::Announce as u8);
+        announce.extend_from_slice(&me.public.id().0);
+        announce.extend_from_slice(&to.id().0);
+        announce.extend_from_slice(&enc.to_bytes());
+        announce.extend_from_slice(&((body.len() + frame::TAG_LEN) as u16).to_le_bytes());
+        let sealed = ctx.seal(&body, &announce).map_err(|e| SessionError::Hpke(e.to_string()))?;
+        announce.extend_from_slice(&sealed);
+        let keys = export_keys(|c, o| ctx.export(c, o)).map_err(|e| SessionError::Hpke(e.to_string()))?;
+        Ok(SenderSession { keys, next_seq: 0, announce, counter })
+    }
+
+    /// The announce frame, to be sent at the start and repeated every few seconds.
+    pub fn announce(&self) -> &[u8] {
+        &self.announce
+    }
+
+    pub fn counter(&self) -> u64 {
+        self.counter
+    }
+
+    /// Frames sealed so far in this session (the next sequence number).
+    pub fn frames_sealed(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Seal `frame` in place: the payload sits at `frame[SEALED_HEADER_LEN..len - TAG_LEN]`; the header
+    /// and tag are written here. Returns the sequence number used.
+    pub fn seal(&mut self, kind: FrameKind, object: u64, block: u32, shard: u16, frame: &mut [u8]) -> Option<u64> {
+        let seq = self.next_seq;
+        let header = SealedHeader { kind, session: self.keys.tag, seq, object, block, shard };
+        if !frame::seal(&self.keys.aead, &header, frame) {
+            return None;
+        }
+        self.next_seq += 1;
+        Some(seq)
+    }
+}
+
+/// Why the receiver dropped a frame. Each has a counter in the receiver's logs and status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Drop {
+    /// Wrong magic or version, unknown kind, bad length.
+    Malformed,
+    /// An announce addressed to another receiver key.
+    OtherReceiver,
+    /// An announce from a sender key that is not trusted here.
+    UnknownSender,
+    /// An announce whose HPKE setup or body failed to authenticate.
+    BadAnnounce,
+    /// A new session whose counter is below one already accepted from that sender (a replayed session).
+    OldSession,
+    /// Too many new announces to verify in a short time (each costs a key agreement).
+    RateLimited,
+    /// A sealed frame for a session this receiver does not have (yet): dropped before any state.
+    UnknownSession,
+    /// A sealed frame that failed authentication: forged, altered, or under another key.
+    BadSeal,
+}
+
+impl Drop {
+    pub const ALL: [Drop; 8] = [
+        Drop::Malformed,
+        Drop::OtherReceiver,
+        Drop::UnknownSender,
+        Drop::BadAnnounce,
+        Drop::OldSession,
+        Drop::RateLimited,
+        Drop::UnknownSession,
+        Drop::BadSeal,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Drop::Malformed => "malformed",
+            Drop::OtherReceiver => "other_receiver",
+            Drop::UnknownSender => "unknown_sender",
+            Drop::BadAnnounce => "bad_announce",
+            Drop::OldSession => "old_session",
+            Drop::RateLimited => "rate_limited",
+            Drop::UnknownSession => "unknown_session",
+            Drop::BadSeal => "bad_seal",
+        }
+    }
+}
+
+/// One established session as the receiver sees it.
+pub struct Established {
+    keys: Keys,
+    pub sender: KeyId,
+    pub counter: u64,
+    pub created_at: u64,
+    /// Authenticated frames received in this session.
+    pub frames: u64,
+    /// Frames skipped unopened because they carried nothing new (a finished block).
+    pub redundant: u64,
+    pub first_seq: u64,
+    pub max_seq: u64,
+    pub last_seen_ms: u64,
+}
+
+impl Established {
+    /// Frames the sender has sealed in this session as far as this receiver can tell.
+    pub fn expected(&self) -> u64 {
+        if self.frames == 0 {
+            0
+        } else {
+            self.max_seq - self.first_seq + 1
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnnounceOutcome {
+    /// Already established (the periodic repeat): nothing to do.
+    Known,
+    /// A new session was established.
+    New { sender: KeyId, counter: u64 },
+}
+
+/// What became of a sealed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    /// Authenticated and decrypted in place; the payload is `frame[SEALED_HEADER_LEN..len-TAG_LEN]`.
+    Fresh(SealedHeader, KeyId),
+    /// Skipped before decryption because the filter said it carries nothing new.
+    Redundant,
+}
+
+/// The receiver's view of all senders: trusted keys, established sessions, and the highest session
+/// counter accepted from each sender (which the receiver persists).
+pub struct SessionTable {
+    me: SecretKey,
+    trusted: HashMap<KeyId, PublicKey>,
+    highest: HashMap<KeyId, u64>,
+    sessions: HashMap<u64, Established>,
+    /// Announces already handled, by encapsulated key, so a repeat costs no key agreement.
+    seen: HashMap<[u8; 32], Result<u64, Drop>>,
+    tokens: f64,
+    tokens_at_ms: u64,
+    dirty: bool,
+}
+
+impl SessionTable {
+    pub fn new(me: SecretKey, trusted: Vec<PublicKey>, highest: HashMap<KeyId, u64>) -> Self {
+        SessionTable {
+            me,
+            trusted: trusted.into_iter().map(|k| (k.id(), k)).collect(),
+            highest,
+            sessions: HashMap::new(),
+            seen: HashMap::new(),
+            tokens: 8.0,
+            tokens_at_ms: 0,
+            dirty: false,
+        }
+    }
+
+    /// Highest accepted counter per sender; `take_dirty` says whether it changed since the last call.
+    pub fn highest(&self) -> &HashMap<KeyId, u64> {
+        &self.highest
+    }
+
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    pub fn sessions(&self) -> impl Iterator<Item = &Established> {
+        self.sessions.values()
+    }
+
+    /// Allow a key agreement? A token bucket: 8 at once, 4 a second after that.
+    fn take_token(&mut self, now_ms: u64) -> bool {
+        let dt = now_ms.saturating_sub(self.tokens_at_ms) as f64 / 1000.0;
+        self.tokens_at_ms = now_ms;
+        self.tokens = (self.tokens + dt * 4.0).min(8.0);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn on_announce(&mut self, frame: &[u8], now_ms: u64) -> Result<AnnounceOutcome, Drop> {
+        if frame::peek_kind(frame) != Ok(FrameKind::Announce) || frame.len() < ANNOUNCE_HEADER_LEN {
+            return Err(Drop::Malformed);
+        }
+        let body_len = u16::from_le_bytes([frame[52], frame[53]]) as usize;
+        if frame.len() != ANNOUNCE_HEADER_LEN + body_len {
+            return Err(Drop::Malformed);
+        }
+        let mut enc_bytes = [0u8; 32];
+        enc_bytes.copy_from_slice(&frame[20..52]);
+        if let Some(r) = self.seen.get(&enc_bytes) {
+            return match r {
+                Ok(tag) if self.sessions.contains_key(tag) => Ok(AnnounceOutcome::Known),
+                Ok(_) => Err(Drop::OldSession), // established once, since replaced
+                Err(d) => Err(*d),
+            };
+        }
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&frame[12..20]);
+        if KeyId(id) != self.me.public.id() {
+            return Err(Drop::OtherReceiver);
+        }
+        id.copy_from_slice(&frame[4..12]);
+        let sender = KeyId(id);
+        let Some(sender_pk) = self.trusted.get(&sender).cloned() else {
+            return Err(Drop::UnknownSender);
+        };
+        if !self.take_token(now_ms) {
+            return Err(Drop::RateLimited);
+        }
+        let result = self.establish(frame, sender, &sender_pk, &enc_bytes, now_ms);
+        if self.seen.len() >= 4096 {
+            self.seen.clear();
+        }
+        self.seen.insert(enc_bytes, result.map(|(tag, _)| tag));
+        result.map(|(_, counter)| AnnounceOutcome::New { sender, counter })
+    }
+
+    fn establish(
+        &mut self,
+        frame: &[u8],
+        sender: KeyId,
+        sender_pk: &PublicKey,
+        enc_bytes: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<(u64, u64), Drop> {
+        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc_bytes).map_err(|_| Drop::BadAnnounce)?;
+        let mode = OpModeR::<Kem>::Auth(sender_pk.key.clone());
+        let mut ctx = hpke::setup_receiver::<HpkeChaCha, HkdfSha256, Kem>(&mode, &self.me.key, &enc, INFO)
+            .map_err(|_| Drop::BadAnnounce)?;
+        let body = ctx
+            .open(&frame[ANNOUNCE_HEADER_LEN..], &frame[..ANNOUNCE_HEADER_LEN])
+            .map_err(|_| Drop::BadAnnounce)?;
+        let body: AnnounceBody = postcard::from_bytes(&body).map_err(|_| Drop::BadAnnounce)?;
+        let highest = self.highest.get(&sender).copied().unwrap_or(0);
+        if body.counter < highest {
+            return Err(Drop::OldSession);
+        }
+        let keys = export_keys(|c, o| ctx.export(c, o)).map_err(|_| Drop::BadAnnounce)?;
+        let tag = keys.tag;
+        if body.counter > highest || !self.highest.contains_key(&sender) {
+            self.highest.insert(sender, body.counter);
+            self.dirty = true;
+        }
+        self.sessions.insert(
+            tag,
+            Established {
+                keys,
+                sender,
+                counter: body.counter,
+                created_at: body.created_at,
+                frames: 0,
+                redundant: 0,
+                first_seq: 0,
+                max_seq: 0,
+                last_seen_ms: now_ms,
+            },
+        );
+        // keep only the newest few sessions of this sender
+        let mut mine: Vec<(u64, u64)> =
+            self.sessions.iter().filter(|(_, s)| s.sender == sender).map(|(t, s)| (s.counter, *t)).collect();
+        if mine.len() > SESSIONS_PER_SENDER {
+            mine.sort_unstable();
+            for (_, t) in &mine[..mine.len() - SESSIONS_PER_SENDER] {
+                self.sessions.remove(t);
+            }
+        }
+        Ok((tag, body.counter))
+    }
+
+    /// Authenticate a sealed frame in place. `wanted` sees the (not yet authenticated) header and
+    /// says whether the frame could carry anything new; if not, it is skipped without decryption.
+    pub fn open(
+        &mut self,
+        frame: &mut [u8],
+        now_ms: u64,
+        wanted: impl FnOnce(&SealedHeader, KeyId) -> bool,
+    ) -> Result<Opened, Drop> {
+        let header = SealedHeader::parse(frame).map_err(|_| Drop::Malformed)?;
+        let Some(s) = self.sessions.get_mut(&header.session) else {
+            return Err(Drop::UnknownSession);
+        };
+        if !wanted(&header, s.sender) {
+            s.redundant += 1;
+            return Ok(Opened::Redundant);
+        }
+        if !frame::open(&s.keys.aead, &header, frame) {
+            return Err(Drop::BadSeal);
+        }
+        if s.frames == 0 || header.seq < s.first_seq {
+            s.first_seq = header.seq;
+        }
+        s.max_seq = s.max_seq.max(header.seq);
+        s.frames += 1;
+        s.last_seen_ms = now_ms;
+        Ok(Opened::Fresh(header, s.sender))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{SEALED_HEADER_LEN, TAG_LEN};
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    fn pair(seed: u8) -> (SecretKey, SecretKey) {
+        (SecretKey::from_seed(&[seed; 32]), SecretKey::from_seed(&[seed + 100; 32]))
+    }
+
+    fn shard_frame(s: &mut SenderSession, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; SEALED_HEADER_LEN + body.len() + TAG_LEN];
+        f[SEALED_HEADER_LEN..SEALED_HEADER_LEN + body.len()].copy_from_slice(body);
+        s.seal(FrameKind::Shard, 1, 0, 0, &mut f).unwrap();
+        f
+    }
+
+    #[test]
+    fn announce_then_frames_open() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let (snd, rcv) = pair(1);
+        let mut s = SenderSession::start(&snd, rcv.public(), 10, 99, &mut rng).unwrap();
+        let mut t = SessionTable::new(rcv.clone(), vec![snd.public().clone()], HashMap::new());
+        let mut f = shard_frame(&mut s, b"hello");
+        // before the announce: unknown session, no state
+        assert_eq!(t.open(&mut f.clone(), 0, |_, _| true), Err(Drop::UnknownSession));
+        assert_eq!(t.on_announce(s.announce(), 0), Ok(AnnounceOutcome::New { sender: snd.public().id(), counter: 10 }));
+        assert_eq!(t.on_announce(s.announce(), 1), Ok(AnnounceOutcome::Known));
+        assert!(matches!(t.open(&mut f, 0, |_, _| true), Ok(Opened::Fresh(..))));
+        assert_eq!(&f[SEALED_HEADER_LEN..SEALED_HEADER_LEN + 5], b"hello");
+        assert_eq!(t.highest().get(&snd.public().id()), Some(&10));
+    }
+
+    #[test]
+    fn foreign_keys_and_old_sessions_are_refused() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let (snd, rcv) = pair(2);
+        let (stranger, other_rcv) = pair(3);
+        let mut t = SessionTable::new(rcv.clone(), vec![snd.public().clone()], HashMap::new());
+        let s = SenderSession::start(&stranger, rcv.public(), 5, 0, &mut rng).unwrap();
+        assert_eq!(t.on_announce(s.announce(), 0), Err(Drop::UnknownSender));
+        let s = SenderSession::start(&snd, other_rcv.public(), 5, 0, &mut rng).unwrap();
+        assert_eq!(t.on_announce(s.announce(), 0), Err(Drop::OtherReceiver));
+        // an old recorded session after a newer one: refused
+        let old = SenderSession::start(&snd, rcv.public(), 5, 0, &mut rng).unwrap();
+        let new = SenderSession::start(&snd, rcv.public(), 6, 0, &mut rng).unwrap();
+        assert!(t.on_announce(new.announce(), 0).is_ok());
+        assert_eq!(t.on_announce(old.announce(), 0), Err(Drop::OldSession));
+        // the persisted counter survives a restart of the receiver
+        let mut t2 = SessionTable::new(rcv, vec![snd.public().clone()], t.highest().clone());
+        assert_eq!(t2.on_announce(old.announce(), 0), Err(Drop::OldSession));
+        // a frame of one session does not open under another session's key (replayed across sessions)
+        let mut s2 = SenderSession::start(&snd, rcv_pub(&t), 7, 0, &mut rng).unwrap();
+        assert!(t.on_announce(s2.announce(), 0).is_ok());
+        let mut f = shard_frame(&mut s2, b"x");
+        f[4..12].copy_from_slice(&new.keys.tag.to_le_bytes());
+        assert_eq!(t.open(&mut f, 0, |_, _| true), Err(Drop::BadSeal));
+    }
+
+    fn rcv_pub(t: &SessionTable) -> &PublicKey {
+        t.me.public()
+    }
+
+    #[test]
+    fn altered_announce_is_refused() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let (snd, rcv) = pair(4);
+        let s = SenderSession::start(&snd, rcv.public(), 5, 0, &mut rng).unwrap();
+        for i in 0..s.announce().len() {
+            let mut t = SessionTable::new(rcv.clone(), vec![snd.public().clone()], HashMap::new());
+            let mut a = s.announce().to_vec();
+            a[i] ^= 0x40;
+            assert!(t.on_announce(&a, 0).is_err(), "byte {i} altered was accepted");
+        }
+    }
+}
