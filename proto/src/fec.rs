@@ -30,14 +30,22 @@ pub enum FecError {
 }
 
 impl Geometry {
-    pub fn new(shard_size: usize, data_shards: usize, parity_shards: usize) -> Result<Self, FecError> {
+    pub fn new(
+        shard_size: usize,
+        data_shards: usize,
+        parity_shards: usize,
+    ) -> Result<Self, FecError> {
         if shard_size % 2 != 0 || !(64..=8960).contains(&shard_size) {
             return Err(FecError::ShardSize(shard_size));
         }
         if !(1..=MAX_SHARDS).contains(&data_shards) || parity_shards > MAX_SHARDS {
             return Err(FecError::Shape(data_shards, parity_shards));
         }
-        Ok(Geometry { shard_size, data_shards, parity_shards })
+        Ok(Geometry {
+            shard_size,
+            data_shards,
+            parity_shards,
+        })
     }
 
     /// Bytes of object data in one full block.
@@ -52,7 +60,8 @@ impl Geometry {
 
     /// Data bytes of block `b` (0 for the single block of an empty object).
     pub fn block_len(&self, size: u64, b: u64) -> u64 {
-        size.saturating_sub(b * self.block_bytes()).min(self.block_bytes())
+        size.saturating_sub(b * self.block_bytes())
+            .min(self.block_bytes())
     }
 
     /// Data shards of block `b`.
@@ -66,7 +75,9 @@ impl Geometry {
             return 0;
         }
         let proportional = (self.parity_shards * data).div_ceil(self.data_shards);
-        proportional.max(MIN_PARITY.min(self.parity_shards)).min(MAX_SHARDS)
+        proportional
+            .max(MIN_PARITY.min(self.parity_shards))
+            .min(MAX_SHARDS)
     }
 }
 
@@ -88,7 +99,13 @@ impl BlockEncoder {
 
     /// `data` holds the block's data shards back to back (the last padded with zeros to a whole shard);
     /// `parity` is resized to hold the parity shards back to back.
-    pub fn encode(&mut self, data: &[u8], shard_size: usize, parity_count: usize, parity: &mut Vec<u8>) -> Result<(), FecError> {
+    pub fn encode(
+        &mut self,
+        data: &[u8],
+        shard_size: usize,
+        parity_count: usize,
+        parity: &mut Vec<u8>,
+    ) -> Result<(), FecError> {
         parity.clear();
         if parity_count == 0 {
             return Ok(());
@@ -100,7 +117,9 @@ impl BlockEncoder {
                 rs.reset(k, parity_count, shard_size).map_err(err)?;
                 rs
             }
-            None => self.rs.insert(ReedSolomonEncoder::new(k, parity_count, shard_size).map_err(err)?),
+            None => self
+                .rs
+                .insert(ReedSolomonEncoder::new(k, parity_count, shard_size).map_err(err)?),
         };
         for shard in data.chunks_exact(shard_size) {
             rs.add_original_shard(shard).map_err(err)?;
@@ -177,7 +196,10 @@ impl BlockAssembly {
     /// Rebuild missing data shards if needed and return the data shards back to back.
     pub fn decode(&mut self, decoder: &mut Option<ReedSolomonDecoder>) -> Result<&[u8], FecError> {
         if !self.ready() {
-            return Err(FecError::Decode(format!("{} of {} shards", self.count, self.data)));
+            return Err(FecError::Decode(format!(
+                "{} of {} shards",
+                self.count, self.data
+            )));
         }
         let s = self.shard_size;
         if self.data_count < self.data {
@@ -187,7 +209,9 @@ impl BlockAssembly {
                     rs.reset(self.data, self.parity, s).map_err(err)?;
                     rs
                 }
-                None => decoder.insert(ReedSolomonDecoder::new(self.data, self.parity, s).map_err(err)?),
+                None => {
+                    decoder.insert(ReedSolomonDecoder::new(self.data, self.parity, s).map_err(err)?)
+                }
             };
             for i in 0..self.shards() {
                 if !self.present[i] {
@@ -235,7 +259,9 @@ mod tests {
         let s = 64;
         let data: Vec<u8> = (0..10 * s).map(|i| (i * 7 % 251) as u8).collect();
         let mut parity = Vec::new();
-        BlockEncoder::new().encode(&data, s, 4, &mut parity).unwrap();
+        BlockEncoder::new()
+            .encode(&data, s, 4, &mut parity)
+            .unwrap();
         let mut b = BlockAssembly::new(10, 4, s);
         // lose data shards 0, 3, 5, 9: exactly the parity budget
         for i in [1, 2, 4, 6, 7, 8] {

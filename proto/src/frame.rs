@@ -137,7 +137,9 @@ pub(crate) fn seal(aead: &ChaCha20Poly1305, header: &SealedHeader, frame: &mut [
         return false;
     }
     let (head, rest) = frame.split_at_mut(SEALED_HEADER_LEN);
-    let Ok(head) = <&mut [u8; SEALED_HEADER_LEN]>::try_from(head) else { return false };
+    let Ok(head) = <&mut [u8; SEALED_HEADER_LEN]>::try_from(head) else {
+        return false;
+    };
     header.write(head);
     let (payload, tag_out) = rest.split_at_mut(rest.len() - TAG_LEN);
     match aead.encrypt_in_place_detached(&nonce(header.seq), head, payload) {
@@ -158,7 +160,8 @@ pub(crate) fn open(aead: &ChaCha20Poly1305, header: &SealedHeader, frame: &mut [
     let (head, rest) = frame.split_at_mut(SEALED_HEADER_LEN);
     let (payload, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
     let tag = Tag::clone_from_slice(tag);
-    aead.decrypt_in_place_detached(&nonce(header.seq), head, payload, &tag).is_ok()
+    aead.decrypt_in_place_detached(&nonce(header.seq), head, payload, &tag)
+        .is_ok()
 }
 
 /// Shard size that fits one datagram of the given MTU: what is left after IP/UDP, the sealed header
@@ -177,7 +180,14 @@ mod tests {
 
     #[test]
     fn header_round_trip_and_default_shard() {
-        let h = SealedHeader { kind: FrameKind::Shard, session: 1, seq: 2, object: 3, block: 4, shard: 5 };
+        let h = SealedHeader {
+            kind: FrameKind::Shard,
+            session: 1,
+            seq: 2,
+            object: 3,
+            block: 4,
+            shard: 5,
+        };
         let mut b = [0u8; SEALED_HEADER_LEN + TAG_LEN];
         let mut head = [0u8; SEALED_HEADER_LEN];
         h.write(&mut head);
@@ -190,7 +200,14 @@ mod tests {
     #[test]
     fn every_bit_flip_is_rejected() {
         let aead = ChaCha20Poly1305::new(&[9u8; 32].into());
-        let h = SealedHeader { kind: FrameKind::Shard, session: 1, seq: 2, object: 3, block: 4, shard: 5 };
+        let h = SealedHeader {
+            kind: FrameKind::Shard,
+            session: 1,
+            seq: 2,
+            object: 3,
+            block: 4,
+            shard: 5,
+        };
         let mut frame = vec![0u8; SEALED_HEADER_LEN + 40 + TAG_LEN];
         frame[SEALED_HEADER_LEN..SEALED_HEADER_LEN + 40].fill(0xAB);
         assert!(seal(&aead, &h, &mut frame));
@@ -205,6 +222,8 @@ mod tests {
         }
         let mut f = frame.clone();
         assert!(open(&aead, &h, &mut f));
-        assert!(f[SEALED_HEADER_LEN..SEALED_HEADER_LEN + 40].iter().all(|&b| b == 0xAB));
+        assert!(f[SEALED_HEADER_LEN..SEALED_HEADER_LEN + 40]
+            .iter()
+            .all(|&b| b == 0xAB));
     }
 }

@@ -16,7 +16,13 @@ pub fn ranges(blocks: impl IntoIterator<Item = u32>) -> Vec<(u32, u32)> {
 pub fn format(ranges: &[(u32, u32)]) -> String {
     ranges
         .iter()
-        .map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
         .collect::<Vec<_>>()
         .join(",")
 }

@@ -8,9 +8,27 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum JournalRecord {
     /// The file was taken from the outbox into the sent area (`objects/<id>`), before it is sent.
-    Claimed { id: String, name: String, at: u64 },
+    /// `path` is where the bytes live: the sent area for the daemon, the original file for `diode-send file`.
+    Claimed {
+        id: String,
+        name: String,
+        path: String,
+        at: u64,
+    },
     /// Every pass of the object is out.
-    Sent { id: String, name: String, size: u64, sha256: String, blocks: u64, at: u64 },
+    /// The geometry is kept so a replay rebuilds exactly the frames the receiver is missing.
+    Sent {
+        id: String,
+        name: String,
+        size: u64,
+        sha256: String,
+        blocks: u64,
+        shard_size: u32,
+        data_shards: u16,
+        parity_shards: u16,
+        mtime: u64,
+        at: u64,
+    },
     /// Removed from the sent area by retention.
     Expired { id: String, at: u64 },
 }

@@ -33,7 +33,10 @@ pub enum KeyError {
     #[error("not a diode key file (expected `diode {0} key ...`)")]
     Format(&'static str),
     #[error("this is a {found} key, but a {expected} key is needed here")]
-    WrongRole { found: String, expected: &'static str },
+    WrongRole {
+        found: String,
+        expected: &'static str,
+    },
     #[error("key digits are not 64 hex digits")]
     Digits,
     #[error("check digits do not match the key: it was mistyped or damaged")]
@@ -86,7 +89,12 @@ impl PublicKey {
         let hex = hex::encode(self.bytes);
         let groups: Vec<&str> = (0..8).map(|i| &hex[i * 8..i * 8 + 8]).collect();
         let check = hex::encode(&Sha256::digest(self.bytes)[..2]);
-        format!("diode {} key {} check {}\n", role.word(), groups.join(" "), check)
+        format!(
+            "diode {} key {} check {}\n",
+            role.word(),
+            groups.join(" "),
+            check
+        )
     }
 
     /// Parse the text form; `role` is the role this place in a config expects.
@@ -96,7 +104,10 @@ impl PublicKey {
             return Err(KeyError::Format(role.word()));
         }
         if words[1] != role.word() {
-            return Err(KeyError::WrongRole { found: words[1].to_string(), expected: role.word() });
+            return Err(KeyError::WrongRole {
+                found: words[1].to_string(),
+                expected: role.word(),
+            });
         }
         let digits: String = words[3..11].concat();
         let bytes = decode32(&digits)?;
@@ -124,14 +135,24 @@ impl SecretKey {
     pub fn from_seed(seed: &[u8; 32]) -> Self {
         let (key, public) = Kem::derive_keypair(seed);
         let bytes: [u8; 32] = public.to_bytes().into();
-        SecretKey { key, public: PublicKey { key: public, bytes } }
+        SecretKey {
+            key,
+            public: PublicKey { key: public, bytes },
+        }
     }
 
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, KeyError> {
-        let key = <Kem as KemTrait>::PrivateKey::from_bytes(bytes).map_err(|_| KeyError::Invalid)?;
+        let key =
+            <Kem as KemTrait>::PrivateKey::from_bytes(bytes).map_err(|_| KeyError::Invalid)?;
         let public = Kem::sk_to_pk(&key);
         let pbytes: [u8; 32] = public.to_bytes().into();
-        Ok(SecretKey { key, public: PublicKey { key: public, bytes: pbytes } })
+        Ok(SecretKey {
+            key,
+            public: PublicKey {
+                key: public,
+                bytes: pbytes,
+            },
+        })
     }
 
     pub fn public(&self) -> &PublicKey {
@@ -139,7 +160,11 @@ impl SecretKey {
     }
 
     pub fn to_text(&self, role: Role) -> String {
-        format!("diode {} secret {}\n", role.word(), hex::encode(self.key.to_bytes()))
+        format!(
+            "diode {} secret {}\n",
+            role.word(),
+            hex::encode(self.key.to_bytes())
+        )
     }
 
     pub fn from_text(text: &str, role: Role) -> Result<Self, KeyError> {
@@ -148,7 +173,10 @@ impl SecretKey {
             return Err(KeyError::Format(role.word()));
         }
         if words[1] != role.word() {
-            return Err(KeyError::WrongRole { found: words[1].to_string(), expected: role.word() });
+            return Err(KeyError::WrongRole {
+                found: words[1].to_string(),
+                expected: role.word(),
+            });
         }
         Self::from_bytes(&decode32(words[3])?)
     }
@@ -170,13 +198,26 @@ mod tests {
         let sk = SecretKey::from_seed(&[7u8; 32]);
         let text = sk.public().to_text(Role::Sender);
         assert_eq!(text.lines().count(), 1);
-        assert!(text.trim_end().chars().all(|c| c.is_ascii_graphic() || c == ' '));
+        assert!(text
+            .trim_end()
+            .chars()
+            .all(|c| c.is_ascii_graphic() || c == ' '));
         let pk = PublicKey::from_text(&text, Role::Sender).unwrap();
         assert_eq!(pk.as_bytes(), sk.public().as_bytes());
-        assert!(matches!(PublicKey::from_text(&text, Role::Receiver), Err(KeyError::WrongRole { .. })));
+        assert!(matches!(
+            PublicKey::from_text(&text, Role::Receiver),
+            Err(KeyError::WrongRole { .. })
+        ));
         // one mistyped digit is caught by the check group
-        let typo = text.replacen(&text[17..18], if &text[17..18] == "0" { "1" } else { "0" }, 1);
-        assert_eq!(PublicKey::from_text(&typo, Role::Sender).unwrap_err(), KeyError::Check);
+        let typo = text.replacen(
+            &text[17..18],
+            if &text[17..18] == "0" { "1" } else { "0" },
+            1,
+        );
+        assert_eq!(
+            PublicKey::from_text(&typo, Role::Sender).unwrap_err(),
+            KeyError::Check
+        );
         let st = sk.to_text(Role::Sender);
         let back = SecretKey::from_text(&st, Role::Sender).unwrap();
         assert_eq!(back.public().as_bytes(), sk.public().as_bytes());

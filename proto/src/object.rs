@@ -72,7 +72,11 @@ impl ObjectMeta {
     }
 
     pub fn geometry(&self) -> Result<Geometry, FecError> {
-        Geometry::new(self.shard_size as usize, self.data_shards as usize, self.parity_shards as usize)
+        Geometry::new(
+            self.shard_size as usize,
+            self.data_shards as usize,
+            self.parity_shards as usize,
+        )
     }
 
     pub fn sha256_hex(&self) -> String {
@@ -81,8 +85,8 @@ impl ObjectMeta {
 }
 
 const DEVICE_NAMES: [&str; 22] = [
-    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8", "COM9", "LPT1",
-    "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
+    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
+    "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
 ];
 
 /// Split an untrusted name into components that are safe to join under the inbox.
@@ -127,7 +131,11 @@ pub fn safe_name(name: &str) -> Result<Vec<&str>, MetaError> {
 pub fn interleave(shards_per_block: &[usize]) -> impl Iterator<Item = (usize, usize)> + '_ {
     let max = shards_per_block.iter().copied().max().unwrap_or(0);
     (0..max).flat_map(move |s| {
-        shards_per_block.iter().enumerate().filter(move |(_, n)| s < **n).map(move |(b, _)| (b, s))
+        shards_per_block
+            .iter()
+            .enumerate()
+            .filter(move |(_, n)| s < **n)
+            .map(move |(b, _)| (b, s))
     })
 }
 
@@ -204,7 +212,14 @@ impl Assembly {
         for (b, shards) in state.spilled {
             if (b as u64) < a.blocks && !a.done[b as usize] {
                 let k = a.geometry.data_in(a.meta.size, b as u64);
-                a.spilled.insert(b, shards.into_iter().map(|s| s as usize).filter(|s| *s < k).collect());
+                a.spilled.insert(
+                    b,
+                    shards
+                        .into_iter()
+                        .map(|s| s as usize)
+                        .filter(|s| *s < k)
+                        .collect(),
+                );
             }
         }
         Ok(a)
@@ -213,8 +228,14 @@ impl Assembly {
     pub fn state(&self) -> AssemblyState {
         AssemblyState {
             meta: self.meta.clone(),
-            done: (0..self.blocks as u32).filter(|b| self.done[*b as usize]).collect(),
-            spilled: self.spilled.iter().map(|(b, v)| (*b, v.iter().map(|s| *s as u32).collect())).collect(),
+            done: (0..self.blocks as u32)
+                .filter(|b| self.done[*b as usize])
+                .collect(),
+            spilled: self
+                .spilled
+                .iter()
+                .map(|(b, v)| (*b, v.iter().map(|s| *s as u32).collect()))
+                .collect(),
         }
     }
 
@@ -279,7 +300,9 @@ impl Assembly {
             }
             self.active.insert(block, nb);
         }
-        let Some(b) = self.active.get_mut(&block) else { return Ok(Step::Nothing) };
+        let Some(b) = self.active.get_mut(&block) else {
+            return Ok(Step::Nothing);
+        };
         if shard as usize >= b.shards() {
             return Err(ShardError::Shard(block, shard));
         }
@@ -291,7 +314,9 @@ impl Assembly {
 
     /// Bring back a set-aside block: `shards` are its data shards read from the partial file.
     pub fn restore(&mut self, block: u32, shards: &[(usize, Vec<u8>)]) {
-        let Some(_) = self.spilled.remove(&block) else { return };
+        let Some(_) = self.spilled.remove(&block) else {
+            return;
+        };
         let mut nb = self.new_block(block);
         for (i, bytes) in shards {
             nb.insert(*i, bytes);
@@ -301,10 +326,17 @@ impl Assembly {
 
     /// Decode a ready block; returns its offset and data (trimmed to the object's size). Call
     /// `mark_done` once the data is written.
-    pub fn finish_block(&mut self, block: u32, decoder: &mut Option<ReedSolomonDecoder>) -> Result<(u64, &[u8]), FecError> {
+    pub fn finish_block(
+        &mut self,
+        block: u32,
+        decoder: &mut Option<ReedSolomonDecoder>,
+    ) -> Result<(u64, &[u8]), FecError> {
         let len = self.geometry.block_len(self.meta.size, block as u64) as usize;
         let offset = self.block_offset(block);
-        let b = self.active.get_mut(&block).ok_or_else(|| FecError::Decode(format!("block {block} not active")))?;
+        let b = self
+            .active
+            .get_mut(&block)
+            .ok_or_else(|| FecError::Decode(format!("block {block} not active")))?;
         let data = b.decode(decoder)?;
         Ok((offset, &data[..len.min(data.len())]))
     }
@@ -326,7 +358,10 @@ impl Assembly {
     }
 
     pub fn active_bytes(&self) -> usize {
-        self.active.values().map(|b| b.shards() * self.geometry.shard_size).sum()
+        self.active
+            .values()
+            .map(|b| b.shards() * self.geometry.shard_size)
+            .sum()
     }
 
     /// Set an unfinished block aside to bound memory: returns its data shards present, which the caller
@@ -334,7 +369,12 @@ impl Assembly {
     pub fn evict(&mut self, block: u32) -> Option<Vec<(usize, Vec<u8>)>> {
         let b = self.active.remove(&block)?;
         let k = self.geometry.data_in(self.meta.size, block as u64);
-        Some(b.present().filter(|(i, _)| *i < k).map(|(i, s)| (i, s.to_vec())).collect())
+        Some(
+            b.present()
+                .filter(|(i, _)| *i < k)
+                .map(|(i, s)| (i, s.to_vec()))
+                .collect(),
+        )
     }
 
     /// Record that these data shards of an evicted block are on disk (an empty list forgets the block).
@@ -351,7 +391,13 @@ impl Assembly {
 
     /// Blocks not finished, as inclusive ranges.
     pub fn missing(&self) -> Vec<(u32, u32)> {
-        crate::gap::ranges(self.done.iter().enumerate().filter(|(_, d)| !**d).map(|(i, _)| i as u32))
+        crate::gap::ranges(
+            self.done
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| !**d)
+                .map(|(i, _)| i as u32),
+        )
     }
 }
 
@@ -377,8 +423,19 @@ mod tests {
     #[test]
     fn hostile_names_are_refused() {
         for n in [
-            "", "/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", "nul\0byte", "C:evil", "CON", "dir/aux.txt",
-            "lpt1", "back\\slash", "new\nline",
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a/./b",
+            "a//b",
+            "nul\0byte",
+            "C:evil",
+            "CON",
+            "dir/aux.txt",
+            "lpt1",
+            "back\\slash",
+            "new\nline",
         ] {
             assert!(safe_name(n).is_err(), "{n:?} accepted");
         }
@@ -391,4 +448,12 @@ mod tests {
         let order: Vec<_> = interleave(&[3, 1, 2]).collect();
         assert_eq!(order, vec![(0, 0), (1, 0), (2, 0), (0, 1), (2, 1), (0, 2)]);
     }
+}
+
+pub fn encode_heartbeat(hb: &Heartbeat) -> Vec<u8> {
+    postcard::to_allocvec(hb).unwrap_or_default()
+}
+
+pub fn decode_heartbeat(bytes: &[u8]) -> Option<Heartbeat> {
+    postcard::from_bytes(bytes).ok()
 }

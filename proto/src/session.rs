@@ -11,7 +11,10 @@
 use crate::frame::{self, FrameKind, SealedHeader, MAGIC, VERSION};
 use crate::keys::{Kem, KeyId, PublicKey, SecretKey};
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
-use hpke::{aead::ChaCha20Poly1305 as HpkeChaCha, kdf::HkdfSha256, Deserializable, OpModeR, OpModeS, Serializable};
+use hpke::{
+    aead::ChaCha20Poly1305 as HpkeChaCha, kdf::HkdfSha256, Deserializable, OpModeR, OpModeS,
+    Serializable,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -48,7 +51,10 @@ where
     export(EXPORT_FRAME_KEY, &mut key)?;
     let mut tag = [0u8; 8];
     export(EXPORT_TAG, &mut tag)?;
-    Ok(Keys { aead: ChaCha20Poly1305::new(&key.into()), tag: u64::from_le_bytes(tag) })
+    Ok(Keys {
+        aead: ChaCha20Poly1305::new(&key.into()),
+        tag: u64::from_le_bytes(tag),
+    })
 }
 
 /// The sending end of one session.
@@ -68,10 +74,14 @@ impl SenderSession {
         rng: &mut R,
     ) -> Result<Self, SessionError> {
         let mode = OpModeS::<Kem>::Auth((me.key.clone(), me.public.key.clone()));
-        let (enc, mut ctx) = hpke::setup_sender::<HpkeChaCha, HkdfSha256, Kem, _>(&mode, &to.key, INFO, rng)
-            .map_err(|e| SessionError::Hpke(e.to_string()))?;
-        let body = postcard::to_allocvec(&AnnounceBody { counter, created_at })
-            .map_err(|e| SessionError::Hpke(e.to_string()))?;
+        let (enc, mut ctx) =
+            hpke::setup_sender::<HpkeChaCha, HkdfSha256, Kem, _>(&mode, &to.key, INFO, rng)
+                .map_err(|e| SessionError::Hpke(e.to_string()))?;
+        let body = postcard::to_allocvec(&AnnounceBody {
+            counter,
+            created_at,
+        })
+        .map_err(|e| SessionError::Hpke(e.to_string()))?;
         let mut announce = Vec::with_capacity(ANNOUNCE_HEADER_LEN + body.len() + frame::TAG_LEN);
         announce.extend_from_slice(&MAGIC);
         announce.push(VERSION);
@@ -80,10 +90,18 @@ impl SenderSession {
         announce.extend_from_slice(&to.id().0);
         announce.extend_from_slice(&enc.to_bytes());
         announce.extend_from_slice(&((body.len() + frame::TAG_LEN) as u16).to_le_bytes());
-        let sealed = ctx.seal(&body, &announce).map_err(|e| SessionError::Hpke(e.to_string()))?;
+        let sealed = ctx
+            .seal(&body, &announce)
+            .map_err(|e| SessionError::Hpke(e.to_string()))?;
         announce.extend_from_slice(&sealed);
-        let keys = export_keys(|c, o| ctx.export(c, o)).map_err(|e| SessionError::Hpke(e.to_string()))?;
-        Ok(SenderSession { keys, next_seq: 0, announce, counter })
+        let keys =
+            export_keys(|c, o| ctx.export(c, o)).map_err(|e| SessionError::Hpke(e.to_string()))?;
+        Ok(SenderSession {
+            keys,
+            next_seq: 0,
+            announce,
+            counter,
+        })
     }
 
     /// The announce frame, to be sent at the start and repeated every few seconds.
@@ -102,9 +120,23 @@ impl SenderSession {
 
     /// Seal `frame` in place: the payload sits at `frame[SEALED_HEADER_LEN..len - TAG_LEN]`; the header
     /// and tag are written here. Returns the sequence number used.
-    pub fn seal(&mut self, kind: FrameKind, object: u64, block: u32, shard: u16, frame: &mut [u8]) -> Option<u64> {
+    pub fn seal(
+        &mut self,
+        kind: FrameKind,
+        object: u64,
+        block: u32,
+        shard: u16,
+        frame: &mut [u8],
+    ) -> Option<u64> {
         let seq = self.next_seq;
-        let header = SealedHeader { kind, session: self.keys.tag, seq, object, block, shard };
+        let header = SealedHeader {
+            kind,
+            session: self.keys.tag,
+            seq,
+            object,
+            block,
+            shard,
+        };
         if !frame::seal(&self.keys.aead, &header, frame) {
             return None;
         }
@@ -303,10 +335,12 @@ impl SessionTable {
         enc_bytes: &[u8; 32],
         now_ms: u64,
     ) -> Result<(u64, u64), Drop> {
-        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc_bytes).map_err(|_| Drop::BadAnnounce)?;
-        let mode = OpModeR::<Kem>::Auth(sender_pk.key.clone());
-        let mut ctx = hpke::setup_receiver::<HpkeChaCha, HkdfSha256, Kem>(&mode, &self.me.key, &enc, INFO)
+        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc_bytes)
             .map_err(|_| Drop::BadAnnounce)?;
+        let mode = OpModeR::<Kem>::Auth(sender_pk.key.clone());
+        let mut ctx =
+            hpke::setup_receiver::<HpkeChaCha, HkdfSha256, Kem>(&mode, &self.me.key, &enc, INFO)
+                .map_err(|_| Drop::BadAnnounce)?;
         let body = ctx
             .open(&frame[ANNOUNCE_HEADER_LEN..], &frame[..ANNOUNCE_HEADER_LEN])
             .map_err(|_| Drop::BadAnnounce)?;
@@ -336,8 +370,12 @@ impl SessionTable {
             },
         );
         // keep only the newest few sessions of this sender
-        let mut mine: Vec<(u64, u64)> =
-            self.sessions.iter().filter(|(_, s)| s.sender == sender).map(|(t, s)| (s.counter, *t)).collect();
+        let mut mine: Vec<(u64, u64)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.sender == sender)
+            .map(|(t, s)| (s.counter, *t))
+            .collect();
         if mine.len() > SESSIONS_PER_SENDER {
             mine.sort_unstable();
             for (_, t) in &mine[..mine.len() - SESSIONS_PER_SENDER] {
@@ -384,7 +422,10 @@ mod tests {
     use rand::SeedableRng;
 
     fn pair(seed: u8) -> (SecretKey, SecretKey) {
-        (SecretKey::from_seed(&[seed; 32]), SecretKey::from_seed(&[seed + 100; 32]))
+        (
+            SecretKey::from_seed(&[seed; 32]),
+            SecretKey::from_seed(&[seed + 100; 32]),
+        )
     }
 
     fn shard_frame(s: &mut SenderSession, body: &[u8]) -> Vec<u8> {
@@ -402,10 +443,22 @@ mod tests {
         let mut t = SessionTable::new(rcv.clone(), vec![snd.public().clone()], HashMap::new());
         let mut f = shard_frame(&mut s, b"hello");
         // before the announce: unknown session, no state
-        assert_eq!(t.open(&mut f.clone(), 0, |_, _| true), Err(Drop::UnknownSession));
-        assert_eq!(t.on_announce(s.announce(), 0), Ok(AnnounceOutcome::New { sender: snd.public().id(), counter: 10 }));
+        assert_eq!(
+            t.open(&mut f.clone(), 0, |_, _| true),
+            Err(Drop::UnknownSession)
+        );
+        assert_eq!(
+            t.on_announce(s.announce(), 0),
+            Ok(AnnounceOutcome::New {
+                sender: snd.public().id(),
+                counter: 10
+            })
+        );
         assert_eq!(t.on_announce(s.announce(), 1), Ok(AnnounceOutcome::Known));
-        assert!(matches!(t.open(&mut f, 0, |_, _| true), Ok(Opened::Fresh(..))));
+        assert!(matches!(
+            t.open(&mut f, 0, |_, _| true),
+            Ok(Opened::Fresh(..))
+        ));
         assert_eq!(&f[SEALED_HEADER_LEN..SEALED_HEADER_LEN + 5], b"hello");
         assert_eq!(t.highest().get(&snd.public().id()), Some(&10));
     }
@@ -449,7 +502,10 @@ mod tests {
             let mut t = SessionTable::new(rcv.clone(), vec![snd.public().clone()], HashMap::new());
             let mut a = s.announce().to_vec();
             a[i] ^= 0x40;
-            assert!(t.on_announce(&a, 0).is_err(), "byte {i} altered was accepted");
+            assert!(
+                t.on_announce(&a, 0).is_err(),
+                "byte {i} altered was accepted"
+            );
         }
     }
 }

@@ -1,1 +1,452 @@
-fn main() {}
+//! `diode-send`: the low side. Watches an outbox and sends each complete file as sealed, FEC-coded,
+//! paced frames over a one-way link; keeps a journal and a sent area for replay. See `--help`.
+
+mod config;
+mod encoding;
+mod journal;
+mod outbox;
+mod transmit;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use config::Config;
+use diode_host::keyfile;
+use diode_proto::journal::{format_id, parse_id};
+use diode_proto::object::ObjectKind;
+use diode_proto::Role;
+use encoding::{describe, send_object, Encoder};
+use journal::{replayable, Journal, ReplayRequest};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use transmit::Transmitter;
+
+const DEFAULT_CONFIG: &str = "/etc/diode/send.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "diode-send",
+    version,
+    about = "Send files one way across a data diode"
+)]
+struct Cli {
+    /// Configuration file (every key is documented in send.example.toml)
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write a new sender key pair: DIR/sender.key (mode 0600) and DIR/sender.pub (give it to the high side)
+    Keygen {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Send files or folders once, with a progress bar, and exit when the last frame is out
+    File {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Send a journaled object again, whole or some blocks, or everything sent since a moment.
+    /// The running daemon picks the request up; it is kept until one runs.
+    Replay {
+        /// Object id as printed by `diode-recv status` or `diode-send journal`
+        #[arg(long, conflicts_with = "since")]
+        object: Option<String>,
+        /// Blocks to send, e.g. 17-19,40 (default: the whole object)
+        #[arg(long, requires = "object")]
+        blocks: Option<String>,
+        /// Re-send every object sent after this time: RFC 3339 (2026-11-24T10:00:00Z) or an age (2h)
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// List the objects the journal holds, with ids to match against the receiver's gap report
+    Journal,
+}
+
+fn main() {
+    diode_host::init_logs();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("diode-send: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Some(Cmd::Keygen { dir }) => {
+            let (k, p) = keyfile::generate(&dir, Role::Sender)?;
+            println!(
+                "wrote {} (secret, mode 0600) and {}",
+                k.display(),
+                p.display()
+            );
+            println!(
+                "copy {} to the high side and list it under `senders` in recv.toml",
+                p.display()
+            );
+            Ok(())
+        }
+        Some(Cmd::File { paths }) => send_files(&Config::load(&cli.config)?, &paths),
+        Some(Cmd::Replay {
+            object,
+            blocks,
+            since,
+        }) => replay(&Config::load(&cli.config)?, object, blocks, since),
+        Some(Cmd::Journal) => list_journal(&Config::load(&cli.config)?),
+        None => daemon(&Config::load(&cli.config)?),
+    }
+}
+
+fn open_link(cfg: &Config) -> Result<Transmitter> {
+    let me = keyfile::load_secret(&cfg.key, Role::Sender)?;
+    let receiver = keyfile::load_public(&cfg.receiver, Role::Receiver)?;
+    std::fs::create_dir_all(&cfg.state)
+        .with_context(|| format!("cannot create {}", cfg.state.display()))?;
+    Transmitter::new(cfg, me, receiver)
+}
+
+enum Job {
+    /// A claimed object: describe (hash) it and send all passes.
+    New {
+        id: u64,
+        name: String,
+        path: PathBuf,
+    },
+    /// A replay of a sent object, whole or some blocks, once.
+    Replay {
+        meta: diode_proto::ObjectMeta,
+        path: PathBuf,
+        blocks: Option<Vec<(u32, u32)>>,
+    },
+}
+
+fn daemon(cfg: &Config) -> Result<()> {
+    let journal = Journal::open(cfg)?;
+    let mut tx = open_link(cfg)?;
+    let mut enc = Encoder::new(cfg.interleave);
+    let geometry = cfg.geometry()?;
+    let mut outbox = outbox::Outbox::watch(&cfg.outbox, Duration::from_secs(cfg.settle_secs))
+        .with_context(|| format!("cannot watch {}", cfg.outbox.display()))?;
+    let mut queue: VecDeque<Job> = VecDeque::new();
+    for e in journal.load()? {
+        if e.sent.is_none() && !e.expired && e.path.exists() {
+            tracing::info!(object = %format_id(e.id), name = %e.name, "resuming an object claimed before a restart");
+            queue.push_back(Job::New {
+                id: e.id,
+                name: e.name,
+                path: e.path,
+            });
+        }
+    }
+    tracing::info!(outbox = %cfg.outbox.display(), passes = cfg.passes, "watching the outbox");
+    loop {
+        let wait = if queue.is_empty() {
+            Duration::from_millis(50)
+        } else {
+            Duration::ZERO
+        };
+        for p in outbox.poll(wait) {
+            match outbox::wire_name(&cfg.outbox, &p) {
+                Some(name) if diode_proto::object::safe_name(&name).is_ok() => {
+                    match journal.claim(&p, &name) {
+                        Ok((id, path)) => queue.push_back(Job::New { id, name, path }),
+                        Err(e) => {
+                            tracing::error!(file = %p.display(), error = %format!("{e:#}"), "cannot take file; left in the outbox")
+                        }
+                    }
+                }
+                _ => {
+                    tracing::error!(file = %p.display(), "file name cannot travel (not UTF-8, or unsafe); left in the outbox")
+                }
+            }
+            outbox.forget(&p);
+        }
+        for r in journal.take_replays() {
+            match resolve_replay(&journal, &r) {
+                Ok(jobs) => {
+                    for j in jobs.into_iter().rev() {
+                        queue.push_front(j);
+                    }
+                }
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "replay request refused"),
+            }
+        }
+        let Some(job) = queue.pop_front() else {
+            tx.idle();
+            continue;
+        };
+        let started = std::time::Instant::now();
+        match job {
+            Job::New { id, name, path } => {
+                let r = describe(&path, id, &name, ObjectKind::File, geometry).and_then(|meta| {
+                    send_object(
+                        &mut tx,
+                        &mut enc,
+                        &path,
+                        &meta,
+                        cfg.passes,
+                        None,
+                        &mut |_| {},
+                    )?;
+                    journal.record_sent(&meta)?;
+                    Ok(meta)
+                });
+                match r {
+                    Ok(meta) => {
+                        let secs = started.elapsed().as_secs_f64();
+                        tracing::info!(object = %format_id(id), name = %name, bytes = meta.size, passes = cfg.passes,
+                            mb_per_s = format!("{:.1}", meta.size as f64 * cfg.passes as f64 / secs.max(1e-6) / 1e6), "sent");
+                    }
+                    Err(e) => {
+                        tracing::error!(object = %format_id(id), name = %name, error = %format!("{e:#}"),
+                        "send failed; the object stays in the sent area and is tried again at the next start")
+                    }
+                }
+                if let Err(e) = journal.retain(cfg.retention_days * 86400, cfg.retention_gb << 30) {
+                    tracing::warn!(error = %format!("{e:#}"), "retention pass failed");
+                }
+            }
+            Job::Replay { meta, path, blocks } => {
+                let r = send_object(
+                    &mut tx,
+                    &mut enc,
+                    &path,
+                    &meta,
+                    1,
+                    blocks.as_deref(),
+                    &mut |_| {},
+                );
+                match r {
+                    Ok(()) => tracing::info!(object = %format_id(meta.id), name = %meta.name,
+                        blocks = %blocks.as_deref().map(diode_proto::gap::format).unwrap_or_else(|| "all".into()), "replayed"),
+                    Err(e) => {
+                        tracing::error!(object = %format_id(meta.id), error = %format!("{e:#}"), "replay failed")
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn resolve_replay(journal: &Journal, r: &ReplayRequest) -> Result<Vec<Job>> {
+    let entries = journal.load()?;
+    if let Some(obj) = &r.object {
+        let id = parse_id(obj)
+            .with_context(|| format!("{obj:?} is not an object id (16 hex digits)"))?;
+        let e = entries
+            .iter()
+            .find(|e| e.id == id)
+            .with_context(|| format!("object {obj} is not in the journal"))?;
+        let meta = replayable(e)?;
+        let blocks = r
+            .blocks
+            .as_deref()
+            .map(diode_proto::gap::parse)
+            .transpose()?;
+        return Ok(vec![Job::Replay {
+            meta,
+            path: e.path.clone(),
+            blocks,
+        }]);
+    }
+    let since = r.since.unwrap_or(0);
+    Ok(entries
+        .iter()
+        .filter(|e| e.sent_at.is_some_and(|t| t >= since))
+        .filter_map(|e| {
+            replayable(e).ok().map(|meta| Job::Replay {
+                meta,
+                path: e.path.clone(),
+                blocks: None,
+            })
+        })
+        .collect())
+}
+
+fn replay(
+    cfg: &Config,
+    object: Option<String>,
+    blocks: Option<String>,
+    since: Option<String>,
+) -> Result<()> {
+    let journal = Journal::open(cfg)?;
+    let req = match (&object, &since) {
+        (Some(o), _) => {
+            // check now, so the admin hears about a typo at once and not in the daemon's log
+            let id = parse_id(o)
+                .with_context(|| format!("{o:?} is not an object id (16 hex digits)"))?;
+            let entries = journal.load()?;
+            let e = entries
+                .iter()
+                .find(|e| e.id == id)
+                .with_context(|| format!("object {o} is not in the journal"))?;
+            replayable(e)?;
+            if let Some(b) = &blocks {
+                diode_proto::gap::parse(b)?;
+            }
+            ReplayRequest {
+                object: Some(format_id(id)),
+                blocks,
+                since: None,
+            }
+        }
+        (None, Some(s)) => ReplayRequest {
+            object: None,
+            blocks: None,
+            since: Some(parse_since(s)?),
+        },
+        (None, None) => {
+            bail!("say what to replay: --object ID [--blocks 17-19,40], or --since TIME")
+        }
+    };
+    let p = journal.queue_replay(&req)?;
+    println!(
+        "replay queued ({}); the running diode-send sends it next",
+        p.display()
+    );
+    Ok(())
+}
+
+fn parse_since(s: &str) -> Result<u64> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0));
+    }
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(diode_host::unix_now().saturating_sub(d.as_secs()));
+    }
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(n);
+    }
+    bail!("--since {s:?}: use RFC 3339 like 2026-11-24T10:00:00Z, an age like 2h, or Unix seconds")
+}
+
+fn list_journal(cfg: &Config) -> Result<()> {
+    let journal = Journal::open(cfg)?;
+    let entries = journal.load()?;
+    if entries.is_empty() {
+        println!("the journal is empty");
+        return Ok(());
+    }
+    println!(
+        "{:<16}  {:<20}  {:>12}  {:>6}  {:<8}  name",
+        "object", "sent (UTC)", "bytes", "blocks", "state"
+    );
+    for e in entries {
+        let (when, bytes, blocks) = match &e.sent {
+            Some(m) => (
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_secs(e.sent_at.unwrap_or(0)),
+                )
+                .to_string(),
+                m.size.to_string(),
+                m.geometry()
+                    .map(|g| g.block_count(m.size).to_string())
+                    .unwrap_or_default(),
+            ),
+            None => (format!("queued {}", e.claimed_at), "-".into(), "-".into()),
+        };
+        let state = if e.expired {
+            "expired"
+        } else if e.sent.is_none() {
+            "queued"
+        } else if e.path.exists() {
+            "kept"
+        } else {
+            "gone"
+        };
+        println!(
+            "{:<16}  {:<20}  {:>12}  {:>6}  {:<8}  {}",
+            format_id(e.id),
+            when,
+            bytes,
+            blocks,
+            state,
+            e.name
+        );
+    }
+    Ok(())
+}
+
+/// `diode-send file`: each path once (folders recursively, named from the folder down), then exit.
+fn send_files(cfg: &Config, paths: &[PathBuf]) -> Result<()> {
+    let mut files: Vec<(PathBuf, String)> = Vec::new();
+    for p in paths {
+        let p = std::fs::canonicalize(p).with_context(|| format!("cannot find {}", p.display()))?;
+        let base = p.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let mut found = Vec::new();
+        if p.is_dir() {
+            collect(&p, &mut found)?;
+        } else {
+            found.push(p.clone());
+        }
+        found.sort();
+        for f in found {
+            let name = outbox::wire_name(&base, &f)
+                .with_context(|| format!("{} has a name that is not UTF-8", f.display()))?;
+            diode_proto::object::safe_name(&name)?;
+            files.push((f, name));
+        }
+    }
+    let journal = Journal::open(cfg)?;
+    let mut tx = open_link(cfg)?;
+    let mut enc = Encoder::new(cfg.interleave);
+    let total: u64 = files
+        .iter()
+        .map(|(f, _)| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum::<u64>()
+        * cfg.passes as u64;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let started = std::time::Instant::now();
+    // a receiver needs the announce before the first frame is of use to it: give it a moment
+    std::thread::sleep(Duration::from_millis(200));
+    for (path, name) in &files {
+        bar.set_message(name.clone());
+        let id: u64 = rand::random::<u64>() >> 1 | 1;
+        journal.append(&diode_proto::journal::JournalRecord::Claimed {
+            id: format_id(id),
+            name: name.clone(),
+            path: path.to_string_lossy().into_owned(),
+            at: diode_host::unix_now(),
+        })?;
+        let meta = describe(path, id, name, ObjectKind::File, cfg.geometry()?)?;
+        send_object(&mut tx, &mut enc, path, &meta, cfg.passes, None, &mut |n| {
+            bar.inc(n)
+        })?;
+        journal.record_sent(&meta)?;
+    }
+    bar.finish_with_message("done");
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "sent {} file(s), {} bytes in {:.2} s ({:.1} MB/s)",
+        files.len(),
+        total,
+        secs,
+        total as f64 / secs.max(1e-6) / 1e6
+    );
+    Ok(())
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            collect(&e.path(), out)?;
+        } else if e.file_type()?.is_file() {
+            out.push(e.path());
+        }
+    }
+    Ok(())
+}

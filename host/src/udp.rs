@@ -1,0 +1,145 @@
+//! The UDP link. Sending batches equal-sized frames into one GSO send (one system call for up to 64
+//! datagrams); receiving uses GRO, so one call returns many datagrams of one stride. Both through
+//! `quinn-udp`, which falls back to one datagram per call where the kernel lacks the offloads.
+//! The sender's socket is never read; the receiver's is never written.
+
+use anyhow::{Context, Result};
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+pub struct UdpTx {
+    sock: UdpSocket,
+    state: UdpSocketState,
+    target: SocketAddr,
+}
+
+impl UdpTx {
+    pub fn new(target: SocketAddr, bind: Option<SocketAddr>, sndbuf: usize) -> Result<Self> {
+        let local = bind.unwrap_or_else(|| {
+            if target.is_ipv4() {
+                "0.0.0.0:0".parse().unwrap_or(target)
+            } else {
+                "[::]:0".parse().unwrap_or(target)
+            }
+        });
+        let sock = Socket::new(
+            Domain::for_address(target),
+            Type::DGRAM,
+            Some(Protocol::UDP),
+        )?;
+        sock.bind(&local.into())
+            .with_context(|| format!("cannot bind {local}"))?;
+        let _ = sock.set_send_buffer_size(sndbuf);
+        let sock: UdpSocket = sock.into();
+        let state = UdpSocketState::new((&sock).into()).context("cannot set up the UDP socket")?;
+        Ok(UdpTx {
+            sock,
+            state,
+            target,
+        })
+    }
+
+    /// How many equal-sized datagrams one `send` may carry.
+    pub fn max_segments(&self) -> usize {
+        self.state.max_gso_segments().clamp(1, 64)
+    }
+
+    /// Send `contents` as datagrams of `segment` bytes (the last may be shorter). A full socket buffer is
+    /// waited out; other errors are returned (the caller logs them and carries on: the link is lossy).
+    pub fn send(&self, contents: &[u8], segment: usize) -> io::Result<()> {
+        let t = Transmit {
+            destination: self.target,
+            ecn: None,
+            contents,
+            segment_size: (contents.len() > segment).then_some(segment),
+            src_ip: None,
+        };
+        loop {
+            match self.state.try_send((&self.sock).into(), &t) {
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(105) =>
+                {
+                    std::thread::sleep(Duration::from_micros(200)); // ENOBUFS: the queue is full
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+pub struct UdpRx {
+    sock: UdpSocket,
+    state: UdpSocketState,
+}
+
+/// Space for one GRO batch: 64 datagrams of up to 1500 bytes fit twice over.
+pub const RX_BUF: usize = 1 << 16;
+
+impl UdpRx {
+    pub fn bind(listen: SocketAddr, rcvbuf: usize) -> Result<Self> {
+        let sock = Socket::new(
+            Domain::for_address(listen),
+            Type::DGRAM,
+            Some(Protocol::UDP),
+        )?;
+        let _ = sock.set_reuse_address(true);
+        sock.bind(&listen.into())
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let sock: UdpSocket = sock.into();
+        let state = UdpSocketState::new((&sock).into()).context("cannot set up the UDP socket")?;
+        // ask for a large buffer; as root, force past net.core.rmem_max
+        if state.set_recv_buffer_size((&sock).into(), rcvbuf).is_err()
+            || state.recv_buffer_size((&sock).into()).unwrap_or(0) < rcvbuf
+        {
+            force_rcvbuf(&sock, rcvbuf);
+        }
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        Ok(UdpRx { sock, state })
+    }
+
+    pub fn recv_buffer_size(&self) -> usize {
+        self.state
+            .recv_buffer_size((&self.sock).into())
+            .unwrap_or(0)
+    }
+
+    /// Receive into `bufs`; returns how many buffers were filled (0 on timeout). Each filled buffer holds
+    /// `meta.len` bytes of datagrams `meta.stride` apart.
+    pub fn recv(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> io::Result<usize> {
+        match self.state.recv((&self.sock).into(), bufs, meta) {
+            Ok(n) => Ok(n),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(0)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// SO_RCVBUFFORCE goes past net.core.rmem_max when the process has CAP_NET_ADMIN (the appliance runs the
+/// receiver with it, or raises rmem_max: see hardware/README.md). Failure leaves the smaller buffer.
+fn force_rcvbuf(sock: &UdpSocket, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let v: libc::c_int = bytes.min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: setsockopt reads exactly size_of::<c_int>() bytes from a valid pointer to `v`, on a
+    // socket this function borrows; socket2 has no wrapper for SO_RCVBUFFORCE.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}

@@ -1,0 +1,537 @@
+//! The receive loop: datagrams in (GRO batches), frames authenticated by the session table, metadata
+//! and shards handed to the object's assembly, finished blocks written, finished objects verified and
+//! moved into the inbox. Once a second: persist state, judge link health, set aside stalled blocks,
+//! expire abandoned objects, write the status file. It never sends.
+
+use crate::config::Config;
+use crate::status::{self, ObjectStatus, SessionStatus, Status};
+use crate::store::Partial;
+use anyhow::{Context, Result};
+use diode_host::atomic::{append_line, write_atomic};
+use diode_host::udp::{UdpRx, RX_BUF};
+use diode_proto::frame::{self, FrameKind, SEALED_HEADER_LEN, TAG_LEN};
+use diode_proto::journal::format_id;
+use diode_proto::object::{decode_heartbeat, ObjectMeta, Step};
+use diode_proto::session::{AnnounceOutcome, Opened};
+use diode_proto::{KeyId, SessionTable};
+use quinn_udp::RecvMeta;
+use reed_solomon_simd::ReedSolomonDecoder;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::IoSliceMut;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+type Key = (KeyId, u64);
+
+struct Link {
+    last: Instant,
+    up: bool,
+}
+
+pub struct Receiver {
+    cfg: Config,
+    rx: UdpRx,
+    table: SessionTable,
+    objects: HashMap<Key, Partial>,
+    completed: HashSet<Key>,
+    refused: HashSet<Key>,
+    drops: BTreeMap<&'static str, u64>,
+    drops_logged: BTreeMap<&'static str, u64>,
+    decoder: Option<ReedSolomonDecoder>,
+    start: Instant,
+    links: HashMap<KeyId, Link>,
+    received_files: u64,
+    received_bytes: u64,
+    frames_since_check: u32,
+    last_tick: Instant,
+    last_drop_log: Instant,
+}
+
+fn senders_path(cfg: &Config) -> PathBuf {
+    cfg.state.join("senders.json")
+}
+
+fn completed_path(cfg: &Config) -> PathBuf {
+    cfg.state.join("received.jsonl")
+}
+
+impl Receiver {
+    pub fn new(cfg: Config, table: SessionTable) -> Result<Self> {
+        std::fs::create_dir_all(cfg.partial_dir())
+            .with_context(|| format!("cannot create {}", cfg.partial_dir().display()))?;
+        std::fs::create_dir_all(&cfg.inbox)
+            .with_context(|| format!("cannot create {}", cfg.inbox.display()))?;
+        let rx = UdpRx::bind(cfg.listen, cfg.rcvbuf_mb << 20)?;
+        if rx.recv_buffer_size() < (cfg.rcvbuf_mb << 20) {
+            tracing::warn!(
+                have = rx.recv_buffer_size(), want = cfg.rcvbuf_mb << 20,
+                "small UDP receive buffer: raise net.core.rmem_max (see hardware/README.md) or bursts will be lost"
+            );
+        }
+        let mut completed = HashSet::new();
+        if let Ok(text) = std::fs::read_to_string(completed_path(&cfg)) {
+            for line in text.lines().rev().take(100_000) {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                let (Some(s), Some(o)) = (v["sender"].as_str(), v["object"].as_str()) else {
+                    continue;
+                };
+                let (Ok(s), Some(o)) = (hex::decode(s), diode_proto::journal::parse_id(o)) else {
+                    continue;
+                };
+                if let Ok(s) = <[u8; 8]>::try_from(s.as_slice()) {
+                    completed.insert((KeyId(s), o));
+                }
+            }
+        }
+        let mut objects = HashMap::new();
+        for p in Partial::load_all(&cfg.partial_dir()) {
+            tracing::info!(object = %format_id(p.asm.meta.id), name = %p.asm.meta.name,
+                done = p.asm.done_count(), blocks = p.asm.block_count(), "resuming a partial object");
+            objects.insert((p.sender, p.asm.meta.id), p);
+        }
+        let now = Instant::now();
+        Ok(Receiver {
+            cfg,
+            rx,
+            table,
+            objects,
+            completed,
+            refused: HashSet::new(),
+            drops: BTreeMap::new(),
+            drops_logged: BTreeMap::new(),
+            decoder: None,
+            start: now,
+            links: HashMap::new(),
+            received_files: 0,
+            received_bytes: 0,
+            frames_since_check: 0,
+            last_tick: now,
+            last_drop_log: now,
+        })
+    }
+
+    pub fn load_highest(cfg: &Config) -> HashMap<KeyId, u64> {
+        let Ok(text) = std::fs::read_to_string(senders_path(cfg)) else {
+            return HashMap::new();
+        };
+        let m: BTreeMap<String, u64> = serde_json::from_str(&text).unwrap_or_default();
+        m.into_iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    KeyId(<[u8; 8]>::try_from(hex::decode(k).ok()?.as_slice()).ok()?),
+                    v,
+                ))
+            })
+            .collect()
+    }
+
+    pub fn run(&mut self) -> Result<()> {
+        tracing::info!(listen = %self.cfg.listen, inbox = %self.cfg.inbox.display(), "receiving");
+        let mut bufs: Vec<Vec<u8>> = (0..8).map(|_| vec![0u8; RX_BUF]).collect();
+        let mut meta = [RecvMeta::default(); 8];
+        loop {
+            let n = {
+                let mut slices: Vec<IoSliceMut> =
+                    bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                self.rx
+                    .recv(&mut slices, &mut meta)
+                    .context("receive on the link failed")?
+            };
+            for (buf, m) in bufs.iter_mut().zip(meta.iter()).take(n) {
+                let stride = m.stride.max(1);
+                for f in buf[..m.len.min(RX_BUF)].chunks_mut(stride) {
+                    self.frame(f);
+                }
+            }
+            if self.last_tick.elapsed() >= Duration::from_secs(1) {
+                self.tick();
+            }
+        }
+    }
+
+    fn drop(&mut self, why: &'static str) {
+        *self.drops.entry(why).or_default() += 1;
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn frame(&mut self, f: &mut [u8]) {
+        let now = self.now_ms();
+        match frame::peek_kind(f) {
+            Err(_) => self.drop("malformed"),
+            Ok(FrameKind::Announce) => match self.table.on_announce(f, now) {
+                Ok(AnnounceOutcome::New { sender, counter }) => {
+                    tracing::info!(sender = %sender, session = counter, "new session");
+                    self.seen(sender);
+                }
+                Ok(AnnounceOutcome::Known) => {}
+                Err(d) => self.drop(d.name()),
+            },
+            Ok(_) => {
+                let (objects, completed, refused) = (&self.objects, &self.completed, &self.refused);
+                let mut no_meta = false;
+                let r = self.table.open(f, now, |h, sender| {
+                    let key = (sender, h.object);
+                    match h.kind {
+                        FrameKind::Shard => match objects.get(&key) {
+                            Some(p) => p.asm.wants(h.block, h.shard),
+                            None => {
+                                no_meta = !completed.contains(&key) && !refused.contains(&key);
+                                false
+                            }
+                        },
+                        FrameKind::Meta => {
+                            !(objects.contains_key(&key)
+                                || completed.contains(&key)
+                                || refused.contains(&key))
+                        }
+                        _ => true,
+                    }
+                });
+                match r {
+                    Err(d) => self.drop(d.name()),
+                    Ok(Opened::Redundant) => {
+                        if no_meta {
+                            self.drop("shard_before_meta");
+                        }
+                    }
+                    Ok(Opened::Fresh(h, sender)) => {
+                        self.seen(sender);
+                        let payload = &f[SEALED_HEADER_LEN..f.len() - TAG_LEN];
+                        match h.kind {
+                            FrameKind::Meta => self.on_meta(sender, payload),
+                            FrameKind::Shard => {
+                                self.on_shard((sender, h.object), h.block, h.shard, payload)
+                            }
+                            FrameKind::Heartbeat => {
+                                if decode_heartbeat(payload).is_none() {
+                                    self.drop("bad_heartbeat");
+                                }
+                            }
+                            FrameKind::Announce => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn seen(&mut self, sender: KeyId) {
+        let l = self.links.entry(sender).or_insert(Link {
+            last: Instant::now(),
+            up: false,
+        });
+        l.last = Instant::now();
+        if !l.up {
+            l.up = true;
+            tracing::info!(sender = %sender, "link up: frames arriving");
+        }
+    }
+
+    fn on_meta(&mut self, sender: KeyId, payload: &[u8]) {
+        let meta = match ObjectMeta::decode(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                // the object id is inside the metadata; if it does not decode there is nothing to name
+                let id = postcard::from_bytes::<u64>(payload).unwrap_or(0);
+                if self.refused.insert((sender, id)) {
+                    tracing::error!(sender = %sender, object = %format_id(id), error = %e, "refused an object: nothing is written");
+                }
+                self.drop("refused_object");
+                return;
+            }
+        };
+        let key = (sender, meta.id);
+        let (name, size) = (meta.name.clone(), meta.size);
+        match Partial::create(&self.cfg.partial_dir(), sender, meta) {
+            Ok(p) => {
+                tracing::info!(object = %format_id(key.1), name = %name, bytes = size, blocks = p.asm.block_count(), "receiving");
+                self.objects.insert(key, p);
+            }
+            Err(e) => {
+                self.drop("cannot_store");
+                tracing::error!(object = %format_id(key.1), name = %name, error = %format!("{e:#}"), "cannot start the object on disk");
+            }
+        }
+    }
+
+    fn on_shard(&mut self, key: Key, block: u32, shard: u16, payload: &[u8]) {
+        let Some(p) = self.objects.get_mut(&key) else {
+            return;
+        };
+        p.last_frame = Instant::now();
+        loop {
+            match p.asm.insert(block, shard, payload) {
+                Err(_) => {
+                    *self.drops.entry("bad_shard").or_default() += 1;
+                    return;
+                }
+                Ok(Step::Restore(which)) => {
+                    let shards = p.read_shards(block, &which).unwrap_or_default();
+                    p.asm.restore(block, &shards);
+                }
+                Ok(Step::Ready) => break,
+                Ok(_) => {
+                    self.frames_since_check += 1;
+                    if self.frames_since_check >= 512 {
+                        self.frames_since_check = 0;
+                        self.bound_memory();
+                    }
+                    return;
+                }
+            }
+        }
+        if let Err(e) = p.complete_block(block, &mut self.decoder) {
+            let msg = format!("{e:#}");
+            if p.error.as_deref() != Some(msg.as_str()) {
+                tracing::error!(object = %format_id(key.1), name = %p.asm.meta.name, block, error = %msg,
+                    "cannot write a block; it stays missing (a gap) until a later pass or replay");
+            }
+            p.error = Some(msg);
+            p.asm.discard(block);
+            return;
+        }
+        if p.asm.is_complete() {
+            self.finish(key);
+        }
+    }
+
+    fn finish(&mut self, key: Key) {
+        let Some(p) = self.objects.get_mut(&key) else {
+            return;
+        };
+        match p.finish(&self.cfg.inbox) {
+            Ok(dest) => {
+                let m = p.asm.meta.clone();
+                tracing::info!(object = %format_id(m.id), name = %m.name, bytes = m.size, sha256 = %m.sha256_hex(),
+                    path = %dest.display(), "received");
+                let rec = serde_json::json!({
+                    "sender": key.0.to_string(), "object": format_id(m.id), "name": m.name, "size": m.size,
+                    "sha256": m.sha256_hex(), "at": diode_host::unix_now(),
+                });
+                if let Err(e) = append_line(&completed_path(&self.cfg), &rec.to_string()) {
+                    tracing::error!(error = %format!("{e:#}"), "cannot record the received file");
+                }
+                self.received_files += 1;
+                self.received_bytes += m.size;
+                self.completed.insert(key);
+                self.objects.remove(&key);
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                tracing::error!(object = %format_id(key.1), name = %p.asm.meta.name, error = %msg, "cannot finish the object");
+                p.error = Some(msg);
+            }
+        }
+    }
+
+    /// Keep the blocks held in memory under `memory_mb`: set aside the oldest blocks of the object
+    /// holding the most, writing their data shards to its partial file.
+    fn bound_memory(&mut self) {
+        let cap = self.cfg.memory_mb << 20;
+        loop {
+            let total: usize = self.objects.values().map(|p| p.asm.active_bytes()).sum();
+            if total <= cap {
+                return;
+            }
+            let Some(key) = self
+                .objects
+                .iter()
+                .max_by_key(|(_, p)| p.asm.active_bytes())
+                .map(|(k, _)| *k)
+            else {
+                return;
+            };
+            let Some(p) = self.objects.get_mut(&key) else {
+                return;
+            };
+            let Some(&b) = p.asm.active_blocks().first() else {
+                return;
+            };
+            set_aside(p, b);
+        }
+    }
+
+    fn tick(&mut self) {
+        self.last_tick = Instant::now();
+        let stall = Duration::from_secs(self.cfg.stall_secs);
+        for p in self.objects.values_mut() {
+            if p.last_frame.elapsed() >= stall {
+                for b in p.asm.active_blocks() {
+                    set_aside(p, b);
+                }
+            }
+            if p.dirty {
+                if let Err(e) = p.persist() {
+                    tracing::error!(object = %format_id(p.asm.meta.id), error = %format!("{e:#}"), "cannot save progress");
+                }
+            }
+        }
+        self.expire();
+        if self.table.take_dirty() {
+            let m: BTreeMap<String, u64> = self
+                .table
+                .highest()
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect();
+            if let Err(e) = serde_json::to_vec(&m)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| write_atomic(&senders_path(&self.cfg), &b, 0o600))
+            {
+                tracing::error!(error = %format!("{e:#}"), "cannot persist session counters");
+            }
+        }
+        let down = Duration::from_secs(self.cfg.link_down_secs);
+        for (sender, l) in self.links.iter_mut() {
+            if l.up && l.last.elapsed() >= down {
+                l.up = false;
+                tracing::warn!(sender = %sender, silent_secs = l.last.elapsed().as_secs(), "link down: no frames, not even heartbeats");
+            }
+        }
+        if self.drops != self.drops_logged
+            && self.last_drop_log.elapsed() >= Duration::from_secs(10)
+        {
+            self.last_drop_log = Instant::now();
+            self.drops_logged = self.drops.clone();
+            let text: Vec<String> = self.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            tracing::info!(drops = %text.join(" "), "dropped frames so far");
+        }
+        if let Err(e) = self.write_status() {
+            tracing::warn!(error = %format!("{e:#}"), "cannot write status");
+        }
+    }
+
+    fn expire(&mut self) {
+        let limit = Duration::from_secs(self.cfg.expire_hours * 3600);
+        let old: Vec<Key> = self
+            .objects
+            .iter()
+            .filter(|(_, p)| p.last_progress.elapsed() >= limit)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in old {
+            let Some(p) = self.objects.remove(&key) else {
+                continue;
+            };
+            let m = &p.asm.meta;
+            let report = serde_json::json!({
+                "sender": key.0.to_string(), "object": format_id(m.id), "name": m.name, "size": m.size,
+                "blocks": p.asm.block_count(), "missing": diode_proto::gap::format(&p.asm.missing()),
+                "expired_at": diode_host::unix_now(),
+            });
+            let dir = self.cfg.state.join("expired");
+            let _ = std::fs::create_dir_all(&dir);
+            let path = dir.join(format!("{}-{}.json", key.0, format_id(m.id)));
+            if let Err(e) = write_atomic(&path, report.to_string().as_bytes(), 0o644) {
+                tracing::error!(error = %format!("{e:#}"), "cannot write the expiry report");
+            }
+            tracing::warn!(object = %format_id(m.id), name = %m.name, report = %path.display(), "incomplete object expired; nothing reached the inbox");
+            p.discard();
+        }
+    }
+
+    fn write_status(&self) -> Result<()> {
+        let stall = Duration::from_secs(self.cfg.stall_secs);
+        let mut sessions: Vec<SessionStatus> = self
+            .table
+            .sessions()
+            .map(|s| {
+                let link = self.links.get(&s.sender);
+                let expected = s.expected();
+                let got = s.frames + s.redundant;
+                SessionStatus {
+                    sender: s.sender.to_string(),
+                    counter: s.counter,
+                    created_at: s.created_at,
+                    link: if link.is_some_and(|l| l.up) {
+                        "up".into()
+                    } else {
+                        "down".into()
+                    },
+                    last_seen_secs: link.map(|l| l.last.elapsed().as_secs_f64()).unwrap_or(-1.0),
+                    frames_expected: expected,
+                    frames_received: got.min(expected),
+                    loss_percent: if expected > 0 {
+                        100.0 * (1.0 - got.min(expected) as f64 / expected as f64)
+                    } else {
+                        0.0
+                    },
+                }
+            })
+            .collect();
+        sessions.sort_by_key(|s| std::cmp::Reverse(s.counter));
+        let mut objects: Vec<ObjectStatus> = self
+            .objects
+            .iter()
+            .map(|((sender, id), p)| {
+                let missing = diode_proto::gap::format(&p.asm.missing());
+                let stalled = p.last_frame.elapsed() >= stall;
+                let all = p.asm.done_count() == 0;
+                ObjectStatus {
+                    sender: sender.to_string(),
+                    object: format_id(*id),
+                    name: p.asm.meta.name.clone(),
+                    size: p.asm.meta.size,
+                    blocks: p.asm.block_count(),
+                    blocks_done: p.asm.done_count(),
+                    percent: 100.0 * p.asm.done_count() as f64 / p.asm.block_count().max(1) as f64,
+                    state: if stalled {
+                        "incomplete".into()
+                    } else {
+                        "receiving".into()
+                    },
+                    missing: missing.clone(),
+                    error: p.error.clone(),
+                    replay: stalled
+                        .then(|| status::replay_line(&self.cfg.replay_config, *id, &missing, all)),
+                }
+            })
+            .collect();
+        objects.sort_by(|a, b| a.name.cmp(&b.name));
+        let s = Status {
+            updated: diode_host::unix_now(),
+            pid: std::process::id(),
+            listen: self.cfg.listen.to_string(),
+            sessions,
+            drops: self
+                .drops
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            received_files: self.received_files,
+            received_bytes: self.received_bytes,
+            objects,
+        };
+        write_atomic(
+            &self.cfg.status_path(),
+            &serde_json::to_vec_pretty(&s)?,
+            0o644,
+        )
+    }
+}
+
+/// Move an unfinished block out of memory: its data shards go to their place in the partial file.
+fn set_aside(p: &mut Partial, block: u32) {
+    let Some(shards) = p.asm.evict(block) else {
+        return;
+    };
+    match p.write_shards(block, &shards) {
+        Ok(()) => {
+            p.asm
+                .spilled(block, shards.iter().map(|(i, _)| *i).collect());
+            p.dirty = true;
+        }
+        Err(e) => {
+            let msg = format!("cannot set aside block {block}: {e}");
+            if p.error.as_deref() != Some(msg.as_str()) {
+                tracing::error!(object = %format_id(p.asm.meta.id), error = %msg, "shards lost; the block stays missing");
+            }
+            p.error = Some(msg);
+        }
+    }
+}

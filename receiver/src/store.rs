@@ -1,0 +1,271 @@
+//! Crash-safe, bounded storage of objects being received. Each object has a partial data file and a
+//! state file (postcard `AssemblyState`: metadata, finished blocks, data shards of set-aside blocks) in
+//! `state/partial/`. Finished blocks are written at their offset; when all are in and the SHA-256 over the
+//! whole file matches, the file is renamed into the inbox, so the inbox only ever shows whole files.
+
+use anyhow::{bail, Context, Result};
+use diode_host::atomic::{sync_dir, write_atomic};
+use diode_proto::journal::format_id;
+use diode_proto::object::{safe_name, Assembly, AssemblyState, ObjectMeta};
+use diode_proto::KeyId;
+use sha2::{Digest, Sha256};
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Version tag of the state file format.
+const STATE_VERSION: u8 = 1;
+
+pub struct Partial {
+    pub sender: KeyId,
+    pub asm: Assembly,
+    file: File,
+    data_path: PathBuf,
+    state_path: PathBuf,
+    hasher: Sha256,
+    /// Blocks 0..hashed are in `hasher`, in order.
+    hashed: u32,
+    pub dirty: bool,
+    pub last_frame: Instant,
+    pub last_progress: Instant,
+    /// Set after a write failure (a full disk): shown in status until the object completes.
+    pub error: Option<String>,
+}
+
+fn stem(sender: KeyId, id: u64) -> String {
+    format!("{sender}-{}", format_id(id))
+}
+
+impl Partial {
+    pub fn create(dir: &Path, sender: KeyId, meta: ObjectMeta) -> Result<Self> {
+        let asm = Assembly::new(meta)?;
+        Self::open(dir, sender, asm, true)
+    }
+
+    fn open(dir: &Path, sender: KeyId, asm: Assembly, fresh: bool) -> Result<Self> {
+        let s = stem(sender, asm.meta.id);
+        let data_path = dir.join(format!("{s}.data"));
+        let state_path = dir.join(format!("{s}.state"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(fresh)
+            .open(&data_path)
+            .with_context(|| format!("cannot open {}", data_path.display()))?;
+        let now = Instant::now();
+        let mut p = Partial {
+            sender,
+            asm,
+            file,
+            data_path,
+            state_path,
+            hasher: Sha256::new(),
+            hashed: 0,
+            dirty: true,
+            last_frame: now,
+            last_progress: now,
+            error: None,
+        };
+        if fresh {
+            p.persist()?;
+        }
+        Ok(p)
+    }
+
+    /// Every partial object found in `dir` (after a restart). Unreadable ones are reported and skipped.
+    pub fn load_all(dir: &Path) -> Vec<Partial> {
+        let mut out = Vec::new();
+        let Ok(rd) = fs::read_dir(dir) else {
+            return out;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_none_or(|x| x != "state") {
+                continue;
+            }
+            match Self::load(&p) {
+                Ok(part) => out.push(part),
+                Err(err) => {
+                    tracing::error!(file = %p.display(), error = %format!("{err:#}"), "unreadable partial object state; it will be received again from scratch")
+                }
+            }
+        }
+        out
+    }
+
+    fn load(state_path: &Path) -> Result<Partial> {
+        let bytes = fs::read(state_path)?;
+        let (&v, rest) = bytes.split_first().context("empty state file")?;
+        if v != STATE_VERSION {
+            bail!("state file version {v} is not {STATE_VERSION}");
+        }
+        let (sender, st): ([u8; 8], AssemblyState) =
+            postcard::from_bytes(rest).context("state file does not decode")?;
+        let asm = Assembly::from_state(st)?;
+        let mut p = Self::open(
+            state_path.parent().unwrap_or(Path::new(".")),
+            KeyId(sender),
+            asm,
+            false,
+        )?;
+        p.dirty = false;
+        Ok(p)
+    }
+
+    pub fn persist(&mut self) -> Result<()> {
+        let mut bytes = vec![STATE_VERSION];
+        bytes.extend(postcard::to_allocvec(&(self.sender.0, self.asm.state()))?);
+        write_atomic(&self.state_path, &bytes, 0o600)?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Decode a ready block, write it at its offset, and keep the running hash going in block order
+    /// (blocks finished out of order are read back from the page cache when their turn comes).
+    pub fn complete_block(
+        &mut self,
+        block: u32,
+        decoder: &mut Option<reed_solomon_simd::ReedSolomonDecoder>,
+    ) -> Result<()> {
+        let (offset, data) = self.asm.finish_block(block, decoder)?;
+        self.file
+            .write_all_at(data, offset)
+            .context("write failed")?;
+        if block == self.hashed {
+            self.hasher.update(data);
+            self.hashed += 1;
+        }
+        self.asm.mark_done(block);
+        let g = self.asm.geometry();
+        while (self.hashed as u64) < self.asm.block_count() && self.asm.is_done(self.hashed) {
+            let len = g.block_len(self.asm.meta.size, self.hashed as u64) as usize;
+            let mut buf = vec![0u8; len];
+            self.file
+                .read_exact_at(&mut buf, self.asm.block_offset(self.hashed))?;
+            self.hasher.update(&buf);
+            self.hashed += 1;
+        }
+        self.dirty = true;
+        self.last_progress = Instant::now();
+        Ok(())
+    }
+
+    /// Write data shards of a block set aside unfinished.
+    pub fn write_shards(&mut self, block: u32, shards: &[(usize, Vec<u8>)]) -> std::io::Result<()> {
+        let base = self.asm.block_offset(block);
+        let s = self.asm.geometry().shard_size as u64;
+        for (i, bytes) in shards {
+            self.file.write_all_at(bytes, base + *i as u64 * s)?;
+        }
+        Ok(())
+    }
+
+    pub fn read_shards(
+        &self,
+        block: u32,
+        which: &[usize],
+    ) -> std::io::Result<Vec<(usize, Vec<u8>)>> {
+        let base = self.asm.block_offset(block);
+        let s = self.asm.geometry().shard_size;
+        which
+            .iter()
+            .map(|&i| {
+                let mut b = vec![0u8; s];
+                let n = read_upto(&self.file, &mut b, base + (i * s) as u64)?;
+                b[n..].fill(0);
+                Ok((i, b))
+            })
+            .collect()
+    }
+
+    /// All blocks are in: check the hash and move the file into the inbox. On a hash mismatch the
+    /// object starts over (the partial data is wrong) and an error says so.
+    pub fn finish(&mut self, inbox: &Path) -> Result<PathBuf> {
+        let meta = self.asm.meta.clone();
+        self.file.set_len(meta.size)?;
+        let mut h = std::mem::take(&mut self.hasher);
+        let mut pos = self.hashed as u64 * self.asm.geometry().block_bytes();
+        let mut buf = vec![0u8; 1 << 20];
+        while pos < meta.size {
+            let want = buf.len().min((meta.size - pos) as usize);
+            self.file.read_exact_at(&mut buf[..want], pos)?;
+            h.update(&buf[..want]);
+            pos += want as u64;
+        }
+        let got: [u8; 32] = h.finalize().into();
+        if got != meta.sha256 {
+            // Reset: every block is missing again; the next pass or a replay brings it back.
+            self.asm = Assembly::new(meta.clone())?;
+            self.hashed = 0;
+            self.hasher = Sha256::new();
+            self.file.set_len(0)?;
+            self.persist()?;
+            bail!(
+                "content hash mismatch ({} instead of {}); the object was reset",
+                hex::encode(got),
+                meta.sha256_hex()
+            );
+        }
+        self.file.sync_all()?;
+        let dest = inbox_path(inbox, &meta.name)?;
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        if let Err(e) = fs::rename(&self.data_path, &dest) {
+            if e.raw_os_error() != Some(18) {
+                return Err(e).with_context(|| {
+                    format!("cannot move the finished file to {}", dest.display())
+                });
+            }
+            // EXDEV: state and inbox on different filesystems: copy beside the target, then rename
+            let tmp = dest.with_file_name(format!(".{}.diode-part", meta.id));
+            fs::copy(&self.data_path, &tmp)?;
+            File::open(&tmp)?.sync_all()?;
+            fs::rename(&tmp, &dest)?;
+            let _ = fs::remove_file(&self.data_path);
+        }
+        if let Some(parent) = dest.parent() {
+            sync_dir(parent);
+        }
+        let _ = fs::remove_file(&self.state_path);
+        Ok(dest)
+    }
+
+    /// Give up on the object (expired): remove its data, keep nothing but the caller's report.
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.data_path);
+        let _ = fs::remove_file(&self.state_path);
+    }
+}
+
+fn read_upto(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], offset + n as u64)? {
+            0 => break,
+            r => n += r,
+        }
+    }
+    Ok(n)
+}
+
+/// Where a wire name lands: only below the inbox, never through a symbolic link.
+pub fn inbox_path(inbox: &Path, name: &str) -> Result<PathBuf> {
+    let parts = safe_name(name)?;
+    let mut p = inbox.to_path_buf();
+    for (i, part) in parts.iter().enumerate() {
+        p.push(part);
+        if let Ok(md) = fs::symlink_metadata(&p) {
+            if md.file_type().is_symlink() || (i + 1 < parts.len() && !md.is_dir()) {
+                bail!(
+                    "{} is a link or not a folder: refusing to write {name:?} through it",
+                    p.display()
+                );
+            }
+        }
+    }
+    Ok(p)
+}

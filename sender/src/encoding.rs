@@ -1,0 +1,180 @@
+//! The encoding stage: an object on disk becomes metadata frames and interleaved, FEC-coded shard frames.
+//! Reads the file block group by block group (memory does not grow with the file), computes parity with
+//! `diode_proto::BlockEncoder`, and hands each shard to the transmitter in `object::interleave` order.
+
+use crate::transmit::Transmitter;
+use anyhow::{bail, Context, Result};
+use diode_proto::object::{interleave, ObjectKind, ObjectMeta};
+use diode_proto::{BlockEncoder, FrameKind, Geometry};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// A meta frame goes out this often (in frames), so a receiver that joins mid-object learns what it is.
+const META_EVERY: usize = 128;
+
+/// Hash and measure a file, giving it the id and wire name it will travel under.
+pub fn describe(
+    path: &Path,
+    id: u64,
+    name: &str,
+    kind: ObjectKind,
+    g: Geometry,
+) -> Result<ObjectMeta> {
+    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let md = f.metadata()?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    let mtime = md
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    let meta = ObjectMeta {
+        id,
+        name: name.to_string(),
+        size,
+        sha256: h.finalize().into(),
+        kind,
+        shard_size: g.shard_size as u32,
+        data_shards: g.data_shards as u16,
+        parity_shards: g.parity_shards as u16,
+        mtime: mtime.unwrap_or(0),
+    };
+    meta.check()
+        .with_context(|| format!("cannot send {}", path.display()))?;
+    Ok(meta)
+}
+
+pub struct Encoder {
+    fec: BlockEncoder,
+    data: Vec<u8>,
+    parity: Vec<Vec<u8>>,
+    pub interleave: usize,
+}
+
+impl Encoder {
+    pub fn new(interleave: usize) -> Self {
+        Encoder {
+            fec: BlockEncoder::new(),
+            data: Vec::new(),
+            parity: Vec::new(),
+            interleave,
+        }
+    }
+
+    /// Send `blocks` (all when None) of the object once. `progress` gets data bytes as they go out.
+    pub fn send_pass(
+        &mut self,
+        tx: &mut Transmitter,
+        file: &File,
+        meta: &ObjectMeta,
+        blocks: Option<&[(u32, u32)]>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<()> {
+        let g = meta.geometry()?;
+        let count = g.block_count(meta.size);
+        let list: Vec<u64> = match blocks {
+            None => (0..count).collect(),
+            Some(r) => r
+                .iter()
+                .flat_map(|(a, b)| *a as u64..=*b as u64)
+                .filter(|b| *b < count)
+                .collect(),
+        };
+        let meta_bytes = meta.encode();
+        for _ in 0..2 {
+            tx.push(FrameKind::Meta, meta.id, 0, 0, &meta_bytes);
+        }
+        let s = g.shard_size;
+        let mut since_meta = 0usize;
+        for group in list.chunks(self.interleave) {
+            // read the group's data, each block padded to whole shards
+            let mut counts = Vec::with_capacity(group.len());
+            let mut starts = Vec::with_capacity(group.len());
+            self.data.clear();
+            for &b in group {
+                let len = g.block_len(meta.size, b) as usize;
+                let k = g.data_in(meta.size, b);
+                let start = self.data.len();
+                self.data.resize(start + k * s, 0);
+                file.read_exact_at(&mut self.data[start..start + len], b * g.block_bytes())
+                    .context("the object's file changed or shrank while being sent")?;
+                starts.push(start);
+                counts.push(k);
+            }
+            self.parity.resize_with(group.len(), Vec::new);
+            let mut totals = Vec::with_capacity(group.len());
+            for (i, &k) in counts.iter().enumerate() {
+                let m = g.parity_for(k);
+                self.fec.encode(
+                    &self.data[starts[i]..starts[i] + k * s],
+                    s,
+                    m,
+                    &mut self.parity[i],
+                )?;
+                totals.push(k + m);
+            }
+            for (i, shard) in interleave(&totals) {
+                let k = counts[i];
+                let payload = if shard < k {
+                    &self.data[starts[i] + shard * s..starts[i] + (shard + 1) * s]
+                } else {
+                    &self.parity[i][(shard - k) * s..(shard - k + 1) * s]
+                };
+                tx.push(
+                    FrameKind::Shard,
+                    meta.id,
+                    group[i] as u32,
+                    shard as u16,
+                    payload,
+                );
+                since_meta += 1;
+                if since_meta >= META_EVERY {
+                    since_meta = 0;
+                    tx.push(FrameKind::Meta, meta.id, 0, 0, &meta_bytes);
+                }
+            }
+            progress(group.iter().map(|&b| g.block_len(meta.size, b)).sum());
+        }
+        tx.push(FrameKind::Meta, meta.id, 0, 0, &meta_bytes);
+        tx.flush();
+        Ok(())
+    }
+}
+
+/// Send an object `passes` times (or the given blocks of it).
+pub fn send_object(
+    tx: &mut Transmitter,
+    enc: &mut Encoder,
+    path: &Path,
+    meta: &ObjectMeta,
+    passes: u32,
+    blocks: Option<&[(u32, u32)]>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    if file.metadata()?.len() != meta.size {
+        bail!("{} changed size since it was queued", path.display());
+    }
+    tx.current_object = Some(meta.id);
+    for _ in 0..passes {
+        enc.send_pass(tx, &file, meta, blocks, progress)?;
+    }
+    tx.current_object = None;
+    tx.objects_sent += 1;
+    Ok(())
+}

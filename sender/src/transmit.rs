@@ -1,0 +1,199 @@
+//! The transmit stage: owns the session and the UDP socket, seals frames into GSO batches, paces them to
+//! the configured rate, and slips in the periodic announce and heartbeat frames and the scheduled rekey.
+//! It never reads from the socket.
+
+use crate::config::Config;
+use anyhow::{Context, Result};
+use diode_host::{pace::Pacer, udp::UdpTx};
+use diode_proto::frame::{IP_UDP_OVERHEAD, SEALED_HEADER_LEN, TAG_LEN};
+use diode_proto::object::Heartbeat;
+use diode_proto::{FrameKind, PublicKey, SecretKey, SenderSession};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub struct Transmitter {
+    tx: UdpTx,
+    me: SecretKey,
+    receiver: PublicKey,
+    counter_file: PathBuf,
+    session: SenderSession,
+    session_started: Instant,
+    pacer: Pacer,
+    batch: Vec<u8>,
+    batch_frames: usize,
+    segment: usize,
+    max_segments: usize,
+    last_announce: Instant,
+    last_heartbeat: Instant,
+    announce_every: Duration,
+    heartbeat_every: Duration,
+    rekey_every: Duration,
+    rate_bps: u64,
+    pub objects_sent: u64,
+    pub current_object: Option<u64>,
+    send_errors: u64,
+}
+
+impl Transmitter {
+    pub fn new(cfg: &Config, me: SecretKey, receiver: PublicKey) -> Result<Self> {
+        let rate_bps = cfg.rate_bps()?;
+        let tx = UdpTx::new(cfg.target, cfg.bind, 8 << 20)?;
+        let counter_file = cfg.state.join("session.counter");
+        let session = start_session(&me, &receiver, &counter_file)?;
+        let max_segments = tx.max_segments();
+        let now = Instant::now();
+        let mut t = Transmitter {
+            tx,
+            me,
+            receiver,
+            counter_file,
+            session,
+            session_started: now,
+            pacer: Pacer::new(rate_bps),
+            batch: Vec::with_capacity(64 * 9000),
+            batch_frames: 0,
+            segment: 0,
+            max_segments,
+            last_announce: now,
+            last_heartbeat: now,
+            announce_every: Duration::from_secs_f64(cfg.announce_secs.clamp(0.05, 60.0)),
+            heartbeat_every: Duration::from_secs_f64(cfg.heartbeat_secs.clamp(0.05, 60.0)),
+            rekey_every: Duration::from_secs(cfg.rekey_secs.max(10)),
+            rate_bps,
+            objects_sent: 0,
+            current_object: None,
+            send_errors: 0,
+        };
+        t.announce();
+        tracing::info!(
+            target_addr = %cfg.target, rate = %cfg.rate, gso_segments = max_segments,
+            session = t.session.counter(), "session started"
+        );
+        Ok(t)
+    }
+
+    /// Queue one sealed frame carrying `payload`.
+    pub fn push(&mut self, kind: FrameKind, object: u64, block: u32, shard: u16, payload: &[u8]) {
+        let len = SEALED_HEADER_LEN + payload.len() + TAG_LEN;
+        if self.batch_frames > 0 && len != self.segment {
+            self.flush();
+        }
+        let start = self.batch.len();
+        self.batch.resize(start + len, 0);
+        self.batch[start + SEALED_HEADER_LEN..start + SEALED_HEADER_LEN + payload.len()]
+            .copy_from_slice(payload);
+        if self
+            .session
+            .seal(kind, object, block, shard, &mut self.batch[start..])
+            .is_none()
+        {
+            self.batch.truncate(start);
+            return;
+        }
+        self.segment = len;
+        self.batch_frames += 1;
+        // one GSO send carries at most 64 KiB of UDP payload
+        if self.batch_frames >= self.max_segments.min(65000 / len).max(1) {
+            self.flush();
+        }
+    }
+
+    /// Send what is batched, paced, then any announce, heartbeat or rekey that is due.
+    pub fn flush(&mut self) {
+        if self.batch_frames > 0 {
+            self.pacer
+                .wait(self.batch.len() + self.batch_frames * IP_UDP_OVERHEAD);
+            if let Err(e) = self.tx.send(&self.batch, self.segment) {
+                self.send_error(e);
+            }
+            self.batch.clear();
+            self.batch_frames = 0;
+        }
+        self.tick();
+    }
+
+    fn send_error(&mut self, e: std::io::Error) {
+        self.send_errors += 1;
+        if self.send_errors.is_power_of_two() {
+            tracing::warn!(error = %e, count = self.send_errors, "send on the link failed (frames lost; FEC and passes cover it)");
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.session_started) >= self.rekey_every {
+            match start_session(&self.me, &self.receiver, &self.counter_file) {
+                Ok(s) => {
+                    self.session = s;
+                    self.session_started = now;
+                    tracing::info!(session = self.session.counter(), "rekeyed: new session");
+                    self.announce();
+                }
+                Err(e) => tracing::error!(error = %e, "rekey failed; keeping the current session"),
+            }
+        }
+        if now.duration_since(self.last_announce) >= self.announce_every {
+            self.announce();
+        }
+        if now.duration_since(self.last_heartbeat) >= self.heartbeat_every {
+            self.heartbeat();
+        }
+    }
+
+    fn announce(&mut self) {
+        let a = self.session.announce().to_vec();
+        self.pacer.wait(a.len() + IP_UDP_OVERHEAD);
+        if let Err(e) = self.tx.send(&a, a.len()) {
+            self.send_error(e);
+        }
+        self.last_announce = Instant::now();
+    }
+
+    fn heartbeat(&mut self) {
+        self.last_heartbeat = Instant::now();
+        let hb = Heartbeat {
+            frames_sent: self.session.frames_sealed() + 1,
+            objects_sent: self.objects_sent,
+            current_object: self.current_object,
+            rate_bps: self.rate_bps,
+            interval_ms: self.heartbeat_every.as_millis() as u32,
+        };
+        let body = diode_proto::object::encode_heartbeat(&hb);
+        let mut f = vec![0u8; SEALED_HEADER_LEN + body.len() + TAG_LEN];
+        f[SEALED_HEADER_LEN..SEALED_HEADER_LEN + body.len()].copy_from_slice(&body);
+        if self
+            .session
+            .seal(FrameKind::Heartbeat, 0, 0, 0, &mut f)
+            .is_some()
+        {
+            self.pacer.wait(f.len() + IP_UDP_OVERHEAD);
+            if let Err(e) = self.tx.send(&f, f.len()) {
+                self.send_error(e);
+            }
+        }
+    }
+
+    /// Nothing to send: keep announces and heartbeats going.
+    pub fn idle(&mut self) {
+        self.flush();
+    }
+}
+
+/// A new session whose counter is above every earlier one: the persisted counter plus one, or the clock
+/// in microseconds if that is larger (so a reinstalled sender with no state still moves forward).
+fn start_session(
+    me: &SecretKey,
+    receiver: &PublicKey,
+    counter_file: &PathBuf,
+) -> Result<SenderSession> {
+    let old: u64 = std::fs::read_to_string(counter_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let counter = (old + 1).max(diode_host::unix_micros());
+    diode_host::atomic::write_atomic(counter_file, format!("{counter}\n").as_bytes(), 0o644)
+        .context("cannot persist the session counter")?;
+    let mut rng = rand::rng();
+    SenderSession::start(me, receiver, counter, diode_host::unix_now(), &mut rng)
+        .context("cannot start a session")
+}
