@@ -14,7 +14,8 @@
 # Everything lives inside the two namespaces: the host's interfaces, routes and firewall are untouched.
 #
 # As a library (the caller owns cleanup):
-#   DIODE_NS=dd$$ . hardware/diode-link.sh      # DIODE_NS is optional; default dd<pid of the shell>
+#   DIODE_NS=t1                                 # optional, default dd<pid of the shell>; a separate statement:
+#   . hardware/diode-link.sh                    # a prefix (DIODE_NS=t1 . file) would not outlive the `.`
 #   trap link_down EXIT
 #   link_up 5                                   # 5% loss; names in $DIODE_NS_S $DIODE_NS_R, $DIODE_IP_S ...
 #   ip netns exec "$DIODE_NS_R" diode-recv ... &  ip netns exec "$DIODE_NS_S" diode-send ... &
@@ -34,7 +35,8 @@
 DIODE_LINK_STATE_DIR=${DIODE_LINK_STATE_DIR:-/run/diode-link}
 _link_ns_given=${DIODE_NS:-} _link_net_given=${DIODE_NET:-}
 
-# _link_names : derive every name from DIODE_NS (and DIODE_NET); safe to call again after DIODE_NS changes
+# _link_names : derive every name from DIODE_NS (DIODE_NET, if unset, from the first prefix seen: it only
+# has to differ from nothing outside the two namespaces)
 _link_names() {
   DIODE_NS=${DIODE_NS:-dd$$}
   DIODE_NS_S=$DIODE_NS-s DIODE_NS_R=$DIODE_NS-r
@@ -82,13 +84,13 @@ link_up() {
   fi
   ip netns add "$DIODE_NS_S" || { _link_err "cannot make network namespace $DIODE_NS_S"; return 1; }
   ip netns add "$DIODE_NS_R" || { _link_err "cannot make network namespace $DIODE_NS_R"; link_down; return 1; }
-  mkdir -p "$DIODE_LINK_STATE_DIR" 2>/dev/null &&
-    printf 'DIODE_NS=%s\nDIODE_NET=%s\n' "$DIODE_NS" "$DIODE_NET" >"$DIODE_LINK_STATE_DIR/$DIODE_NS"
+  { mkdir -p "$DIODE_LINK_STATE_DIR" &&
+    printf 'DIODE_NS=%s\nDIODE_NET=%s\n' "$DIODE_NS" "$DIODE_NET" >"$DIODE_LINK_STATE_DIR/$DIODE_NS"; } 2>/dev/null || true
   for n in "$DIODE_NS_S" "$DIODE_NS_R"; do
     # before the veth exists, so it never gets an IPv6 address (and sends no neighbour discovery)
     ip netns exec "$n" sysctl -qw net.ipv6.conf.default.disable_ipv6=1 net.ipv6.conf.all.disable_ipv6=1 \
-      >/dev/null 2>&1
-    ip -n "$n" link set lo up
+      >/dev/null 2>&1 || true
+    ip -n "$n" link set lo up || { _link_err "cannot set lo up in $n"; link_down; return 1; }
   done
   # made directly inside the namespaces: the pair never appears among the host's interfaces
   ip link add "$DIODE_IF_S" netns "$DIODE_NS_S" mtu "$mtu" type veth peer name "$DIODE_IF_R" netns "$DIODE_NS_R" mtu "$mtu" ||
@@ -147,7 +149,7 @@ link_loss() {
 link_rate() {
   case ${1:-} in
     "") _link_err "link_rate RATE|off"; return 1 ;;
-    off) tc -n "$DIODE_NS_S" qdisc del dev "$DIODE_IF_S" root 2>/dev/null; return 0 ;;
+    off) tc -n "$DIODE_NS_S" qdisc del dev "$DIODE_IF_S" root 2>/dev/null || true; return 0 ;;
   esac
   tc -n "$DIODE_NS_S" qdisc replace dev "$DIODE_IF_S" root tbf rate "$1" \
     burst "${DIODE_TBF_BURST:-16kb}" latency "${DIODE_TBF_LATENCY:-10ms}"
@@ -178,33 +180,34 @@ link_exec_s() { ip netns exec "$DIODE_NS_S" "$@"; }
 link_exec_r() { ip netns exec "$DIODE_NS_R" "$@"; }
 
 # link_down : stop every process still inside the two namespaces (TERM, then KILL after 2 s), delete the
-# namespaces (the veth pair, nftables and tc go with them). Safe to call twice, or after a failed link_up.
+# namespaces (the veth pair, nftables and tc go with them). Safe to call twice, after a failed link_up,
+# and under `set -e`.
 link_down() {
   local n p i left
   for n in "$DIODE_NS_S" "$DIODE_NS_R"; do
-    for p in $(ip netns pids "$n" 2>/dev/null); do kill -TERM "$p" 2>/dev/null; done
+    for p in $(ip netns pids "$n" 2>/dev/null || true); do kill -TERM "$p" 2>/dev/null || true; done
   done
   for i in $(seq 1 20); do
     left=""
-    for n in "$DIODE_NS_S" "$DIODE_NS_R"; do left+=$(ip netns pids "$n" 2>/dev/null); done
+    for n in "$DIODE_NS_S" "$DIODE_NS_R"; do left+=$(ip netns pids "$n" 2>/dev/null || true); done
     [ -z "$left" ] && break
     sleep 0.1
   done
   for n in "$DIODE_NS_S" "$DIODE_NS_R"; do
-    for p in $(ip netns pids "$n" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
-    ip netns del "$n" 2>/dev/null
+    for p in $(ip netns pids "$n" 2>/dev/null || true); do kill -KILL "$p" 2>/dev/null || true; done
+    ip netns del "$n" 2>/dev/null || true
   done
   # only if something moved it out of the namespaces; normally it died with them
-  ip link del "$DIODE_IF_S" 2>/dev/null
-  rm -f "$DIODE_LINK_STATE_DIR/$DIODE_NS" 2>/dev/null
+  ip link del "$DIODE_IF_S" 2>/dev/null || true
+  rm -f "$DIODE_LINK_STATE_DIR/$DIODE_NS" 2>/dev/null || true
   return 0
 }
 
 link_status() {
   echo "link $DIODE_NS: $DIODE_NS_S $DIODE_IP_S ($DIODE_IF_S) -> $DIODE_NS_R $DIODE_IP_R ($DIODE_IF_R)"
   echo "fwd $(link_fwd_packets) frames $(link_fwd_bytes) bytes, lost $(link_lost_packets), reverse $(link_reverse_packets) (udp $(link_reverse_udp)), kernel ICMP errors dropped $(link_kernel_errors)"
-  _link_nft list chain netdev diode ing 2>/dev/null | grep -o 'numgen.*\|counter name "lost" drop' | sed 's/^/loss rule: /'
-  tc -n "$DIODE_NS_S" qdisc show dev "$DIODE_IF_S" 2>/dev/null | grep tbf
+  _link_nft list chain netdev diode ing 2>/dev/null | grep -o 'numgen.*\|counter name "lost" drop' | sed 's/^/loss rule: /' || true
+  tc -n "$DIODE_NS_S" qdisc show dev "$DIODE_IF_S" 2>/dev/null | grep tbf || true
   return 0
 }
 

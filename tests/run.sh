@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need (as root, from Debian's packages), checks formatting
+# and lints, builds the release binaries, and runs every test of the workspace: proto's unit and
+# property tests and the end-to-end tests of the real binaries (loopback, and network namespaces with
+# the emulated diode when run as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v nft >/dev/null || need+=(nftables)
+command -v ip >/dev/null || need+=(iproute2)
+command -v socat >/dev/null || need+=(socat)
+command -v python3 >/dev/null || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "== installing ${need[*]}"
+    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
+  else
+    echo "== missing ${need[*]}: the emulated-diode tests need root and these packages" >&2
+  fi
+fi
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy -q --all-targets -- -D warnings
+echo "== building release binaries"
+cargo build --release -q --bins
+echo "== cargo test"
+cargo test --release --workspace 2>&1 | tee target/test.log | grep -E '^(test result|running|test .*(FAILED|ok)$)|panicked' || true
+# one closing line for CI, and the exit status of the run
+passed=$(grep -oE '[0-9]+ passed' target/test.log | awk '{s+=$1} END {print s+0}')
+failed=$(grep -oE '[0-9]+ failed' target/test.log | awk '{s+=$1} END {print s+0}')
+echo "$passed passed, $failed failed"
+if [ "$failed" != 0 ] || ! grep -q 'test result' target/test.log || grep -q '^error' target/test.log; then
+  grep -E '^error|panicked|FAILED' target/test.log | head -20 >&2
+  exit 1
+fi
