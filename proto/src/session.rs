@@ -320,10 +320,14 @@ impl SessionTable {
             return Err(Drop::RateLimited);
         }
         let result = self.establish(frame, sender, &sender_pk, &enc_bytes, now_ms);
-        if self.seen.len() >= 4096 {
-            self.seen.clear();
+        // Only successes and refused old sessions are remembered: a damaged copy of a genuine announce
+        // must not lock the real one out until the next rekey.
+        if matches!(result, Ok(_) | Err(Drop::OldSession)) {
+            if self.seen.len() >= 4096 {
+                self.seen.clear();
+            }
+            self.seen.insert(enc_bytes, result.map(|(tag, _)| tag));
         }
-        self.seen.insert(enc_bytes, result.map(|(tag, _)| tag));
         result.map(|(_, counter)| AnnounceOutcome::New { sender, counter })
     }
 

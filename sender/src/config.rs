@@ -18,6 +18,8 @@ pub struct Config {
     pub receiver: PathBuf,
     #[serde(default = "d_rate")]
     pub rate: String,
+    #[serde(default = "d_gso")]
+    pub gso: String,
     #[serde(default = "d_mtu")]
     pub mtu: usize,
     #[serde(default = "d_data")]
@@ -44,6 +46,9 @@ pub struct Config {
 
 fn d_rate() -> String {
     "1Gbit".into()
+}
+fn d_gso() -> String {
+    "auto".into()
 }
 fn d_mtu() -> usize {
     1500
@@ -90,6 +95,7 @@ impl Config {
             }
         }
         c.rate_bps()?;
+        c.use_gso()?;
         c.geometry()?;
         if c.passes == 0 || c.passes > 100 {
             bail!("passes = {} in {}: use 1 to 100", c.passes, path.display());
@@ -113,6 +119,18 @@ impl Config {
         }
         Geometry::new(shard, self.data_shards, self.parity_shards)
             .context("data_shards / parity_shards")
+    }
+
+    /// Batch frames into one GSO send? "auto" batches towards loopback only: a GSO batch that is not
+    /// split into datagrams before the link (a veth, a software bridge) is lost or kept as a whole, which
+    /// turns independent frame loss into bursts of up to 44 frames.
+    pub fn use_gso(&self) -> Result<bool> {
+        match self.gso.as_str() {
+            "auto" => Ok(self.target.ip().is_loopback()),
+            "on" | "true" => Ok(true),
+            "off" | "false" => Ok(false),
+            g => bail!("gso = {g:?}: use \"auto\", \"on\" or \"off\""),
+        }
     }
 
     pub fn objects_dir(&self) -> PathBuf {

@@ -40,7 +40,7 @@ impl Transmitter {
         let tx = UdpTx::new(cfg.target, cfg.bind, 8 << 20)?;
         let counter_file = cfg.state.join("session.counter");
         let session = start_session(&me, &receiver, &counter_file)?;
-        let max_segments = tx.max_segments();
+        let max_segments = if cfg.use_gso()? { tx.max_segments() } else { 1 };
         let now = Instant::now();
         let mut t = Transmitter {
             tx,
