@@ -35,7 +35,7 @@ impl Geometry {
         data_shards: usize,
         parity_shards: usize,
     ) -> Result<Self, FecError> {
-        if shard_size % 2 != 0 || !(64..=8960).contains(&shard_size) {
+        if !shard_size.is_multiple_of(2) || !(64..=8960).contains(&shard_size) {
             return Err(FecError::ShardSize(shard_size));
         }
         if !(1..=MAX_SHARDS).contains(&data_shards) || parity_shards > MAX_SHARDS {

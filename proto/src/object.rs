@@ -67,7 +67,10 @@ impl ObjectMeta {
         if self.size > MAX_SIZE {
             return Err(MetaError::Size(self.size));
         }
-        self.geometry()?;
+        let g = self.geometry()?;
+        if g.block_count(self.size) > u32::MAX as u64 {
+            return Err(MetaError::Size(self.size));
+        }
         Ok(())
     }
 
@@ -416,6 +419,14 @@ pub struct Heartbeat {
     pub interval_ms: u32,
 }
 
+pub fn encode_heartbeat(hb: &Heartbeat) -> Vec<u8> {
+    postcard::to_allocvec(hb).unwrap_or_default()
+}
+
+pub fn decode_heartbeat(bytes: &[u8]) -> Option<Heartbeat> {
+    postcard::from_bytes(bytes).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,12 +459,4 @@ mod tests {
         let order: Vec<_> = interleave(&[3, 1, 2]).collect();
         assert_eq!(order, vec![(0, 0), (1, 0), (2, 0), (0, 1), (2, 1), (0, 2)]);
     }
-}
-
-pub fn encode_heartbeat(hb: &Heartbeat) -> Vec<u8> {
-    postcard::to_allocvec(hb).unwrap_or_default()
-}
-
-pub fn decode_heartbeat(bytes: &[u8]) -> Option<Heartbeat> {
-    postcard::from_bytes(bytes).ok()
 }

@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 
 type Key = (KeyId, u64);
 
+/// Shards held while waiting for metadata: about 3 MiB at the default shard size.
+const PENDING_MAX: usize = 2048;
+
 struct Link {
     last: Instant,
     up: bool,
@@ -35,6 +38,10 @@ pub struct Receiver {
     objects: HashMap<Key, Partial>,
     completed: HashSet<Key>,
     refused: HashSet<Key>,
+    /// Authenticated shards that arrived before their object's metadata (its first copies were lost),
+    /// kept until the metadata comes; bounded by `PENDING_MAX` frames in all.
+    pending: HashMap<Key, Vec<(u32, u16, Vec<u8>)>>,
+    pending_frames: usize,
     drops: BTreeMap<&'static str, u64>,
     drops_logged: BTreeMap<&'static str, u64>,
     decoder: Option<ReedSolomonDecoder>,
@@ -99,6 +106,8 @@ impl Receiver {
             objects,
             completed,
             refused: HashSet::new(),
+            pending: HashMap::new(),
+            pending_frames: 0,
             drops: BTreeMap::new(),
             drops_logged: BTreeMap::new(),
             decoder: None,
@@ -173,6 +182,7 @@ impl Receiver {
             },
             Ok(_) => {
                 let (objects, completed, refused) = (&self.objects, &self.completed, &self.refused);
+                let pending_room = self.pending_frames < PENDING_MAX;
                 let mut no_meta = false;
                 let r = self.table.open(f, now, |h, sender| {
                     let key = (sender, h.object);
@@ -181,7 +191,7 @@ impl Receiver {
                             Some(p) => p.asm.wants(h.block, h.shard),
                             None => {
                                 no_meta = !completed.contains(&key) && !refused.contains(&key);
-                                false
+                                no_meta && pending_room
                             }
                         },
                         FrameKind::Meta => {
@@ -238,6 +248,9 @@ impl Receiver {
             Err(e) => {
                 // the object id is inside the metadata; if it does not decode there is nothing to name
                 let id = postcard::from_bytes::<u64>(payload).unwrap_or(0);
+                if let Some(early) = self.pending.remove(&(sender, id)) {
+                    self.pending_frames -= early.len();
+                }
                 if self.refused.insert((sender, id)) {
                     tracing::error!(sender = %sender, object = %format_id(id), error = %e, "refused an object: nothing is written");
                 }
@@ -251,6 +264,12 @@ impl Receiver {
             Ok(p) => {
                 tracing::info!(object = %format_id(key.1), name = %name, bytes = size, blocks = p.asm.block_count(), "receiving");
                 self.objects.insert(key, p);
+                if let Some(early) = self.pending.remove(&key) {
+                    self.pending_frames -= early.len();
+                    for (block, shard, bytes) in early {
+                        self.on_shard(key, block, shard, &bytes);
+                    }
+                }
             }
             Err(e) => {
                 self.drop("cannot_store");
@@ -261,6 +280,20 @@ impl Receiver {
 
     fn on_shard(&mut self, key: Key, block: u32, shard: u16, payload: &[u8]) {
         let Some(p) = self.objects.get_mut(&key) else {
+            if self.pending_frames < PENDING_MAX && !self.completed.contains(&key) {
+                self.pending
+                    .entry(key)
+                    .or_default()
+                    .push((block, shard, payload.to_vec()));
+                self.pending_frames += 1;
+            }
+            if self.pending_frames < PENDING_MAX && !self.completed.contains(&key) {
+                self.pending
+                    .entry(key)
+                    .or_default()
+                    .push((block, shard, payload.to_vec()));
+                self.pending_frames += 1;
+            }
             return;
         };
         p.last_frame = Instant::now();

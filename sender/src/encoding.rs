@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// A meta frame goes out this often (in frames), so a receiver that joins mid-object learns what it is.
-const META_EVERY: usize = 128;
+const META_EVERY: usize = 64;
 
 /// Hash and measure a file, giving it the id and wire name it will travel under.
 pub fn describe(
@@ -96,7 +96,7 @@ impl Encoder {
                 .collect(),
         };
         let meta_bytes = meta.encode();
-        for _ in 0..2 {
+        for _ in 0..3 {
             tx.push(FrameKind::Meta, meta.id, 0, 0, &meta_bytes);
         }
         let s = g.shard_size;

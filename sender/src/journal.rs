@@ -198,15 +198,13 @@ impl Journal {
         let mut total: u64 = kept.iter().map(|(_, l)| *l).sum();
         for (e, len) in kept {
             let old = now.saturating_sub(e.sent_at.unwrap_or(now)) > max_age_secs;
-            if old || total > max_bytes {
-                if fs::remove_file(&e.path).is_ok() {
-                    total = total.saturating_sub(len);
-                    self.append(&JournalRecord::Expired {
-                        id: format_id(e.id),
-                        at: now,
-                    })?;
-                    tracing::info!(object = %format_id(e.id), name = %e.name, "retention: removed from the sent area");
-                }
+            if (old || total > max_bytes) && fs::remove_file(&e.path).is_ok() {
+                total = total.saturating_sub(len);
+                self.append(&JournalRecord::Expired {
+                    id: format_id(e.id),
+                    at: now,
+                })?;
+                tracing::info!(object = %format_id(e.id), name = %e.name, "retention: removed from the sent area");
             }
         }
         Ok(())
