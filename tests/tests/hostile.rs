@@ -101,7 +101,7 @@ fn drops(site: &Site) -> serde_json::Value {
     site.status_json()["drops"].clone()
 }
 
-fn wait_status(site: &Site) {
+fn wait_status() {
     std::thread::sleep(Duration::from_millis(1300)); // the status file is written once a second
 }
 
@@ -135,7 +135,7 @@ fn garbage_forgeries_and_foreign_keys_are_dropped_and_counted() {
         g[bit / 8] ^= 1 << (bit % 8);
         good.raw(&g);
     }
-    wait_status(&site);
+    wait_status();
     let d = drops(&site);
     assert!(d["unknown_sender"].as_u64().unwrap_or(0) >= 1, "{d}");
     assert!(d["unknown_session"].as_u64().unwrap_or(0) >= 1, "{d}");
