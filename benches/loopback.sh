@@ -36,7 +36,7 @@ cpu() { awk '{print $14 + $15}' /proc/$1/stat; }
 tck=$(getconf CLK_TCK)
 r0=$(cpu $RP); s0=$(cpu $SP); t0=$(date +%s.%N)
 mv "$D/file.bin" "$D/out/file.bin"
-end=$((SECONDS + 300))
+end=$((SECONDS + 60))
 until [ -e "$D/in/file.bin" ]; do
   kill -0 $RP 2>/dev/null || { tail "$D/recv.log"; echo "receiver died"; exit 1; }
   [ $SECONDS -lt $end ] || { "$B/diode-recv" status --config "$D/recv.toml"; echo "not complete after 300 s (loss above the FEC budget: lower RATE)"; exit 1; }
