@@ -44,5 +44,6 @@ n=$(find "$D/inbox" -type f | wc -l)
 echo "== received log lines:"
 grep -h ' received ' "$D/recv.log" | sed 's/^/   /' | tail -5
 awk -v s="$start" -v e="$end" -v b="$want" 'BEGIN { printf "== 64 MiB + tree moved outbox -> inbox in %.2f s: %.0f MB/s goodput\n", e - s, b / (e - s) / 1e6 }'
+sleep 1.2 # the receiver writes its status once a second
 "$B/diode-recv" status --config "$D/recv.toml"
 echo "== demo ok"
