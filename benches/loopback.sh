@@ -35,14 +35,22 @@ sleep 1.5
 cpu() { awk '{print $14 + $15}' /proc/$1/stat; }
 tck=$(getconf CLK_TCK)
 r0=$(cpu $RP); s0=$(cpu $SP); t0=$(date +%s.%N)
+PERF_PIDS=
+if [ -n "${PROFILE:-}" ]; then  # PROFILE=DIR: cpu-clock profiles of both daemons into DIR (perf report -i)
+  mkdir -p "$PROFILE"
+  perf record -q -F 499 -e cpu-clock -g -p $RP -o "$PROFILE/recv.perf" 2>/dev/null & PERF_PIDS="$!"
+  perf record -q -F 499 -e cpu-clock -g -p $SP -o "$PROFILE/send.perf" 2>/dev/null & PERF_PIDS="$PERF_PIDS $!"
+  sleep 0.5
+fi
 mv "$D/file.bin" "$D/out/file.bin"
 end=$((SECONDS + 60))
 until [ -e "$D/in/file.bin" ]; do
   kill -0 $RP 2>/dev/null || { tail "$D/recv.log"; echo "receiver died"; exit 1; }
-  [ $SECONDS -lt $end ] || { "$B/diode-recv" status --config "$D/recv.toml"; echo "not complete after 300 s (loss above the FEC budget: lower RATE)"; exit 1; }
+  [ $SECONDS -lt $end ] || { "$B/diode-recv" status --config "$D/recv.toml"; echo "not complete after 60 s (loss above the FEC budget: lower RATE)"; exit 1; }
   sleep 0.02
 done
 t1=$(date +%s.%N); r1=$(cpu $RP); s1=$(cpu $SP)
+[ -z "$PERF_PIDS" ] || { kill -INT $PERF_PIDS; sleep 1; }
 rss=$(awk '/VmHWM/ {print $2}' /proc/$RP/status)
 lost=$(grep -o 'loss_percent": [0-9.]*' "$D/rs/status.json" | head -1 || true)
 awk -v t0="$t0" -v t1="$t1" -v mb="$MB" -v r="$((r1 - r0))" -v s="$((s1 - s0))" -v tck="$tck" -v rss="$rss" 'BEGIN {

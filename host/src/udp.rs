@@ -96,6 +96,9 @@ impl UdpRx {
         {
             force_rcvbuf(&sock, rcvbuf);
         }
+        // quinn-udp makes the socket non-blocking; the receive loop wants to sleep in the kernel
+        // until a datagram comes (or 100 ms pass, for its timers), not spin a core away
+        sock.set_nonblocking(false)?;
         sock.set_read_timeout(Some(Duration::from_millis(100)))?;
         Ok(UdpRx { sock, state })
     }

@@ -287,13 +287,6 @@ impl Receiver {
                     .push((block, shard, payload.to_vec()));
                 self.pending_frames += 1;
             }
-            if self.pending_frames < PENDING_MAX && !self.completed.contains(&key) {
-                self.pending
-                    .entry(key)
-                    .or_default()
-                    .push((block, shard, payload.to_vec()));
-                self.pending_frames += 1;
-            }
             return;
         };
         p.last_frame = Instant::now();
