@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MB=${1:-1024}; RATE=${2:-10Gbit}
 cargo build --release -q --bins
-B=$PWD/target/release
+B=${DIODE_BIN_DIR:-$PWD/target/release}
+
 D=$(mktemp -d -t diode-bench.XXXXXX)
 cleanup() { kill $RP $SP 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$D"; }
 RP=; SP=; trap cleanup EXIT

@@ -6,6 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::{mpsc, Arc, OnceLock};
 
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -50,4 +51,38 @@ pub fn append_line(path: &Path, line: &str) -> Result<()> {
         .and_then(|_| f.write_all(b"\n"))
         .and_then(|_| f.sync_data())
         .with_context(|| format!("cannot append to {}", path.display()))
+}
+
+/// Start writing ranges of files back to disk on a thread of its own, so that a later `fsync` of a large
+/// file finds little left to do, and the caller never waits for the disk (`sync_file_range` can block
+/// while the device queue is full). Best effort: a request is dropped when the queue is full, and the
+/// final `fsync` still decides.
+pub fn start_writeback(f: &Arc<File>, offset: u64, len: u64) {
+    type Request = (Arc<File>, u64, u64);
+    static QUEUE: OnceLock<Option<mpsc::SyncSender<Request>>> = OnceLock::new();
+    let q = QUEUE.get_or_init(|| {
+        let (tx, rx) = mpsc::sync_channel::<Request>(64);
+        std::thread::Builder::new()
+            .name("writeback".into())
+            .spawn(move || {
+                for (f, offset, len) in rx {
+                    use std::os::fd::AsRawFd;
+                    // SAFETY: sync_file_range only reads its integer arguments; `f` is an open file
+                    // kept alive by the Arc for the duration of the call.
+                    unsafe {
+                        libc::sync_file_range(
+                            f.as_raw_fd(),
+                            offset as libc::off64_t,
+                            len as libc::off64_t,
+                            libc::SYNC_FILE_RANGE_WRITE,
+                        );
+                    }
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    if let Some(tx) = q {
+        let _ = tx.try_send((f.clone(), offset, len));
+    }
 }

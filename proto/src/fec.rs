@@ -146,11 +146,18 @@ pub struct BlockAssembly {
 
 impl BlockAssembly {
     pub fn new(data: usize, parity: usize, shard_size: usize) -> Self {
+        Self::with_buffer(data, parity, shard_size, Vec::new())
+    }
+
+    /// Like `new`, reusing `buf`'s allocation (its content does not matter: every shard slot is written
+    /// before it is read).
+    pub fn with_buffer(data: usize, parity: usize, shard_size: usize, mut buf: Vec<u8>) -> Self {
+        buf.resize((data + parity) * shard_size, 0);
         BlockAssembly {
             data,
             parity,
             shard_size,
-            buf: vec![0u8; (data + parity) * shard_size],
+            buf,
             present: vec![false; data + parity],
             count: 0,
             data_count: 0,
@@ -177,6 +184,11 @@ impl BlockAssembly {
             self.data_count += 1;
         }
         true
+    }
+
+    /// Give the buffer back for reuse.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
     }
 
     /// Enough shards to rebuild the data?

@@ -194,11 +194,11 @@ impl Receiver {
                                 no_meta && pending_room
                             }
                         },
-                        FrameKind::Meta => {
-                            !(objects.contains_key(&key)
-                                || completed.contains(&key)
-                                || refused.contains(&key))
-                        }
+                        FrameKind::Meta => match objects.get(&key) {
+                            // wanted only while the content hash is still to come
+                            Some(p) => !p.asm.meta.hash_known(),
+                            None => !(completed.contains(&key) || refused.contains(&key)),
+                        },
                         _ => true,
                     }
                 });
@@ -259,6 +259,21 @@ impl Receiver {
             }
         };
         let key = (sender, meta.id);
+        if let Some(p) = self.objects.get_mut(&key) {
+            // a later copy of the metadata: it may bring the content hash
+            if !p.asm.meta.same_object(&meta) {
+                self.drop("meta_conflict");
+                return;
+            }
+            if meta.hash_known() && !p.asm.meta.hash_known() {
+                p.asm.meta.sha256 = meta.sha256;
+                p.dirty = true;
+                if p.asm.is_complete() {
+                    self.finish(key);
+                }
+            }
+            return;
+        }
         let (name, size) = (meta.name.clone(), meta.size);
         match Partial::create(&self.cfg.partial_dir(), sender, meta) {
             Ok(p) => {
@@ -322,7 +337,11 @@ impl Receiver {
             return;
         }
         if p.asm.is_complete() {
-            self.finish(key);
+            if p.asm.meta.hash_known() {
+                self.finish(key);
+            } else {
+                tracing::debug!(object = %format_id(key.1), "all blocks in; the content hash comes at the end of the pass");
+            }
         }
     }
 
@@ -513,8 +532,15 @@ impl Receiver {
                     },
                     missing: missing.clone(),
                     error: p.error.clone(),
-                    replay: stalled
-                        .then(|| status::replay_line(&self.cfg.replay_config, *id, &missing, all)),
+                    replay: stalled.then(|| {
+                        // all blocks in but the closing metadata (the hash) lost: any block brings it
+                        let missing = if missing.is_empty() {
+                            "0"
+                        } else {
+                            missing.as_str()
+                        };
+                        status::replay_line(&self.cfg.replay_config, *id, missing, all)
+                    }),
                 }
             })
             .collect();

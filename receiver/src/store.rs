@@ -4,7 +4,7 @@
 //! whole file matches, the file is renamed into the inbox, so the inbox only ever shows whole files.
 
 use anyhow::{bail, Context, Result};
-use diode_host::atomic::{sync_dir, write_atomic};
+use diode_host::atomic::{start_writeback, sync_dir, write_atomic};
 use diode_proto::journal::format_id;
 use diode_proto::object::{safe_name, Assembly, AssemblyState, ObjectMeta};
 use diode_proto::KeyId;
@@ -12,7 +12,11 @@ use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
+
+/// Start write-back after this many bytes of finished blocks.
+const WRITEBACK_EVERY: u64 = 16 << 20;
 
 /// Version tag of the state file format.
 const STATE_VERSION: u8 = 1;
@@ -20,12 +24,15 @@ const STATE_VERSION: u8 = 1;
 pub struct Partial {
     pub sender: KeyId,
     pub asm: Assembly,
-    file: File,
+    file: Arc<File>,
     data_path: PathBuf,
     state_path: PathBuf,
     hasher: Sha256,
     /// Blocks 0..hashed are in `hasher`, in order.
     hashed: u32,
+    /// Bytes written since write-back of the data file was last started.
+    unflushed: u64,
+    flushed_to: u64,
     pub dirty: bool,
     pub last_frame: Instant,
     pub last_progress: Instant,
@@ -53,7 +60,8 @@ impl Partial {
             .create(true)
             .truncate(fresh)
             .open(&data_path)
-            .with_context(|| format!("cannot open {}", data_path.display()))?;
+            .with_context(|| format!("cannot open {}", data_path.display()))
+            .map(Arc::new)?;
         let now = Instant::now();
         let mut p = Partial {
             sender,
@@ -63,6 +71,8 @@ impl Partial {
             state_path,
             hasher: Sha256::new(),
             hashed: 0,
+            unflushed: 0,
+            flushed_to: 0,
             dirty: true,
             last_frame: now,
             last_progress: now,
@@ -137,6 +147,15 @@ impl Partial {
             self.hasher.update(data);
             self.hashed += 1;
         }
+        // keep dirty pages few: the final fsync before the rename then has little left to write
+        self.unflushed += data.len() as u64;
+        if self.unflushed >= WRITEBACK_EVERY {
+            let end = offset + data.len() as u64;
+            let start = self.flushed_to.min(offset);
+            start_writeback(&self.file, start, end.saturating_sub(start));
+            self.flushed_to = end;
+            self.unflushed = 0;
+        }
         self.asm.mark_done(block);
         let g = self.asm.geometry();
         while (self.hashed as u64) < self.asm.block_count() && self.asm.is_done(self.hashed) {
@@ -184,6 +203,9 @@ impl Partial {
     /// object starts over (the partial data is wrong) and an error says so.
     pub fn finish(&mut self, inbox: &Path) -> Result<PathBuf> {
         let meta = self.asm.meta.clone();
+        if !meta.hash_known() {
+            bail!("the content hash has not arrived yet");
+        }
         self.file.set_len(meta.size)?;
         let mut h = std::mem::take(&mut self.hasher);
         let mut pos = self.hashed as u64 * self.asm.geometry().block_bytes();

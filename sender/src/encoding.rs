@@ -4,18 +4,19 @@
 
 use crate::transmit::Transmitter;
 use anyhow::{bail, Context, Result};
-use diode_proto::object::{interleave, ObjectKind, ObjectMeta};
+use diode_proto::object::{interleave, ObjectKind, ObjectMeta, HASH_PENDING};
 use diode_proto::{BlockEncoder, FrameKind, Geometry};
 use sha2::{Digest, Sha256};
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// A meta frame goes out this often (in frames), so a receiver that joins mid-object learns what it is.
 const META_EVERY: usize = 64;
 
-/// Hash and measure a file, giving it the id and wire name it will travel under.
+/// Measure a file, giving it the id and wire name it will travel under. The content hash is left
+/// pending: the first pass computes it as it reads the file (one read instead of two, and the first
+/// frame leaves at once) and sends it in the metadata frames at the end of the pass.
 pub fn describe(
     path: &Path,
     id: u64,
@@ -23,21 +24,11 @@ pub fn describe(
     kind: ObjectKind,
     g: Geometry,
 ) -> Result<ObjectMeta> {
-    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let md = f.metadata()?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        size += n as u64;
-    }
+    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let md = f
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let size = md.len();
     let mtime = md
         .modified()
         .ok()
@@ -47,7 +38,7 @@ pub fn describe(
         id,
         name: name.to_string(),
         size,
-        sha256: h.finalize().into(),
+        sha256: HASH_PENDING,
         kind,
         shard_size: g.shard_size as u32,
         data_shards: g.data_shards as u16,
@@ -77,11 +68,12 @@ impl Encoder {
     }
 
     /// Send `blocks` (all when None) of the object once. `progress` gets data bytes as they go out.
+    /// A whole pass of an object whose hash is pending computes it and fills it in.
     pub fn send_pass(
         &mut self,
         tx: &mut Transmitter,
         file: &File,
-        meta: &ObjectMeta,
+        meta: &mut ObjectMeta,
         blocks: Option<&[(u32, u32)]>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<()> {
@@ -96,6 +88,7 @@ impl Encoder {
                 .collect(),
         };
         let meta_bytes = meta.encode();
+        let mut hasher = (!meta.hash_known() && blocks.is_none()).then(Sha256::new);
         for _ in 0..3 {
             tx.push(FrameKind::Meta, meta.id, 0, 0, &meta_bytes);
         }
@@ -113,6 +106,9 @@ impl Encoder {
                 self.data.resize(start + k * s, 0);
                 file.read_exact_at(&mut self.data[start..start + len], b * g.block_bytes())
                     .context("the object's file changed or shrank while being sent")?;
+                if let Some(h) = hasher.as_mut() {
+                    h.update(&self.data[start..start + len]);
+                }
                 starts.push(start);
                 counts.push(k);
             }
@@ -150,7 +146,17 @@ impl Encoder {
             }
             progress(group.iter().map(|&b| g.block_len(meta.size, b)).sum());
         }
-        tx.push(FrameKind::Meta, meta.id, 0, 0, &meta_bytes);
+        if let Some(h) = hasher {
+            meta.sha256 = h.finalize().into();
+            if !meta.hash_known() {
+                bail!("the content hash is all zeros; this cannot travel"); // 2^-256
+            }
+        }
+        // the closing metadata (with the hash) three times: one copy must survive the loss
+        let meta_bytes = meta.encode();
+        for _ in 0..3 {
+            tx.push(FrameKind::Meta, meta.id, 0, 0, &meta_bytes);
+        }
         tx.flush();
         Ok(())
     }
@@ -161,7 +167,7 @@ pub fn send_object(
     tx: &mut Transmitter,
     enc: &mut Encoder,
     path: &Path,
-    meta: &ObjectMeta,
+    meta: &mut ObjectMeta,
     passes: u32,
     blocks: Option<&[(u32, u32)]>,
     progress: &mut dyn FnMut(u64),

@@ -181,19 +181,20 @@ fn daemon(cfg: &Config) -> Result<()> {
         let started = std::time::Instant::now();
         match job {
             Job::New { id, name, path } => {
-                let r = describe(&path, id, &name, ObjectKind::File, geometry).and_then(|meta| {
-                    send_object(
-                        &mut tx,
-                        &mut enc,
-                        &path,
-                        &meta,
-                        cfg.passes,
-                        None,
-                        &mut |_| {},
-                    )?;
-                    journal.record_sent(&meta)?;
-                    Ok(meta)
-                });
+                let r =
+                    describe(&path, id, &name, ObjectKind::File, geometry).and_then(|mut meta| {
+                        send_object(
+                            &mut tx,
+                            &mut enc,
+                            &path,
+                            &mut meta,
+                            cfg.passes,
+                            None,
+                            &mut |_| {},
+                        )?;
+                        journal.record_sent(&meta)?;
+                        Ok(meta)
+                    });
                 match r {
                     Ok(meta) => {
                         let secs = started.elapsed().as_secs_f64();
@@ -209,12 +210,16 @@ fn daemon(cfg: &Config) -> Result<()> {
                     tracing::warn!(error = %format!("{e:#}"), "retention pass failed");
                 }
             }
-            Job::Replay { meta, path, blocks } => {
+            Job::Replay {
+                mut meta,
+                path,
+                blocks,
+            } => {
                 let r = send_object(
                     &mut tx,
                     &mut enc,
                     &path,
-                    &meta,
+                    &mut meta,
                     1,
                     blocks.as_deref(),
                     &mut |_| {},
@@ -421,10 +426,16 @@ fn send_files(cfg: &Config, paths: &[PathBuf]) -> Result<()> {
             path: path.to_string_lossy().into_owned(),
             at: diode_host::unix_now(),
         })?;
-        let meta = describe(path, id, name, ObjectKind::File, cfg.geometry()?)?;
-        send_object(&mut tx, &mut enc, path, &meta, cfg.passes, None, &mut |n| {
-            bar.inc(n)
-        })?;
+        let mut meta = describe(path, id, name, ObjectKind::File, cfg.geometry()?)?;
+        send_object(
+            &mut tx,
+            &mut enc,
+            path,
+            &mut meta,
+            cfg.passes,
+            None,
+            &mut |n| bar.inc(n),
+        )?;
         journal.record_sent(&meta)?;
     }
     bar.finish_with_message("done");
