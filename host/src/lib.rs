@@ -3,6 +3,7 @@
 //! moves bytes and time between the OS and it.
 
 pub mod atomic;
+pub mod audit;
 pub mod keyfile;
 pub mod pace;
 pub mod udp;

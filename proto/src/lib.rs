@@ -6,6 +6,8 @@
 //! serial. `docs/protocol.md` documents the wire format byte by byte.
 #![forbid(unsafe_code)]
 
+pub mod audit;
+pub mod envelope;
 pub mod fec;
 pub mod frame;
 pub mod gap;
