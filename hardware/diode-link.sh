@@ -20,9 +20,10 @@
 #   link_up 5                                   # 5% loss; names in $DIODE_NS_S $DIODE_NS_R, $DIODE_IP_S ...
 #   ip netns exec "$DIODE_NS_R" diode-recv ... &  ip netns exec "$DIODE_NS_S" diode-send ... &
 #   link_loss 100; sleep 1; link_loss 0         # cut the link for a second
+#   link_drop udp dport 47041 @th,88,8 2        # also drop every frame matching an nftables expression
 #   [ "$(link_reverse_packets)" = 0 ]           # the receiver side never transmitted
 # As a command (state kept in /run/diode-link/<prefix>, so later commands find the link):
-#   hardware/diode-link.sh up [PCT] | down | loss PCT | rate RATE|off | reverse | fwd | status
+#   hardware/diode-link.sh up [PCT] | down | loss PCT | drop NFT-MATCH... | rate RATE|off | reverse | fwd | status
 #                          | exec-s CMD... | exec-r CMD...
 #   With DIODE_NS unset, `up` picks dd<pid> and prints it; the other commands use the only link that exists.
 # Environment: DIODE_NS (prefix, [a-z][a-z0-9]{0,11}), DIODE_NET (third octet, 1-254, default derived from
@@ -144,6 +145,14 @@ link_loss() {
   fi
 }
 
+# link_drop NFT-MATCH... : from now on also drop (counted as lost) every arriving frame that matches an
+# nftables expression, e.g. a raw payload match `@th,288,32 0x11000000` to cut chosen frames exactly.
+# Rules add up; link_loss clears them all.
+link_drop() {
+  [ $# -gt 0 ] || { _link_err "link_drop NFT-MATCH..."; return 1; }
+  _link_nft add rule netdev diode ing "$@" counter name lost drop
+}
+
 # link_rate RATE|off : tc tbf on the sender's veth, e.g. 200mbit (tc units: kbit/mbit/gbit are bits per
 # second, as in send.toml; tc's "bps" means bytes). Frames are measured with their 14-byte Ethernet header.
 link_rate() {
@@ -231,6 +240,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     up) link_up "${1:-0}" && echo "DIODE_NS=$DIODE_NS sender=$DIODE_NS_S/$DIODE_IP_S receiver=$DIODE_NS_R/$DIODE_IP_R" ;;
     down) link_down ;;
     loss) link_loss "${1:-}" ;;
+    drop) link_drop "$@" ;;
     rate) link_rate "${1:-}" ;;
     reverse) link_reverse_packets ;;
     fwd) link_fwd_bytes ;;

@@ -1,10 +1,14 @@
 //! Shared harness of the end-to-end tests: a temporary site with keys made by the real `keygen`
 //! commands, configs derived from the example files (so those stay valid), and the real daemons started
-//! as child processes that are killed when the test ends, however it ends.
+//! as child processes that are killed when the test ends, however it ends. A site runs over loopback, or
+//! across the emulated diode of `link` (the daemons then run in its two network namespaces).
 //!
 //! The binaries are taken from `DIODE_BIN_DIR`, or `target/release` of this workspace (`tests/run.sh`
 //! builds them first).
 
+pub mod link;
+
+use link::Link;
 use std::fs;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
@@ -59,6 +63,10 @@ impl Drop for Daemon {
 pub struct Site {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// Network namespaces of the sender and the receiver, when the site runs across an emulated diode.
+    netns: Option<(String, String)>,
+    inbox: PathBuf,
+    recv_state: PathBuf,
 }
 
 fn set(table: &mut toml::Table, key: &str, v: impl Into<toml::Value>) {
@@ -66,12 +74,37 @@ fn set(table: &mut toml::Table, key: &str, v: impl Into<toml::Value>) {
 }
 
 impl Site {
-    /// Keys and configs; `send_extra` are extra `key = value` overrides of send.toml.
+    /// Keys and configs over loopback; `send_extra` are extra `key = value` overrides of send.toml.
     pub fn new(send_extra: &[(&str, toml::Value)]) -> Site {
-        let dir = tempfile::tempdir().expect("temp dir");
         let port = port();
-        let site = Site { dir, port };
-        let k = site.path("keys");
+        let addr = format!("127.0.0.1:{port}");
+        Site::build(port, &addr, &addr, None, send_extra, &[])
+    }
+
+    /// Keys and configs across the emulated diode: the receiver listens on the far side of `link`, the
+    /// daemons start in its namespaces. Overrides of send.toml and recv.toml come last, so they may also
+    /// move `listen` or `target` (to put a relay in the path).
+    pub fn across(
+        link: &Link,
+        send_extra: &[(&str, toml::Value)],
+        recv_extra: &[(&str, toml::Value)],
+    ) -> Site {
+        let port = port();
+        let addr = format!("{}:{port}", link.ip_r);
+        let netns = Some((link.ns_s.clone(), link.ns_r.clone()));
+        Site::build(port, &addr, &addr, netns, send_extra, recv_extra)
+    }
+
+    fn build(
+        port: u16,
+        listen: &str,
+        target: &str,
+        netns: Option<(String, String)>,
+        send_extra: &[(&str, toml::Value)],
+        recv_extra: &[(&str, toml::Value)],
+    ) -> Site {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let k = dir.path().join("keys");
         run_ok(
             Command::new(bin("diode-recv"))
                 .args(["keygen", "--dir"])
@@ -86,19 +119,34 @@ impl Site {
         let mut r: toml::Table =
             toml::from_str(&fs::read_to_string(root.join("receiver/recv.example.toml")).unwrap())
                 .unwrap();
-        set(&mut r, "listen", format!("127.0.0.1:{port}"));
+        set(&mut r, "listen", listen);
+        for (key, v) in recv_extra {
+            set(&mut r, key, v.clone());
+        }
         let mut s: toml::Table =
             toml::from_str(&fs::read_to_string(root.join("sender/send.example.toml")).unwrap())
                 .unwrap();
-        set(&mut s, "target", format!("127.0.0.1:{port}"));
+        set(&mut s, "target", target);
         set(&mut s, "rate", "2Gbit");
         set(&mut s, "settle_secs", 1);
         for (key, v) in send_extra {
             set(&mut s, key, v.clone());
         }
         // relative paths in the examples resolve against the config's folder: the site
-        fs::write(site.path("recv.toml"), toml::to_string(&r).unwrap()).unwrap();
-        fs::write(site.path("send.toml"), toml::to_string(&s).unwrap()).unwrap();
+        let at = |key: &str| {
+            dir.path()
+                .join(r[key].as_str().expect("a path in recv.toml"))
+        };
+        let (inbox, recv_state) = (at("inbox"), at("state"));
+        fs::write(dir.path().join("recv.toml"), toml::to_string(&r).unwrap()).unwrap();
+        fs::write(dir.path().join("send.toml"), toml::to_string(&s).unwrap()).unwrap();
+        let site = Site {
+            dir,
+            port,
+            netns,
+            inbox,
+            recv_state,
+        };
         fs::create_dir_all(site.outbox()).unwrap();
         site
     }
@@ -107,31 +155,69 @@ impl Site {
         self.dir.path().join(rel)
     }
     pub fn inbox(&self) -> PathBuf {
-        self.path("inbox")
+        self.inbox.clone()
+    }
+    /// The receiver's `state` folder (partial objects, status.json, received.jsonl).
+    pub fn recv_state(&self) -> PathBuf {
+        self.recv_state.clone()
     }
     pub fn outbox(&self) -> PathBuf {
         self.path("outbox")
     }
 
+    /// Start a daemon, "recv" or "send" (in its namespace across a link), and wait until it is ready:
+    /// the receiver listening, the sender watching its outbox.
     pub fn start(&self, which: &str) -> Daemon {
-        let (b, cfg) = if which == "recv" {
-            ("diode-recv", "recv.toml")
+        let (b, cfg, ready, ns) = if which == "recv" {
+            (
+                "diode-recv",
+                "recv.toml",
+                "receiving listen=",
+                self.netns.as_ref().map(|n| &n.1),
+            )
         } else {
-            ("diode-send", "send.toml")
+            (
+                "diode-send",
+                "send.toml",
+                "watching the outbox",
+                self.netns.as_ref().map(|n| &n.0),
+            )
         };
         let log = self.path(&format!("{which}.{:x}.log", rand::random::<u32>()));
         let f = fs::File::create(&log).unwrap();
-        let child = Command::new(bin(b))
+        let mut c = self.command_in(ns, b);
+        let child = c
             .arg("--config")
             .arg(self.path(cfg))
             .stdout(Stdio::null())
             .stderr(f)
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
         let mut d = Daemon { child, log };
-        assert!(d.alive(), "{b} exited at start: {}", d.log_text());
+        let end = Instant::now() + Duration::from_secs(20);
+        while !d.log_text().contains(ready) {
+            assert!(d.alive(), "{b} exited at start: {}", d.log_text());
+            assert!(
+                Instant::now() < end,
+                "{b} not ready after 20 s: {}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         d
+    }
+
+    /// One of the binaries, in network namespace `ns` if given. `ip netns exec` execs it in place: the
+    /// child's pid is the binary's.
+    fn command_in(&self, ns: Option<&String>, binary: &str) -> Command {
+        match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin(binary));
+                c
+            }
+            None => Command::new(bin(binary)),
+        }
     }
 
     pub fn recv_cmd(&self) -> Command {
@@ -155,14 +241,17 @@ impl Site {
     }
 
     /// Wait until every (name, bytes) is in the inbox byte-exact. Fails at once if a file shows up
-    /// with other bytes (partial or wrong).
+    /// with other bytes (partial or wrong). A file found whole is not read again.
     pub fn wait_inbox(&self, want: &[(String, Vec<u8>)], timeout: Duration) -> Result<(), String> {
         let end = Instant::now() + timeout;
+        let mut whole = vec![false; want.len()];
         loop {
-            let mut missing = 0;
-            for (name, bytes) in want {
+            for ((name, bytes), whole) in want.iter().zip(whole.iter_mut()) {
+                if *whole {
+                    continue;
+                }
                 match fs::read(self.inbox().join(name)) {
-                    Ok(b) if &b == bytes => {}
+                    Ok(b) if &b == bytes => *whole = true,
                     Ok(b) => {
                         return Err(format!(
                             "{name} visible with other bytes ({} vs {} bytes)",
@@ -170,9 +259,10 @@ impl Site {
                             bytes.len()
                         ))
                     }
-                    Err(_) => missing += 1,
+                    Err(_) => {}
                 }
             }
+            let missing = whole.iter().filter(|w| !**w).count();
             if missing == 0 {
                 return Ok(());
             }
@@ -197,6 +287,63 @@ impl Site {
     pub fn status_json(&self) -> serde_json::Value {
         let out = self.recv_cmd().args(["status", "--json"]).output().unwrap();
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Wait until the receiver reports a session with its link up: the sender's announce got through,
+    /// so frames sent from now on can be opened.
+    pub fn wait_session(&self, timeout: Duration) {
+        wait_for(
+            "the receiver to report a session with the link up",
+            timeout,
+            || {
+                let s = self.status_json();
+                s["sessions"]
+                    .as_array()?
+                    .iter()
+                    .any(|x| x["link"] == "up")
+                    .then_some(())
+            },
+        );
+    }
+
+    /// Run a `diode-send replay ...` line as printed by `diode-recv status`, on the sender's side. The
+    /// receiver cannot know where the sender's config is, so the `--config` it names is replaced by the
+    /// site's send.toml.
+    pub fn run_replay_line(&self, line: &str) -> String {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            words.len() > 2 && words[0] == "diode-send" && words[1] == "replay",
+            "not a replay line: {line:?}"
+        );
+        let mut args = Vec::new();
+        let mut rest = words[2..].iter();
+        while let Some(w) = rest.next() {
+            match *w {
+                "--config" => {
+                    rest.next();
+                }
+                w if w.starts_with("--config=") => {}
+                w => args.push(w),
+            }
+        }
+        let mut c = self.command_in(self.netns.as_ref().map(|n| &n.0), "diode-send");
+        c.arg("--config").arg(self.path("send.toml"));
+        run_ok(c.arg("replay").args(&args))
+    }
+}
+
+/// Poll `probe` every 50 ms until it gives a value; fail the test naming `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
