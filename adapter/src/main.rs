@@ -1,0 +1,190 @@
+//! `diode-chat`: the low side of the approval path. Signs approval envelopes with the adapter's Ed25519
+//! key, records each one in a hash-chained audit log, and writes it into the sender's outbox. This
+//! version has the break-glass path (`sign`, from flags); the Slack and Teams adapter builds on it.
+#![forbid(unsafe_code)]
+
+mod breakglass;
+mod config;
+mod emit;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use config::Config;
+use diode_host::audit::AuditLog;
+use diode_host::keyfile;
+use diode_proto::envelope::{Decision, SignerRole};
+use serde_json::{Map, Value};
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+
+const DEFAULT_CONFIG: &str = "/etc/diode/adapter.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "diode-chat",
+    version,
+    about = "Sign approval envelopes for the high side and hand them to the sender"
+)]
+struct Cli {
+    /// Configuration file (every key is documented in adapter.example.toml)
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write a new adapter signing key pair: DIR/adapter.key (mode 0600) and DIR/adapter.pub (give it to
+    /// the high side)
+    Keygen {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Break-glass: sign an envelope from these flags (for a pipeline, or when chat is down), record it
+    /// in the audit log and write it into the sender's outbox
+    Sign(SignArgs),
+    /// The adapter's audit log
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(clap::Args)]
+struct SignArgs {
+    /// Artifact name, e.g. billing
+    #[arg(long)]
+    artifact: String,
+    /// Artifact version, e.g. 1.4.2
+    #[arg(long = "version")]
+    artifact_version: String,
+    /// Content digest of the artifact: sha256: and 64 lowercase hex digits
+    #[arg(long)]
+    digest: String,
+    /// Target environment, e.g. prod (the high side must have a rule for it)
+    #[arg(long)]
+    env: String,
+    /// A person who decided, as id:name:role; repeat for each (each person once, never the requester)
+    #[arg(long = "approver", required = true)]
+    approvers: Vec<String>,
+    /// Who asked for the deployment (their id)
+    #[arg(long)]
+    requester: String,
+    /// Why chat is bypassed; signed into the rule as "break-glass: <reason>" and audited
+    #[arg(long)]
+    reason: String,
+    /// The request this decides (default: a new random id)
+    #[arg(long)]
+    request_id: Option<String>,
+    /// How long the envelope is valid, e.g. 30m (default: default_validity from the config)
+    #[arg(long)]
+    valid: Option<String>,
+    /// Sign a rejection instead of an approval
+    #[arg(long)]
+    reject: bool,
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check the hash chain of the whole log; names the first broken record
+    Verify,
+}
+
+fn main() {
+    diode_host::init_logs();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("diode-chat: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Keygen { dir } => keygen(&dir),
+        Cmd::Sign(args) => sign(&Config::load(&cli.config)?, args),
+        Cmd::Audit {
+            cmd: AuditCmd::Verify,
+        } => {
+            let cfg = Config::load(&cli.config)?;
+            let n = AuditLog::new(&cfg.audit).verify()?;
+            println!("ok: {n} records");
+            Ok(())
+        }
+    }
+}
+
+fn keygen(dir: &std::path::Path) -> Result<()> {
+    let (k, p) = keyfile::generate_signing(dir, SignerRole::Adapter)?;
+    let line =
+        std::fs::read_to_string(&p).with_context(|| format!("cannot read back {}", p.display()))?;
+    println!(
+        "wrote {} (secret, mode 0600) and {}",
+        k.display(),
+        p.display()
+    );
+    println!("{}", line.trim_end());
+    println!(
+        "install {} on the high side as a trusted adapter key in recv.toml ([approvals] adapters); \
+         envelopes signed by any other key are refused there",
+        p.display()
+    );
+    Ok(())
+}
+
+fn random_hex() -> String {
+    let mut b = [0u8; 16];
+    rand::Rng::fill(&mut rand::rng(), &mut b);
+    hex::encode(b)
+}
+
+/// Who ran the command: the person behind sudo if there is one.
+fn operator() -> String {
+    ["SUDO_USER", "USER"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .find(|u| !u.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn sign(cfg: &Config, a: SignArgs) -> Result<()> {
+    let valid: Duration = match &a.valid {
+        Some(v) => config::parse_validity(v).context("--valid")?,
+        None => cfg.default_validity()?,
+    };
+    let req = breakglass::Request {
+        artifact: a.artifact,
+        version: a.artifact_version,
+        digest: a.digest,
+        environment: a.env,
+        approvers: a.approvers,
+        requester: a.requester,
+        reason: a.reason,
+        request_id: a.request_id,
+        valid,
+        decision: if a.reject {
+            Decision::Reject
+        } else {
+            Decision::Approve
+        },
+    };
+    let envelope = breakglass::build(&req, diode_host::unix_now(), random_hex(), random_hex())?;
+    let key = keyfile::load_signing(&cfg.key, SignerRole::Adapter)?;
+    let signed = envelope.sign(&key);
+
+    let mut extra = Map::new();
+    extra.insert("via".into(), Value::from("break-glass"));
+    extra.insert("reason".into(), Value::from(req.reason.trim()));
+    extra.insert("operator".into(), Value::from(operator()));
+    let path = emit::emit(&cfg.outbox, &AuditLog::new(&cfg.audit), &signed, extra)?;
+
+    let e = &signed.envelope;
+    let expires = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(e.expires_at));
+    println!("envelope {}", e.id);
+    println!("file {}", path.display());
+    println!(
+        "{} of {} {} for {}, request {}, expires {}",
+        e.decision, e.artifact.name, e.artifact.version, e.environment, e.request_id, expires
+    );
+    Ok(())
+}
