@@ -96,6 +96,11 @@ pub fn load_signing(path: &Path, role: SignerRole) -> Result<SigningKey> {
 pub fn load_verifying(path: &Path, role: SignerRole) -> Result<VerifyingKey> {
     let text = fs::read_to_string(path)
         .with_context(|| format!("cannot read public key {}", path.display()))?;
-    VerifyingKey::from_text(&text, role)
-        .with_context(|| format!("{} is not a usable {} public key", path.display(), role.word()))
+    VerifyingKey::from_text(&text, role).with_context(|| {
+        format!(
+            "{} is not a usable {} public key",
+            path.display(),
+            role.word()
+        )
+    })
 }

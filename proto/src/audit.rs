@@ -55,10 +55,7 @@ pub fn chain(head: &Head, mut fields: Map<String, Value>) -> (String, Head) {
     fields.insert("prev".into(), Value::from(hex::encode(head.hash)));
     let hash = digest(&head.hash, &fields);
     fields.insert("hash".into(), Value::from(hex::encode(hash)));
-    (
-        Value::Object(fields).to_string(),
-        Head { count: seq, hash },
-    )
+    (Value::Object(fields).to_string(), Head { count: seq, hash })
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -67,7 +64,9 @@ pub enum ChainError {
     Broken { line: u64, why: String },
     #[error("the log ends after record {found}, but {expected} were written (records removed from the end)")]
     Truncated { found: u64, expected: u64 },
-    #[error("the last record's hash is not the one recorded in the head file (the tail was replaced)")]
+    #[error(
+        "the last record's hash is not the one recorded in the head file (the tail was replaced)"
+    )]
     HeadMismatch,
 }
 
@@ -94,14 +93,17 @@ pub fn verify(text: &str, head: Option<&Head>) -> Result<Head, ChainError> {
         }
         if fields.get("prev").and_then(Value::as_str) != Some(hex::encode(cur.hash).as_str()) {
             return Err(broken(
-                "does not follow the record before it: a record was removed, inserted or moved".into(),
+                "does not follow the record before it: a record was removed, inserted or moved"
+                    .into(),
             ));
         }
         let want = digest(&cur.hash, &fields);
         let got = hex::decode(&hash).ok().filter(|h| h.len() == 32);
         // not secret: plain comparison
         if got.as_deref() != Some(want.as_slice()) {
-            return Err(broken("its content does not match its hash: the record was edited".into()));
+            return Err(broken(
+                "its content does not match its hash: the record was edited".into(),
+            ));
         }
         cur = Head {
             count: n,
@@ -148,15 +150,30 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         // edited
         let edited = text.replacen("\"i\":2", "\"i\":7", 1);
-        assert!(matches!(verify(&edited, Some(&head)), Err(ChainError::Broken { line: 3, .. })));
+        assert!(matches!(
+            verify(&edited, Some(&head)),
+            Err(ChainError::Broken { line: 3, .. })
+        ));
         // removed from the middle
         let removed = [lines[0], lines[1], lines[3], lines[4]].join("\n");
-        assert!(matches!(verify(&removed, Some(&head)), Err(ChainError::Broken { line: 3, .. })));
+        assert!(matches!(
+            verify(&removed, Some(&head)),
+            Err(ChainError::Broken { line: 3, .. })
+        ));
         // reordered
         let swapped = [lines[0], lines[2], lines[1], lines[3], lines[4]].join("\n");
-        assert!(matches!(verify(&swapped, Some(&head)), Err(ChainError::Broken { line: 2, .. })));
+        assert!(matches!(
+            verify(&swapped, Some(&head)),
+            Err(ChainError::Broken { line: 2, .. })
+        ));
         // cut at the end
         let cut = lines[..4].join("\n");
-        assert!(matches!(verify(&cut, Some(&head)), Err(ChainError::Truncated { found: 4, expected: 5 })));
+        assert!(matches!(
+            verify(&cut, Some(&head)),
+            Err(ChainError::Truncated {
+                found: 4,
+                expected: 5
+            })
+        ));
     }
 }

@@ -136,8 +136,7 @@ fn text_ok(s: &str, what: &str, allow_empty: bool) -> Result<(), Reject> {
 
 pub fn is_hex_id(s: &str, len: usize) -> bool {
     s.len() == len
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
@@ -158,7 +157,9 @@ impl Envelope {
     /// Shape checks that need no key and no clock: ids, lengths, digest form, approver list.
     pub fn check_shape(&self) -> Result<(), Reject> {
         if !is_hex_id(&self.id, 32) {
-            return Err(Reject::Malformed("id must be 32 lowercase hex digits".into()));
+            return Err(Reject::Malformed(
+                "id must be 32 lowercase hex digits".into(),
+            ));
         }
         text_ok(&self.request_id, "request_id", false)?;
         text_ok(&self.artifact.name, "artifact name", false)?;
@@ -184,7 +185,9 @@ impl Envelope {
             return Err(Reject::Malformed("an approval names no approver".into()));
         }
         if self.expires_at <= self.issued_at {
-            return Err(Reject::Malformed("expires_at is not after issued_at".into()));
+            return Err(Reject::Malformed(
+                "expires_at is not after issued_at".into(),
+            ));
         }
         Ok(())
     }
@@ -288,7 +291,10 @@ pub fn verify(
     }
     let people: BTreeSet<&str> = e.approvers.iter().map(|a| a.id.as_str()).collect();
     if people.contains(e.requester.as_str()) {
-        return Err(fail(format!("the requester {} approved their own request", e.requester)));
+        return Err(fail(format!(
+            "the requester {} approved their own request",
+            e.requester
+        )));
     }
     if (people.len() as u64) < rule.min_approvals as u64 {
         return Err(fail(format!(
@@ -413,7 +419,12 @@ impl VerifyingKey {
         let hex = hex::encode(self.key.as_bytes());
         let groups: Vec<&str> = (0..8).map(|i| &hex[i * 8..i * 8 + 8]).collect();
         let check = hex::encode(&Sha256::digest(self.key.as_bytes())[..2]);
-        format!("diode {} key {} check {}\n", role.word(), groups.join(" "), check)
+        format!(
+            "diode {} key {} check {}\n",
+            role.word(),
+            groups.join(" "),
+            check
+        )
     }
 
     pub fn from_text(text: &str, role: SignerRole) -> Result<Self, SigningKeyError> {
@@ -432,8 +443,8 @@ impl VerifyingKey {
         if !w[12].eq_ignore_ascii_case(&check) {
             return Err(SigningKeyError::Check);
         }
-        let key =
-            ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| SigningKeyError::Invalid)?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| SigningKeyError::Invalid)?;
         Ok(VerifyingKey { key })
     }
 
@@ -519,7 +530,8 @@ mod tests {
         let back = SignedEnvelope::parse(json.as_bytes()).unwrap();
         assert_eq!(verify(&back, &trusted, &rules(), now, 60), Ok(()));
 
-        let code = |e: &SignedEnvelope, now| verify(e, &trusted, &rules(), now, 60).unwrap_err().code();
+        let code =
+            |e: &SignedEnvelope, now| verify(e, &trusted, &rules(), now, 60).unwrap_err().code();
         // unknown key
         let other = SigningKey::from_seed(&[4; 32]);
         assert_eq!(code(&sample(now).sign(&other), now), "unknown_key");
@@ -540,7 +552,10 @@ mod tests {
         assert_eq!(code(&e.sign(&k), now), "rule_not_met");
         let mut e = sample(now);
         e.approvers[1].role = "developer".into();
-        e.approvers.push(Approver { id: "U3".into(), ..e.approvers[0].clone() });
+        e.approvers.push(Approver {
+            id: "U3".into(),
+            ..e.approvers[0].clone()
+        });
         assert_eq!(code(&e.sign(&k), now), "rule_not_met");
         let mut e = sample(now);
         e.requester = "U1".into();
@@ -554,7 +569,10 @@ mod tests {
         assert_eq!(code(&e.sign(&k), now), "rule_not_met");
         // unknown JSON fields are refused, not ignored
         let extra = json.replacen("\"signer\"", "\"note\": 1, \"signer\"", 1);
-        assert_eq!(SignedEnvelope::parse(extra.as_bytes()).unwrap_err().code(), "malformed");
+        assert_eq!(
+            SignedEnvelope::parse(extra.as_bytes()).unwrap_err().code(),
+            "malformed"
+        );
     }
 
     #[test]
@@ -569,7 +587,11 @@ mod tests {
             if let Ok(e) = SignedEnvelope::parse(&b) {
                 // a flip that still parses must either be refused or leave the signed content unchanged
                 if verify(&e, &trusted, &rules(), now, 60).is_ok() {
-                    assert_eq!(e.envelope, sample(now), "byte {i} changed what was approved");
+                    assert_eq!(
+                        e.envelope,
+                        sample(now),
+                        "byte {i} changed what was approved"
+                    );
                 }
             }
         }
@@ -579,12 +601,16 @@ mod tests {
     fn key_text_round_trip() {
         let k = SigningKey::from_seed(&[9; 32]);
         let t = k.public().to_text(SignerRole::Adapter);
-        assert_eq!(VerifyingKey::from_text(&t, SignerRole::Adapter).unwrap(), k.public());
+        assert_eq!(
+            VerifyingKey::from_text(&t, SignerRole::Adapter).unwrap(),
+            k.public()
+        );
         assert!(matches!(
             VerifyingKey::from_text(&t, SignerRole::Pipeline),
             Err(SigningKeyError::WrongRole { .. })
         ));
-        let s = SigningKey::from_text(&k.to_text(SignerRole::Adapter), SignerRole::Adapter).unwrap();
+        let s =
+            SigningKey::from_text(&k.to_text(SignerRole::Adapter), SignerRole::Adapter).unwrap();
         assert_eq!(s.public(), k.public());
         assert!(!format!("{s:?}").contains(&hex::encode([9u8; 32])));
     }

@@ -69,14 +69,20 @@ impl Geometry {
         (self.block_len(size, b).div_ceil(self.shard_size as u64) as usize).max(1)
     }
 
-    /// Parity shards of a block with `data` data shards.
+    /// Parity shards of a block with `data` data shards: in proportion for full blocks, but a short
+    /// block (a small object, the tail of a large one) gets as many as it has data shards, up to the
+    /// full `parity_shards`, and never fewer than `MIN_PARITY`: proportional parity made a 21-shard
+    /// block 0.7 % likely to be lost at 5 % loss, against 2e-7 for a full block (measured on the
+    /// emulated diode: 5 of 600 such files lost).
     pub fn parity_for(&self, data: usize) -> usize {
         if self.parity_shards == 0 {
             return 0;
         }
-        let proportional = (self.parity_shards * data).div_ceil(self.data_shards);
+        let p = self.parity_shards;
+        let proportional = (p * data).div_ceil(self.data_shards);
         proportional
-            .max(MIN_PARITY.min(self.parity_shards))
+            .max(p.min(data))
+            .max(MIN_PARITY.min(p))
             .min(MAX_SHARDS)
     }
 }
@@ -261,6 +267,8 @@ mod tests {
         assert_eq!(g.block_count(1), 1);
         assert_eq!(g.parity_for(1), 4);
         assert_eq!(g.parity_for(128), 24);
+        assert_eq!(g.parity_for(21), 21);
+        assert_eq!(g.parity_for(86), 24);
         assert_eq!(g.block_count(1408 * 128 + 1), 2);
         assert_eq!(g.data_in(1408 * 128 + 1, 1), 1);
         assert!(Geometry::new(1407, 128, 24).is_err());

@@ -21,6 +21,19 @@ pub enum ObjectKind {
     Envelope,
 }
 
+/// Files named `*.envelope` in a sender's outbox are approval envelopes: they travel as
+/// `ObjectKind::Envelope`, ahead of bulk files, and the receiver verifies them instead of writing them to
+/// its inbox.
+pub const ENVELOPE_SUFFIX: &str = ".envelope";
+
+pub fn kind_for_name(name: &str) -> ObjectKind {
+    if name.ends_with(ENVELOPE_SUFFIX) {
+        ObjectKind::Envelope
+    } else {
+        ObjectKind::File
+    }
+}
+
 /// `ObjectMeta::sha256` of an object whose hash the sender has not finished computing.
 pub const HASH_PENDING: [u8; 32] = [0; 32];
 

@@ -1,7 +1,9 @@
 //! `recv.toml`: every key is documented in `receiver/recv.example.toml`, which the tests load.
 
 use anyhow::{bail, Context, Result};
+use diode_proto::envelope::Rule;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -25,6 +27,48 @@ pub struct Config {
     pub expire_hours: u64,
     #[serde(default = "d_replay_config")]
     pub replay_config: String,
+    /// Approval envelopes: absent means envelopes are refused (quarantined by nobody: logged and dropped).
+    pub approvals: Option<ApprovalsConfig>,
+}
+
+/// `[approvals]`: what the high side trusts and requires. Its rules win over whatever the low side applied.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// Trusted adapter public keys (adapter.pub); two during a key rotation.
+    pub adapters: Vec<PathBuf>,
+    /// Accepted envelopes, `<id>.json`.
+    #[serde(default = "d_approvals_folder")]
+    pub folder: PathBuf,
+    /// Refused envelopes with the reason.
+    #[serde(default = "d_quarantine")]
+    pub quarantine: PathBuf,
+    #[serde(default = "d_skew")]
+    pub skew_secs: u64,
+    /// Command (argv) run with each accepted envelope's JSON on stdin.
+    pub hook: Option<Vec<String>>,
+    #[serde(default = "d_hook_timeout")]
+    pub hook_timeout_secs: u64,
+    #[serde(default = "d_hook_retries")]
+    pub hook_retries: u32,
+    /// Per environment: minimum approvals, required roles, maximum validity.
+    pub rules: BTreeMap<String, Rule>,
+}
+
+fn d_approvals_folder() -> PathBuf {
+    "approvals".into()
+}
+fn d_quarantine() -> PathBuf {
+    "quarantine".into()
+}
+fn d_skew() -> u64 {
+    120
+}
+fn d_hook_timeout() -> u64 {
+    30
+}
+fn d_hook_retries() -> u32 {
+    3
 }
 
 fn d_rcvbuf() -> usize {
@@ -59,6 +103,28 @@ impl Config {
         {
             if p.is_relative() {
                 *p = base.join(&*p);
+            }
+        }
+        if let Some(a) = c.approvals.as_mut() {
+            for p in [&mut a.folder, &mut a.quarantine]
+                .into_iter()
+                .chain(a.adapters.iter_mut())
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+            if a.adapters.is_empty() {
+                bail!(
+                    "{}: [approvals] lists no trusted adapter key",
+                    path.display()
+                );
+            }
+            if a.hook.as_ref().is_some_and(|h| h.is_empty()) {
+                bail!(
+                    "{}: [approvals] hook is empty: leave it out or name a command",
+                    path.display()
+                );
             }
         }
         if c.senders.is_empty() {

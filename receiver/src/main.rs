@@ -1,6 +1,7 @@
 //! `diode-recv`: the high side. Authenticates every frame, rebuilds files through loss, writes them
 //! atomically into the inbox, and reports exactly which blocks are missing. It never transmits.
 
+mod approvals;
 mod config;
 mod receive;
 mod status;
@@ -43,6 +44,51 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Approval envelopes for a deploy pipeline: list them, check for one, consume one exactly once
+    Approvals {
+        #[command(subcommand)]
+        cmd: ApprovalsCmd,
+    },
+    /// The high side's audit log
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCmd {
+    /// Every accepted envelope with its state now: valid, consumed, expired, rejection, invalid
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 only if a valid, unconsumed approval exists for this artifact digest and environment
+    /// (exit 1 if none); prints its id
+    Check {
+        /// Artifact digest, sha256:<64 hex>
+        #[arg(long)]
+        artifact: String,
+        #[arg(long)]
+        env: String,
+    },
+    /// Use one valid approval exactly once (of concurrent callers, one wins); exit 0 and print its id,
+    /// exit 1 if there is none
+    Consume {
+        #[arg(long)]
+        artifact: String,
+        #[arg(long)]
+        env: String,
+        /// A particular envelope id (otherwise the newest valid one)
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check the hash chain: names the first edited, removed or reordered record; exit 1 if broken
+    Verify,
 }
 
 fn main() {
@@ -85,6 +131,67 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Some(Cmd::Approvals { cmd }) => {
+            let cfg = Config::load(&cli.config)?;
+            match cmd {
+                ApprovalsCmd::List { json } => {
+                    let all = approvals::list(&cfg)?;
+                    if json {
+                        let v: Vec<serde_json::Value> = all
+                            .iter()
+                            .map(|l| serde_json::json!({"state": l.state, "detail": l.detail, "envelope": l.env}))
+                            .collect();
+                        println!("{}", serde_json::to_string_pretty(&v)?);
+                    } else if all.is_empty() {
+                        println!("no approval envelopes");
+                    }
+                    if !json {
+                        for l in &all {
+                            let e = &l.env.envelope;
+                            println!(
+                                "{} {:9} {} {} {} {} {} expires {} by {}{}",
+                                e.id,
+                                l.state,
+                                e.decision,
+                                e.environment,
+                                e.artifact.name,
+                                e.artifact.version,
+                                e.artifact.digest,
+                                e.expires_at,
+                                e.approvers
+                                    .iter()
+                                    .map(|a| a.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                                if l.detail.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(" ({})", l.detail)
+                                }
+                            );
+                        }
+                    }
+                    Ok(())
+                }
+                ApprovalsCmd::Check { artifact, env } => {
+                    let found = approvals::find(&cfg, &artifact, &env, None)?;
+                    print_or_exit(found, &artifact, &env)
+                }
+                ApprovalsCmd::Consume { artifact, env, id } => {
+                    let found = approvals::consume(&cfg, &artifact, &env, id.as_deref())?;
+                    print_or_exit(found, &artifact, &env)
+                }
+            }
+        }
+        Some(Cmd::Audit {
+            cmd: AuditCmd::Verify,
+        }) => {
+            let cfg = Config::load(&cli.config)?;
+            let log = approvals::audit_log(&cfg);
+            let n = log.verify()?;
+            println!("ok: {n} records in {}", log.path().display());
+            Ok(())
+        }
         None => {
             let cfg = Config::load(&cli.config)?;
             let me = keyfile::load_secret(&cfg.key, Role::Receiver)?;
@@ -100,6 +207,24 @@ fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("cannot create {}", cfg.state.display()))?;
             let table = SessionTable::new(me, trusted, receive::Receiver::load_highest(&cfg));
             receive::Receiver::new(cfg, table)?.run()
+        }
+    }
+}
+
+/// The id of the approval found (exit 0), or exit 1 saying there is none.
+fn print_or_exit(
+    found: Option<diode_proto::envelope::SignedEnvelope>,
+    artifact: &str,
+    env: &str,
+) -> Result<()> {
+    match found {
+        Some(e) => {
+            println!("{}", e.envelope.id);
+            Ok(())
+        }
+        None => {
+            eprintln!("diode-recv: no valid, unconsumed approval for {artifact} in {env}");
+            std::process::exit(1)
         }
     }
 }

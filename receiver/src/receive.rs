@@ -3,15 +3,17 @@
 //! moved into the inbox. Once a second: persist state, judge link health, set aside stalled blocks,
 //! expire abandoned objects, write the status file. It never sends.
 
+use crate::approvals::Approvals;
 use crate::config::Config;
 use crate::status::{self, ObjectStatus, SessionStatus, Status};
 use crate::store::Partial;
 use anyhow::{Context, Result};
 use diode_host::atomic::{append_line, write_atomic};
 use diode_host::udp::{UdpRx, RX_BUF};
+use diode_proto::envelope::MAX_ENVELOPE_BYTES;
 use diode_proto::frame::{self, FrameKind, SEALED_HEADER_LEN, TAG_LEN};
 use diode_proto::journal::format_id;
-use diode_proto::object::{decode_heartbeat, ObjectMeta, Step};
+use diode_proto::object::{decode_heartbeat, ObjectKind, ObjectMeta, Step};
 use diode_proto::session::{AnnounceOutcome, Opened};
 use diode_proto::{KeyId, SessionTable};
 use quinn_udp::RecvMeta;
@@ -52,6 +54,7 @@ pub struct Receiver {
     frames_since_check: u32,
     last_tick: Instant,
     last_drop_log: Instant,
+    approvals: Option<Approvals>,
 }
 
 fn senders_path(cfg: &Config) -> PathBuf {
@@ -100,7 +103,6 @@ impl Receiver {
         }
         let now = Instant::now();
         Ok(Receiver {
-            cfg,
             rx,
             table,
             objects,
@@ -118,6 +120,8 @@ impl Receiver {
             frames_since_check: 0,
             last_tick: now,
             last_drop_log: now,
+            approvals: Approvals::open(&cfg)?,
+            cfg,
         })
     }
 
@@ -259,6 +263,14 @@ impl Receiver {
             }
         };
         let key = (sender, meta.id);
+        if meta.kind == ObjectKind::Envelope && meta.size > MAX_ENVELOPE_BYTES as u64 {
+            if self.refused.insert(key) {
+                tracing::error!(sender = %sender, object = %format_id(meta.id), bytes = meta.size,
+                    "refused an envelope larger than {MAX_ENVELOPE_BYTES} bytes: nothing is written");
+            }
+            self.drop("refused_object");
+            return;
+        }
         if let Some(p) = self.objects.get_mut(&key) {
             // a later copy of the metadata: it may bring the content hash
             if !p.asm.meta.same_object(&meta) {
@@ -349,6 +361,9 @@ impl Receiver {
         let Some(p) = self.objects.get_mut(&key) else {
             return;
         };
+        if p.asm.meta.kind == ObjectKind::Envelope {
+            return self.finish_envelope(key);
+        }
         match p.finish(&self.cfg.inbox) {
             Ok(dest) => {
                 let m = p.asm.meta.clone();
@@ -370,6 +385,56 @@ impl Receiver {
                 let msg = format!("{e:#}");
                 tracing::error!(object = %format_id(key.1), name = %p.asm.meta.name, error = %msg, "cannot finish the object");
                 p.error = Some(msg);
+            }
+        }
+    }
+
+    /// A whole, hash-verified envelope object: verified and published (or quarantined) by `Approvals`,
+    /// never written to the inbox.
+    fn finish_envelope(&mut self, key: Key) {
+        let Some(p) = self.objects.get_mut(&key) else {
+            return;
+        };
+        let m = p.asm.meta.clone();
+        let content = match p.content(MAX_ENVELOPE_BYTES as u64) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                tracing::error!(object = %format_id(m.id), name = %m.name, error = %msg, "cannot finish the envelope");
+                p.error = Some(msg);
+                return;
+            }
+        };
+        let result = match self.approvals.as_mut() {
+            Some(a) => a.deliver(&content, &m.name),
+            None => Err(anyhow::anyhow!(
+                "an approval envelope arrived but recv.toml has no [approvals] section: it is dropped"
+            )),
+        };
+        match result {
+            Ok(path) => {
+                let rec = serde_json::json!({
+                    "sender": key.0.to_string(), "object": format_id(m.id), "name": m.name, "size": m.size,
+                    "sha256": m.sha256_hex(), "kind": "envelope", "path": path.display().to_string(),
+                    "at": diode_host::unix_now(),
+                });
+                if let Err(e) = append_line(&completed_path(&self.cfg), &rec.to_string()) {
+                    tracing::error!(error = %format!("{e:#}"), "cannot record the received envelope");
+                }
+                self.received_files += 1;
+                self.received_bytes += m.size;
+                self.completed.insert(key);
+                if let Some(p) = self.objects.remove(&key) {
+                    p.discard();
+                }
+            }
+            Err(e) => {
+                // kept as a partial object: a later pass or a restart tries again
+                let msg = format!("{e:#}");
+                tracing::error!(object = %format_id(m.id), name = %m.name, error = %msg, "cannot deliver the envelope");
+                if let Some(p) = self.objects.get_mut(&key) {
+                    p.error = Some(msg);
+                }
             }
         }
     }

@@ -199,9 +199,9 @@ impl Partial {
             .collect()
     }
 
-    /// All blocks are in: check the hash and move the file into the inbox. On a hash mismatch the
-    /// object starts over (the partial data is wrong) and an error says so.
-    pub fn finish(&mut self, inbox: &Path) -> Result<PathBuf> {
+    /// All blocks are in: check the content hash. On a mismatch the object starts over (the partial data
+    /// is wrong) and an error says so.
+    fn verify_hash(&mut self) -> Result<()> {
         let meta = self.asm.meta.clone();
         if !meta.hash_known() {
             bail!("the content hash has not arrived yet");
@@ -209,6 +209,7 @@ impl Partial {
         self.file.set_len(meta.size)?;
         let mut h = std::mem::take(&mut self.hasher);
         let mut pos = self.hashed as u64 * self.asm.geometry().block_bytes();
+        self.hashed = 0; // the running hash is used up: a second call hashes the whole file
         let mut buf = vec![0u8; 1 << 20];
         while pos < meta.size {
             let want = buf.len().min((meta.size - pos) as usize);
@@ -230,6 +231,26 @@ impl Partial {
                 meta.sha256_hex()
             );
         }
+        Ok(())
+    }
+
+    /// The content of a finished, hash-verified small object (an envelope). The caller discards the
+    /// partial files once it has dealt with the content.
+    pub fn content(&mut self, max: u64) -> Result<Vec<u8>> {
+        self.verify_hash()?;
+        if self.asm.meta.size > max {
+            bail!("{} bytes, more than {max}", self.asm.meta.size);
+        }
+        let mut buf = vec![0u8; self.asm.meta.size as usize];
+        self.file.read_exact_at(&mut buf, 0)?;
+        Ok(buf)
+    }
+
+    /// All blocks are in: check the hash and move the file into the inbox. On a hash mismatch the
+    /// object starts over (the partial data is wrong) and an error says so.
+    pub fn finish(&mut self, inbox: &Path) -> Result<PathBuf> {
+        self.verify_hash()?;
+        let meta = self.asm.meta.clone();
         self.file.sync_all()?;
         let dest = inbox_path(inbox, &meta.name)?;
         if let Some(parent) = dest.parent() {

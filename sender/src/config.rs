@@ -63,7 +63,7 @@ fn d_passes() -> u32 {
     1
 }
 fn d_interleave() -> usize {
-    8
+    32
 }
 fn d_one() -> f64 {
     1.0

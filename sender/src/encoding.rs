@@ -4,6 +4,7 @@
 
 use crate::transmit::Transmitter;
 use anyhow::{bail, Context, Result};
+use diode_proto::envelope::MAX_ENVELOPE_BYTES;
 use diode_proto::object::{interleave, ObjectKind, ObjectMeta, HASH_PENDING};
 use diode_proto::{BlockEncoder, FrameKind, Geometry};
 use sha2::{Digest, Sha256};
@@ -14,9 +15,12 @@ use std::path::Path;
 /// A meta frame goes out this often (in frames), so a receiver that joins mid-object learns what it is.
 const META_EVERY: usize = 64;
 
-/// Measure a file, giving it the id and wire name it will travel under. The content hash is left
-/// pending: the first pass computes it as it reads the file (one read instead of two, and the first
-/// frame leaves at once) and sends it in the metadata frames at the end of the pass.
+/// Files up to this size are hashed before their first frame, so every metadata frame carries the hash.
+const HASH_FIRST_MAX: u64 = 1 << 20;
+
+/// Measure a file, giving it the id and wire name it will travel under. The content hash of a large file
+/// is left pending: the first pass computes it as it reads the file (one read instead of two, and the
+/// first frame leaves at once) and sends it in the metadata frames at the end of the pass.
 pub fn describe(
     path: &Path,
     id: u64,
@@ -29,6 +33,24 @@ pub fn describe(
         .metadata()
         .with_context(|| format!("cannot read {}", path.display()))?;
     let size = md.len();
+    let mut sha256 = HASH_PENDING;
+    if size <= HASH_FIRST_MAX {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if bytes.len() as u64 != size {
+            bail!("{} changed size while being read", path.display());
+        }
+        if kind == ObjectKind::Envelope && bytes.len() > MAX_ENVELOPE_BYTES {
+            bail!(
+                "{} is {} bytes: an envelope may have at most {MAX_ENVELOPE_BYTES}",
+                path.display(),
+                bytes.len()
+            );
+        }
+        sha256 = Sha256::digest(&bytes).into();
+    } else if kind == ObjectKind::Envelope {
+        bail!("{} is too large to be an envelope", path.display());
+    }
     let mtime = md
         .modified()
         .ok()
@@ -38,7 +60,7 @@ pub fn describe(
         id,
         name: name.to_string(),
         size,
-        sha256: HASH_PENDING,
+        sha256,
         kind,
         shard_size: g.shard_size as u32,
         data_shards: g.data_shards as u16,
@@ -76,6 +98,7 @@ impl Encoder {
         meta: &mut ObjectMeta,
         blocks: Option<&[(u32, u32)]>,
         progress: &mut dyn FnMut(u64),
+        between: &mut dyn FnMut(&mut Transmitter),
     ) -> Result<()> {
         let g = meta.geometry()?;
         let count = g.block_count(meta.size);
@@ -145,6 +168,8 @@ impl Encoder {
                 }
             }
             progress(group.iter().map(|&b| g.block_len(meta.size, b)).sum());
+            // urgent small objects (approval envelopes) go out here, not after the whole file
+            between(tx);
         }
         if let Some(h) = hasher {
             meta.sha256 = h.finalize().into();
@@ -163,6 +188,7 @@ impl Encoder {
 }
 
 /// Send an object `passes` times (or the given blocks of it).
+#[allow(clippy::too_many_arguments)] // the two hooks are what the daemon and `file` differ in
 pub fn send_object(
     tx: &mut Transmitter,
     enc: &mut Encoder,
@@ -171,6 +197,7 @@ pub fn send_object(
     passes: u32,
     blocks: Option<&[(u32, u32)]>,
     progress: &mut dyn FnMut(u64),
+    between: &mut dyn FnMut(&mut Transmitter),
 ) -> Result<()> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     if file.metadata()?.len() != meta.size {
@@ -178,7 +205,7 @@ pub fn send_object(
     }
     tx.current_object = Some(meta.id);
     for _ in 0..passes {
-        enc.send_pass(tx, &file, meta, blocks, progress)?;
+        enc.send_pass(tx, &file, meta, blocks, progress, between)?;
     }
     tx.current_object = None;
     tx.objects_sent += 1;

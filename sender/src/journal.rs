@@ -8,7 +8,7 @@ use crate::config::Config;
 use anyhow::{bail, Context, Result};
 use diode_host::atomic::{append_line, sync_dir, write_atomic};
 use diode_proto::journal::{format_id, parse_id, JournalRecord};
-use diode_proto::object::{ObjectKind, ObjectMeta};
+use diode_proto::object::{kind_for_name, ObjectMeta};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs;
@@ -113,10 +113,10 @@ impl Journal {
                     }
                     e.sent = Some(ObjectMeta {
                         id: e.id,
+                        kind: kind_for_name(&name),
                         name,
                         size,
                         sha256: h,
-                        kind: ObjectKind::File,
                         shard_size,
                         data_shards,
                         parity_shards,

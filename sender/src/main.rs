@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use config::Config;
 use diode_host::keyfile;
 use diode_proto::journal::{format_id, parse_id};
-use diode_proto::object::ObjectKind;
+use diode_proto::object::{kind_for_name, ObjectKind};
 use diode_proto::Role;
 use encoding::{describe, send_object, Encoder};
 use journal::{replayable, Journal, ReplayRequest};
@@ -123,36 +123,31 @@ enum Job {
     },
 }
 
-fn daemon(cfg: &Config) -> Result<()> {
-    let journal = Journal::open(cfg)?;
-    let mut tx = open_link(cfg)?;
-    let mut enc = Encoder::new(cfg.interleave);
-    let geometry = cfg.geometry()?;
-    let mut outbox = outbox::Outbox::watch(&cfg.outbox, Duration::from_secs(cfg.settle_secs))
-        .with_context(|| format!("cannot watch {}", cfg.outbox.display()))?;
-    let mut queue: VecDeque<Job> = VecDeque::new();
-    for e in journal.load()? {
-        if e.sent.is_none() && !e.expired && e.path.exists() {
-            tracing::info!(object = %format_id(e.id), name = %e.name, "resuming an object claimed before a restart");
-            queue.push_back(Job::New {
-                id: e.id,
-                name: e.name,
-                path: e.path,
-            });
-        }
-    }
-    tracing::info!(outbox = %cfg.outbox.display(), passes = cfg.passes, "watching the outbox");
-    loop {
-        let wait = if queue.is_empty() {
-            Duration::from_millis(50)
-        } else {
-            Duration::ZERO
-        };
-        for p in outbox.poll(wait) {
-            match outbox::wire_name(&cfg.outbox, &p) {
+/// What comes in: files from the outbox (envelopes to their own queue, which always goes first) and
+/// replay requests.
+struct Intake<'a> {
+    cfg: &'a Config,
+    journal: &'a Journal,
+    outbox: outbox::Outbox,
+    urgent: VecDeque<Job>,
+    bulk: VecDeque<Job>,
+}
+
+impl Intake<'_> {
+    fn poll(&mut self, wait: Duration) {
+        for p in self.outbox.poll(wait) {
+            match outbox::wire_name(&self.cfg.outbox, &p) {
                 Some(name) if diode_proto::object::safe_name(&name).is_ok() => {
-                    match journal.claim(&p, &name) {
-                        Ok((id, path)) => queue.push_back(Job::New { id, name, path }),
+                    match self.journal.claim(&p, &name) {
+                        Ok((id, path)) => {
+                            let envelope = kind_for_name(&name) == ObjectKind::Envelope;
+                            let job = Job::New { id, name, path };
+                            if envelope {
+                                self.urgent.push_back(job);
+                            } else {
+                                self.bulk.push_back(job);
+                            }
+                        }
                         Err(e) => {
                             tracing::error!(file = %p.display(), error = %format!("{e:#}"), "cannot take file; left in the outbox")
                         }
@@ -162,74 +157,148 @@ fn daemon(cfg: &Config) -> Result<()> {
                     tracing::error!(file = %p.display(), "file name cannot travel (not UTF-8, or unsafe); left in the outbox")
                 }
             }
-            outbox.forget(&p);
+            self.outbox.forget(&p);
         }
-        for r in journal.take_replays() {
-            match resolve_replay(&journal, &r) {
+        for r in self.journal.take_replays() {
+            match resolve_replay(self.journal, &r) {
                 Ok(jobs) => {
                     for j in jobs.into_iter().rev() {
-                        queue.push_front(j);
+                        self.bulk.push_front(j);
                     }
                 }
                 Err(e) => tracing::error!(error = %format!("{e:#}"), "replay request refused"),
             }
         }
-        let Some(job) = queue.pop_front() else {
+    }
+
+    fn next(&mut self) -> Option<Job> {
+        self.urgent.pop_front().or_else(|| self.bulk.pop_front())
+    }
+}
+
+fn daemon(cfg: &Config) -> Result<()> {
+    let journal = Journal::open(cfg)?;
+    let mut tx = open_link(cfg)?;
+    let mut enc = Encoder::new(cfg.interleave);
+    let mut urgent_enc = Encoder::new(cfg.interleave);
+    let outbox = outbox::Outbox::watch(&cfg.outbox, Duration::from_secs(cfg.settle_secs))
+        .with_context(|| format!("cannot watch {}", cfg.outbox.display()))?;
+    let mut intake = Intake {
+        cfg,
+        journal: &journal,
+        outbox,
+        urgent: VecDeque::new(),
+        bulk: VecDeque::new(),
+    };
+    for e in journal.load()? {
+        if e.sent.is_none() && !e.expired && e.path.exists() {
+            tracing::info!(object = %format_id(e.id), name = %e.name, "resuming an object claimed before a restart");
+            let job = Job::New {
+                id: e.id,
+                name: e.name.clone(),
+                path: e.path,
+            };
+            if kind_for_name(&e.name) == ObjectKind::Envelope {
+                intake.urgent.push_back(job);
+            } else {
+                intake.bulk.push_back(job);
+            }
+        }
+    }
+    tracing::info!(outbox = %cfg.outbox.display(), passes = cfg.passes, "watching the outbox");
+    loop {
+        let idle = intake.urgent.is_empty() && intake.bulk.is_empty();
+        intake.poll(if idle {
+            Duration::from_millis(50)
+        } else {
+            Duration::ZERO
+        });
+        let Some(job) = intake.next() else {
             tx.idle();
             continue;
         };
-        let started = std::time::Instant::now();
-        match job {
-            Job::New { id, name, path } => {
-                let r =
-                    describe(&path, id, &name, ObjectKind::File, geometry).and_then(|mut meta| {
-                        send_object(
-                            &mut tx,
-                            &mut enc,
-                            &path,
-                            &mut meta,
-                            cfg.passes,
-                            None,
-                            &mut |_| {},
-                        )?;
-                        journal.record_sent(&meta)?;
-                        Ok(meta)
-                    });
-                match r {
-                    Ok(meta) => {
-                        let secs = started.elapsed().as_secs_f64();
-                        tracing::info!(object = %format_id(id), name = %name, bytes = meta.size, passes = cfg.passes,
-                            mb_per_s = format!("{:.1}", meta.size as f64 * cfg.passes as f64 / secs.max(1e-6) / 1e6), "sent");
-                    }
-                    Err(e) => {
-                        tracing::error!(object = %format_id(id), name = %name, error = %format!("{e:#}"),
-                        "send failed; the object stays in the sent area and is tried again at the next start")
-                    }
+        // between groups of a large object: take in new envelopes and send them at once
+        let mut between = |tx: &mut Transmitter| {
+            intake.poll(Duration::ZERO);
+            while let Some(job) = intake.urgent.pop_front() {
+                run_job(cfg, &journal, tx, &mut urgent_enc, job, &mut |_| {});
+            }
+        };
+        run_job(cfg, &journal, &mut tx, &mut enc, job, &mut between);
+    }
+}
+
+fn run_job(
+    cfg: &Config,
+    journal: &Journal,
+    tx: &mut Transmitter,
+    enc: &mut Encoder,
+    job: Job,
+    between: &mut dyn FnMut(&mut Transmitter),
+) {
+    let started = std::time::Instant::now();
+    match job {
+        Job::New { id, name, path } => {
+            let kind = kind_for_name(&name);
+            // an approval is small and precious: never fewer than two passes
+            let passes = if kind == ObjectKind::Envelope {
+                cfg.passes.max(2)
+            } else {
+                cfg.passes
+            };
+            let r = cfg
+                .geometry()
+                .and_then(|g| describe(&path, id, &name, kind, g))
+                .and_then(|mut meta| {
+                    send_object(
+                        tx,
+                        enc,
+                        &path,
+                        &mut meta,
+                        passes,
+                        None,
+                        &mut |_| {},
+                        between,
+                    )?;
+                    journal.record_sent(&meta)?;
+                    Ok(meta)
+                });
+            match r {
+                Ok(meta) => {
+                    let secs = started.elapsed().as_secs_f64();
+                    tracing::info!(object = %format_id(id), name = %name, bytes = meta.size, passes,
+                        kind = if kind == ObjectKind::Envelope { "envelope" } else { "file" },
+                        mb_per_s = format!("{:.1}", meta.size as f64 * passes as f64 / secs.max(1e-6) / 1e6), "sent");
                 }
-                if let Err(e) = journal.retain(cfg.retention_days * 86400, cfg.retention_gb << 30) {
-                    tracing::warn!(error = %format!("{e:#}"), "retention pass failed");
+                Err(e) => {
+                    tracing::error!(object = %format_id(id), name = %name, error = %format!("{e:#}"),
+                    "send failed; the object stays in the sent area and is tried again at the next start")
                 }
             }
-            Job::Replay {
-                mut meta,
-                path,
-                blocks,
-            } => {
-                let r = send_object(
-                    &mut tx,
-                    &mut enc,
-                    &path,
-                    &mut meta,
-                    1,
-                    blocks.as_deref(),
-                    &mut |_| {},
-                );
-                match r {
-                    Ok(()) => tracing::info!(object = %format_id(meta.id), name = %meta.name,
-                        blocks = %blocks.as_deref().map(diode_proto::gap::format).unwrap_or_else(|| "all".into()), "replayed"),
-                    Err(e) => {
-                        tracing::error!(object = %format_id(meta.id), error = %format!("{e:#}"), "replay failed")
-                    }
+            if let Err(e) = journal.retain(cfg.retention_days * 86400, cfg.retention_gb << 30) {
+                tracing::warn!(error = %format!("{e:#}"), "retention pass failed");
+            }
+        }
+        Job::Replay {
+            mut meta,
+            path,
+            blocks,
+        } => {
+            let r = send_object(
+                tx,
+                enc,
+                &path,
+                &mut meta,
+                1,
+                blocks.as_deref(),
+                &mut |_| {},
+                between,
+            );
+            match r {
+                Ok(()) => tracing::info!(object = %format_id(meta.id), name = %meta.name,
+                    blocks = %blocks.as_deref().map(diode_proto::gap::format).unwrap_or_else(|| "all".into()), "replayed"),
+                Err(e) => {
+                    tracing::error!(object = %format_id(meta.id), error = %format!("{e:#}"), "replay failed")
                 }
             }
         }
@@ -426,7 +495,7 @@ fn send_files(cfg: &Config, paths: &[PathBuf]) -> Result<()> {
             path: path.to_string_lossy().into_owned(),
             at: diode_host::unix_now(),
         })?;
-        let mut meta = describe(path, id, name, ObjectKind::File, cfg.geometry()?)?;
+        let mut meta = describe(path, id, name, kind_for_name(name), cfg.geometry()?)?;
         send_object(
             &mut tx,
             &mut enc,
@@ -435,6 +504,7 @@ fn send_files(cfg: &Config, paths: &[PathBuf]) -> Result<()> {
             cfg.passes,
             None,
             &mut |n| bar.inc(n),
+            &mut |_| {},
         )?;
         journal.record_sent(&meta)?;
     }

@@ -115,6 +115,11 @@ impl Site {
                 .args(["keygen", "--dir"])
                 .arg(&k),
         );
+        run_ok(
+            Command::new(bin("diode-chat"))
+                .args(["keygen", "--dir"])
+                .arg(&k),
+        );
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let mut r: toml::Table =
             toml::from_str(&fs::read_to_string(root.join("receiver/recv.example.toml")).unwrap())

@@ -1,0 +1,337 @@
+//! Approval envelopes on the high side: verification with the high side's own rules, the registry of
+//! envelope ids ever received, the `approvals/` and `quarantine/` folders, the hook, the audit log, and
+//! the `approvals list|check|consume` and `audit verify` commands a deploy pipeline runs.
+//!
+//! Files under `state/approvals/`:
+//! - `seen`: one envelope id per line, every envelope ever accepted or refused as valid-but-replayed
+//!   (fsynced before the envelope is published), so the same envelope is never accepted twice, across
+//!   restarts;
+//! - `consumed`: one id per line, fsynced, written under the audit lock so that of two racing `consume`
+//!   calls exactly one wins;
+//! - `audit.jsonl` (+ `.head`, `.lock`): the hash-chained audit log.
+
+use crate::config::{ApprovalsConfig, Config};
+use anyhow::{bail, Context, Result};
+use diode_host::atomic::write_atomic;
+use diode_host::audit::AuditLog;
+use diode_host::keyfile;
+use diode_proto::envelope::{self, Decision, Reject, SignedEnvelope, SignerRole, VerifyingKey};
+use serde_json::json;
+use std::collections::HashSet;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Approvals {
+    cfg: ApprovalsConfig,
+    trusted: Vec<VerifyingKey>,
+    audit: AuditLog,
+    seen: HashSet<String>,
+    dir: PathBuf,
+}
+
+fn registry(dir: &Path, name: &str) -> HashSet<String> {
+    fs::read_to_string(dir.join(name))
+        .map(|t| t.lines().map(|l| l.trim().to_string()).collect())
+        .unwrap_or_default()
+}
+
+fn append_id(path: &Path, id: &str) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    f.write_all(format!("{id}\n").as_bytes())
+        .and_then(|_| f.sync_data())
+        .with_context(|| format!("cannot record in {}", path.display()))
+}
+
+pub fn state_dir(cfg: &Config) -> PathBuf {
+    cfg.state.join("approvals")
+}
+
+pub fn audit_log(cfg: &Config) -> AuditLog {
+    AuditLog::new(state_dir(cfg).join("audit.jsonl"))
+}
+
+fn load_keys(cfg: &ApprovalsConfig) -> Result<Vec<VerifyingKey>> {
+    cfg.adapters
+        .iter()
+        .map(|p| keyfile::load_verifying(p, SignerRole::Adapter))
+        .collect()
+}
+
+impl Approvals {
+    pub fn open(cfg: &Config) -> Result<Option<Self>> {
+        let Some(a) = cfg.approvals.clone() else {
+            return Ok(None);
+        };
+        let dir = state_dir(cfg);
+        for d in [&dir, &a.folder, &a.quarantine] {
+            fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        let trusted = load_keys(&a)?;
+        for k in &trusted {
+            tracing::info!(adapter = %k.id_hex(), "trusting approval envelopes signed by this adapter key");
+        }
+        Ok(Some(Approvals {
+            seen: registry(&dir, "seen"),
+            audit: audit_log(cfg),
+            trusted,
+            cfg: a,
+            dir,
+        }))
+    }
+
+    /// An envelope object arrived whole and hash-verified: accept it into `approvals/` or refuse it into
+    /// `quarantine/`, with an audit record either way. Returns where it went.
+    pub fn deliver(&mut self, bytes: &[u8], wire_name: &str) -> Result<PathBuf> {
+        let now = diode_host::unix_now();
+        let parsed = SignedEnvelope::parse(bytes);
+        let id = parsed
+            .as_ref()
+            .ok()
+            .map(|e| e.envelope.id.clone())
+            .filter(|id| envelope::is_hex_id(id, 32));
+        let verdict = parsed.and_then(|e| {
+            envelope::verify(&e, &self.trusted, &self.cfg.rules, now, self.cfg.skew_secs)?;
+            if self.seen.contains(&e.envelope.id) {
+                return Err(Reject::Replayed(e.envelope.id.clone()));
+            }
+            Ok(e)
+        });
+        match verdict {
+            Ok(env) => {
+                let e = &env.envelope;
+                // registry first: once the file is visible, the id can never be accepted again
+                append_id(&self.dir.join("seen"), &e.id)?;
+                self.seen.insert(e.id.clone());
+                let path = self.cfg.folder.join(format!("{}.json", e.id));
+                write_atomic(&path, env.to_json().as_bytes(), 0o644)?;
+                self.audit.append(
+                    "accept",
+                    json!({"id": e.id, "request_id": e.request_id, "decision": e.decision.to_string(),
+                        "artifact": e.artifact.name, "version": e.artifact.version, "digest": e.artifact.digest,
+                        "environment": e.environment, "signer": env.signer, "expires_at": e.expires_at,
+                        "approvers": e.approvers.iter().map(|a| format!("{} ({}, {})", a.id, a.role, a.source)).collect::<Vec<_>>()}),
+                )?;
+                tracing::info!(id = %e.id, decision = %e.decision, artifact = %e.artifact.name, digest = %e.artifact.digest,
+                    env = %e.environment, path = %path.display(), "approval envelope accepted");
+                if let Some(hook) = self.cfg.hook.clone() {
+                    let (audit, json, id) = (
+                        AuditLog::new(self.audit.path()),
+                        env.to_json(),
+                        e.id.clone(),
+                    );
+                    let (timeout, retries) = (
+                        Duration::from_secs(self.cfg.hook_timeout_secs),
+                        self.cfg.hook_retries,
+                    );
+                    // the hook may be slow or hang: it never holds up reception
+                    std::thread::spawn(move || {
+                        run_hook(&hook, &json, &id, timeout, retries, &audit)
+                    });
+                }
+                Ok(path)
+            }
+            Err(why) => {
+                let stem = match &id {
+                    Some(id) => format!("{id}-{}-{now}", why.code()),
+                    None => format!(
+                        "{}-{}-{now}",
+                        hex::encode(&sha2_digest(bytes)[..8]),
+                        why.code()
+                    ),
+                };
+                let path = self.cfg.quarantine.join(format!("{stem}.json"));
+                let report = json!({
+                    "reason": why.code(), "detail": why.to_string(), "received_at": now, "wire_name": wire_name,
+                    "envelope": String::from_utf8_lossy(bytes),
+                });
+                write_atomic(
+                    &path,
+                    serde_json::to_string_pretty(&report)?.as_bytes(),
+                    0o644,
+                )?;
+                self.audit.append(
+                    "reject",
+                    json!({"id": id, "reason": why.code(), "detail": why.to_string(), "quarantine": path.display().to_string()}),
+                )?;
+                tracing::warn!(id = ?id, reason = why.code(), detail = %why, path = %path.display(), "approval envelope refused");
+                Ok(path)
+            }
+        }
+    }
+}
+
+fn sha2_digest(b: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).to_vec()
+}
+
+/// Run the hook with the envelope on stdin, at most `timeout` per attempt, `retries` more times after a
+/// failure (1 s, 2 s, 4 s ... apart); each attempt's outcome is audited.
+fn run_hook(
+    hook: &[String],
+    json: &str,
+    id: &str,
+    timeout: Duration,
+    retries: u32,
+    audit: &AuditLog,
+) {
+    let Some((prog, args)) = hook.split_first() else {
+        return;
+    };
+    for attempt in 0..=retries {
+        let outcome = run_once(prog, args, json, timeout);
+        let ok = outcome.is_ok();
+        let detail = match &outcome {
+            Ok(()) => "exit 0".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        if let Err(e) = audit.append(
+            "hook",
+            json!({"id": id, "attempt": attempt + 1, "ok": ok, "detail": detail}),
+        ) {
+            tracing::error!(error = %format!("{e:#}"), "cannot audit the hook run");
+        }
+        if ok {
+            tracing::info!(id, attempt = attempt + 1, "approval hook succeeded");
+            return;
+        }
+        tracing::warn!(id, attempt = attempt + 1, detail = %detail, "approval hook failed");
+        if attempt < retries {
+            std::thread::sleep(Duration::from_secs(1 << attempt.min(6)));
+        }
+    }
+    tracing::error!(
+        id,
+        "approval hook failed after all retries; the approval stays in approvals/"
+    );
+}
+
+fn run_once(prog: &str, args: &[String], json: &str, timeout: Duration) -> Result<()> {
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {prog}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(json.as_bytes()); // a hook that does not read stdin is fine
+    }
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if status.success() {
+                return Ok(());
+            }
+            bail!("{prog} exited with {status}");
+        }
+        if start.elapsed() >= timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{prog} did not finish within {} s and was killed",
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One approval file as the commands see it, re-verified now.
+pub struct Listed {
+    pub env: SignedEnvelope,
+    pub state: &'static str,
+    pub detail: String,
+}
+
+/// Every file in `approvals/`, re-verified against the current keys and rules (a file edited on the high
+/// side after acceptance shows as invalid), with its state: valid, consumed, expired, rejection, invalid.
+pub fn list(cfg: &Config) -> Result<Vec<Listed>> {
+    let a = cfg
+        .approvals
+        .as_ref()
+        .context("this recv.toml has no [approvals] section")?;
+    let trusted = load_keys(a)?;
+    let consumed = registry(&state_dir(cfg), "consumed");
+    let now = diode_host::unix_now();
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(&a.folder) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", a.folder.display())),
+    };
+    for f in rd.flatten() {
+        let p = f.path();
+        if p.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let Ok(bytes) = fs::read(&p) else { continue };
+        let Ok(env) = SignedEnvelope::parse(&bytes) else {
+            continue;
+        };
+        let (state, detail) = match envelope::verify(&env, &trusted, &a.rules, now, a.skew_secs) {
+            Err(Reject::Expired { .. }) => ("expired", String::new()),
+            Err(e) => ("invalid", e.to_string()),
+            Ok(()) if env.envelope.decision == Decision::Reject => ("rejection", String::new()),
+            Ok(()) if consumed.contains(&env.envelope.id) => ("consumed", String::new()),
+            Ok(()) => ("valid", String::new()),
+        };
+        out.push(Listed { env, state, detail });
+    }
+    out.sort_by_key(|l| l.env.envelope.issued_at);
+    Ok(out)
+}
+
+/// A valid, unconsumed approval for this digest and environment (the newest), if any.
+pub fn find(
+    cfg: &Config,
+    artifact: &str,
+    env: &str,
+    id: Option<&str>,
+) -> Result<Option<SignedEnvelope>> {
+    if !envelope::digest_ok(artifact) {
+        bail!("--artifact must be sha256: followed by 64 lowercase hex digits");
+    }
+    Ok(list(cfg)?
+        .into_iter()
+        .rev()
+        .filter(|l| l.state == "valid")
+        .map(|l| l.env)
+        .find(|e| {
+            e.envelope.artifact.digest == artifact
+                && e.envelope.environment == env
+                && id.is_none_or(|id| e.envelope.id == id)
+        }))
+}
+
+/// Consume one approval exactly once: under the audit lock, find a valid unconsumed one, record it as
+/// consumed (fsynced) and audit it. Of racing callers for one approval, exactly one gets it.
+pub fn consume(
+    cfg: &Config,
+    artifact: &str,
+    env: &str,
+    id: Option<&str>,
+) -> Result<Option<SignedEnvelope>> {
+    let audit = audit_log(cfg);
+    audit.locked(|| {
+        let Some(found) = find(cfg, artifact, env, id)? else {
+            return Ok(None);
+        };
+        let e = &found.envelope;
+        append_id(&state_dir(cfg).join("consumed"), &e.id)?;
+        audit.append_locked(
+            "consume",
+            json!({"id": e.id, "request_id": e.request_id, "digest": e.artifact.digest, "environment": e.environment,
+                "by": std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_default(),
+                "pid": std::process::id()}),
+        )?;
+        Ok(Some(found))
+    })
+}
