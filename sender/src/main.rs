@@ -18,7 +18,7 @@ use encoding::{describe, send_object, Encoder};
 use journal::{replayable, Journal, ReplayRequest};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use transmit::Transmitter;
 
 const DEFAULT_CONFIG: &str = "/etc/diode/send.toml";
@@ -131,7 +131,14 @@ struct Intake<'a> {
     outbox: outbox::Outbox,
     urgent: VecDeque<Job>,
     bulk: VecDeque<Job>,
+    /// Repeats of envelopes, each due at its time (see `ENVELOPE_REPEATS`).
+    later: Vec<(Instant, Job)>,
 }
+
+/// After an envelope's pass, it is sent again this long after, once each: copies spread in time survive a
+/// burst of loss (an overflowing receive buffer drops everything for a moment) that copies sent back to
+/// back would not.
+const ENVELOPE_REPEATS: [Duration; 2] = [Duration::from_millis(300), Duration::from_millis(1500)];
 
 impl Intake<'_> {
     fn poll(&mut self, wait: Duration) {
@@ -171,6 +178,31 @@ impl Intake<'_> {
         }
     }
 
+    /// Move repeats that are due to the urgent queue.
+    fn due(&mut self) {
+        let now = Instant::now();
+        let (due, not): (Vec<_>, Vec<_>) = std::mem::take(&mut self.later)
+            .into_iter()
+            .partition(|(t, _)| *t <= now);
+        self.later = not;
+        self.urgent.extend(due.into_iter().map(|(_, j)| j));
+    }
+
+    /// An envelope went out: schedule its repeats.
+    fn repeat(&mut self, meta: diode_proto::ObjectMeta, path: PathBuf) {
+        let now = Instant::now();
+        for d in ENVELOPE_REPEATS {
+            self.later.push((
+                now + d,
+                Job::Replay {
+                    meta: meta.clone(),
+                    path: path.clone(),
+                    blocks: None,
+                },
+            ));
+        }
+    }
+
     fn next(&mut self) -> Option<Job> {
         self.urgent.pop_front().or_else(|| self.bulk.pop_front())
     }
@@ -189,6 +221,7 @@ fn daemon(cfg: &Config) -> Result<()> {
         outbox,
         urgent: VecDeque::new(),
         bulk: VecDeque::new(),
+        later: Vec::new(),
     };
     for e in journal.load()? {
         if e.sent.is_none() && !e.expired && e.path.exists() {
@@ -209,10 +242,11 @@ fn daemon(cfg: &Config) -> Result<()> {
     loop {
         let idle = intake.urgent.is_empty() && intake.bulk.is_empty();
         intake.poll(if idle {
-            Duration::from_millis(50)
+            Duration::from_millis(if intake.later.is_empty() { 50 } else { 5 })
         } else {
             Duration::ZERO
         });
+        intake.due();
         let Some(job) = intake.next() else {
             tx.idle();
             continue;
@@ -220,14 +254,21 @@ fn daemon(cfg: &Config) -> Result<()> {
         // between groups of a large object: take in new envelopes and send them at once
         let mut between = |tx: &mut Transmitter| {
             intake.poll(Duration::ZERO);
+            intake.due();
             while let Some(job) = intake.urgent.pop_front() {
-                run_job(cfg, &journal, tx, &mut urgent_enc, job, &mut |_| {});
+                if let Some((m, p)) = run_job(cfg, &journal, tx, &mut urgent_enc, job, &mut |_| {})
+                {
+                    intake.repeat(m, p);
+                }
             }
         };
-        run_job(cfg, &journal, &mut tx, &mut enc, job, &mut between);
+        if let Some((m, p)) = run_job(cfg, &journal, &mut tx, &mut enc, job, &mut between) {
+            intake.repeat(m, p);
+        }
     }
 }
 
+/// Send one job. Returns a new envelope's metadata and path, for its repeats.
 fn run_job(
     cfg: &Config,
     journal: &Journal,
@@ -235,17 +276,12 @@ fn run_job(
     enc: &mut Encoder,
     job: Job,
     between: &mut dyn FnMut(&mut Transmitter),
-) {
+) -> Option<(diode_proto::ObjectMeta, PathBuf)> {
     let started = std::time::Instant::now();
     match job {
         Job::New { id, name, path } => {
             let kind = kind_for_name(&name);
-            // an approval is small and precious: never fewer than two passes
-            let passes = if kind == ObjectKind::Envelope {
-                cfg.passes.max(2)
-            } else {
-                cfg.passes
-            };
+            let passes = cfg.passes;
             let r = cfg
                 .geometry()
                 .and_then(|g| describe(&path, id, &name, kind, g))
@@ -263,7 +299,7 @@ fn run_job(
                     journal.record_sent(&meta)?;
                     Ok(meta)
                 });
-            match r {
+            match &r {
                 Ok(meta) => {
                     let secs = started.elapsed().as_secs_f64();
                     tracing::info!(object = %format_id(id), name = %name, bytes = meta.size, passes,
@@ -278,6 +314,9 @@ fn run_job(
             if let Err(e) = journal.retain(cfg.retention_days * 86400, cfg.retention_gb << 30) {
                 tracing::warn!(error = %format!("{e:#}"), "retention pass failed");
             }
+            r.ok()
+                .filter(|m| m.kind == ObjectKind::Envelope)
+                .map(|m| (m, path))
         }
         Job::Replay {
             mut meta,
@@ -301,6 +340,7 @@ fn run_job(
                     tracing::error!(object = %format_id(meta.id), error = %format!("{e:#}"), "replay failed")
                 }
             }
+            None
         }
     }
 }
