@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,8 +19,132 @@ pub struct Config {
     /// How long an envelope is valid when the command does not say (humantime: "1h", "30m").
     #[serde(default = "d_validity")]
     pub default_validity: String,
-    // The chat settings (Slack, Teams, approval policy) come with the chat issue; until then an unknown
-    // key such as a `[chat]` table is refused rather than silently ignored.
+    /// SQLite database of pending requests, votes and timers (`diode-chat serve`).
+    #[serde(default = "d_state")]
+    pub state: PathBuf,
+    /// The folder of this config file, for relative paths in secrets (set by `load`).
+    #[serde(skip)]
+    pub base: PathBuf,
+    #[serde(default)]
+    pub http: Http,
+    pub slack: Option<Slack>,
+    #[serde(default)]
+    pub pipeline: Pipeline,
+    /// The people who may request, approve or reject, by a short key (e.g. `ada`).
+    #[serde(default)]
+    pub people: BTreeMap<String, PersonConfig>,
+    /// The approval rule of each environment, by name (e.g. `prod`).
+    #[serde(default)]
+    pub environments: BTreeMap<String, EnvironmentConfig>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    #[serde(default = "d_listen")]
+    pub listen: String,
+    /// How often deadlines, reminders and escalations are checked.
+    #[serde(default = "d_tick")]
+    pub tick: String,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            listen: d_listen(),
+            tick: d_tick(),
+        }
+    }
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Slack {
+    #[serde(default = "d_api_base")]
+    pub api_base: String,
+    /// `file:PATH` or `env:NAME`.
+    pub bot_token: String,
+    /// `file:PATH` or `env:NAME`.
+    pub signing_secret: String,
+    /// How many times a call answered with 429 is tried again (after Retry-After).
+    #[serde(default = "d_retries")]
+    pub max_retries: u32,
+}
+
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    #[serde(default)]
+    pub tokens: Vec<PipelineToken>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineToken {
+    pub name: String,
+    /// `file:PATH` or `env:NAME`.
+    pub token: String,
+    /// Environments this token may request for; empty: all.
+    #[serde(default)]
+    pub environments: Vec<String>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PersonConfig {
+    pub name: String,
+    pub slack: Option<String>,
+    pub teams: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentConfig {
+    pub channel: String,
+    /// Roles whose members may request; empty: anyone in `[people]`.
+    #[serde(default)]
+    pub requesters: Vec<String>,
+    /// Roles whose members may approve (the M of N-of-M are the people holding one of them).
+    pub approvers: Vec<String>,
+    /// N: distinct approvals needed.
+    pub approvals: u32,
+    /// Each of these roles must be held by a distinct approver.
+    #[serde(default)]
+    pub required_roles: Vec<String>,
+    /// Roles whose members may reject.
+    pub rejecters: Vec<String>,
+    pub deadline: String,
+    pub remind_every: String,
+    #[serde(default)]
+    pub escalation: Vec<EscalationConfig>,
+    /// How long a signed approval is valid once the rule is met.
+    #[serde(default = "d_validity")]
+    pub validity: String,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationConfig {
+    pub after: String,
+    pub notify: Vec<String>,
+}
+
+fn d_state() -> PathBuf {
+    "state/chat.sqlite".into()
+}
+fn d_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn d_tick() -> String {
+    "5s".into()
+}
+fn d_api_base() -> String {
+    "https://slack.com/api".into()
+}
+fn d_retries() -> u32 {
+    3
 }
 
 fn d_validity() -> String {
@@ -40,13 +165,14 @@ impl Config {
         };
         let base = std::path::absolute(base)
             .with_context(|| format!("cannot resolve the folder of {}", path.display()))?;
-        for p in [&mut c.key, &mut c.outbox, &mut c.audit] {
+        for p in [&mut c.key, &mut c.outbox, &mut c.audit, &mut c.state] {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
         parse_validity(&c.default_validity)
             .with_context(|| format!("default_validity in {}", path.display()))?;
+        c.base = base;
         Ok(c)
     }
 

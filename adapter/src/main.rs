@@ -3,9 +3,7 @@
 //! version has the break-glass path (`sign`, from flags); the Slack and Teams adapter builds on it.
 #![forbid(unsafe_code)]
 
-mod breakglass;
-mod config;
-mod emit;
+use diode_chat::{breakglass, clock, config, emit, server};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -44,6 +42,8 @@ enum Cmd {
     /// Break-glass: sign an envelope from these flags (for a pipeline, or when chat is down), record it
     /// in the audit log and write it into the sender's outbox
     Sign(SignArgs),
+    /// Run the chat adapter: Slack endpoints, the pipeline API, reminders, escalations and deadlines
+    Serve,
     /// The adapter's audit log
     Audit {
         #[command(subcommand)]
@@ -103,6 +103,15 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Keygen { dir } => keygen(&dir),
         Cmd::Sign(args) => sign(&Config::load(&cli.config)?, args),
+        Cmd::Serve => {
+            let cfg = Config::load(&cli.config)?;
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            rt.block_on(async {
+                let running = server::start(&cfg, std::sync::Arc::new(clock::SystemClock)).await?;
+                println!("diode-chat listening on {}", running.addr);
+                running.wait().await
+            })
+        }
         Cmd::Audit {
             cmd: AuditCmd::Verify,
         } => {

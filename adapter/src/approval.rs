@@ -1,0 +1,704 @@
+//! The approval engine: requests, votes, refusals, reminders, escalations and the final deadline,
+//! under the admins' policy. It writes state to SQLite, every event to the hash-chained audit log, and
+//! each decision as a signed envelope into the sender's outbox (`emit`). It never talks to chat itself:
+//! it returns the `Effect`s (post, update, ephemeral, thread reply) that the chat drivers carry out, so
+//! that the same rules hold whichever way a request or a click arrives.
+
+use crate::clock::Clock;
+use crate::emit;
+use crate::policy::{self, Due, Environment, Person, Policy, Source};
+use crate::store::{Request, Status, Store, Vote};
+use anyhow::{anyhow, Context, Result};
+use diode_host::audit::AuditLog;
+use diode_proto::envelope::{digest_ok, Approver, Artifact, Decision, Envelope, SigningKey};
+use serde_json::{json, Map, Value};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// What a chat driver must do after an engine call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Post the request's message in its environment's channel (or update it if already posted).
+    Post { request: String },
+    /// Bring the request's message up to date.
+    Update { request: String },
+    /// Tell one user something only they see.
+    Ephemeral {
+        source: Source,
+        channel: String,
+        user: String,
+        text: String,
+    },
+    /// Reply in the request's thread, mentioning `notify` (person keys).
+    Thread {
+        request: String,
+        text: String,
+        notify: Vec<String>,
+    },
+}
+
+/// Someone acting in chat.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub source: Source,
+    pub user_id: String,
+    /// The display name chat gave (used only when the person is not in `[people]`, for the audit).
+    pub name: String,
+    /// Where they acted, for an ephemeral answer.
+    pub channel: Option<String>,
+}
+
+/// Who asks for a deployment.
+#[derive(Debug, Clone)]
+pub enum Requester {
+    Chat(Actor),
+    /// A pipeline by its token's name, possibly naming the person behind it (their key, Slack or Teams
+    /// id), who then may not approve either.
+    Pipeline {
+        token: String,
+        /// Environments the token may request for; empty: all.
+        scope: Vec<String>,
+        on_behalf_of: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    pub app: String,
+    pub version: String,
+    pub environment: String,
+    pub digest: String,
+}
+
+/// Why an action was refused. `code()` is the stable word in audit records.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("you are not in the approval policy of this adapter ({0} user {1}); ask an admin to add you to [people]")]
+    NotMember(&'static str, String),
+    #[error("nobody may approve their own request")]
+    SelfApproval,
+    #[error("your roles ({0}) may not approve in {1}")]
+    NotApprover(String, String),
+    #[error("your roles ({0}) may not reject in {1}")]
+    NotRejecter(String, String),
+    #[error("your roles ({0}) may not request deployments to {1}")]
+    NotRequester(String, String),
+    #[error("you have already approved this request; each person counts once")]
+    AlreadyVoted,
+    #[error("this request is already {0}")]
+    Closed(&'static str),
+    #[error("no such request {0}")]
+    UnknownRequest(String),
+    #[error("environment {0:?} has no approval rule here")]
+    UnknownEnvironment(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the pipeline token {0:?} may not request deployments to {1}")]
+    TokenScope(String, String),
+    #[error("{0} cannot be approved without the requester: too few other approvers hold the roles needed")]
+    Unapprovable(String),
+}
+
+impl Refusal {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::NotMember(..) => "not_member",
+            Refusal::SelfApproval => "self_approval",
+            Refusal::NotApprover(..) => "not_approver",
+            Refusal::NotRejecter(..) => "not_rejecter",
+            Refusal::NotRequester(..) => "not_requester",
+            Refusal::AlreadyVoted => "already_voted",
+            Refusal::Closed(_) => "closed",
+            Refusal::UnknownRequest(_) => "unknown_request",
+            Refusal::UnknownEnvironment(_) => "unknown_environment",
+            Refusal::BadRequest(_) => "bad_request",
+            Refusal::TokenScope(..) => "token_scope",
+            Refusal::Unapprovable(_) => "unapprovable",
+        }
+    }
+}
+
+/// The result of a click: effects to carry out, and the refusal if there was one.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub effects: Vec<Effect>,
+    pub refusal: Option<Refusal>,
+}
+
+/// A request with its votes, for rendering a message.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub request: Request,
+    pub votes: Vec<Vote>,
+    pub rule: String,
+    pub approvals: u32,
+}
+
+pub struct Engine {
+    policy: Policy,
+    store: Mutex<Store>,
+    audit: AuditLog,
+    key: SigningKey,
+    outbox: PathBuf,
+    clock: Arc<dyn Clock>,
+}
+
+fn random_hex() -> String {
+    let mut b = [0u8; 16];
+    rand::Rng::fill(&mut rand::rng(), &mut b);
+    hex::encode(b)
+}
+
+fn field_ok(s: &str, what: &str) -> Result<(), Refusal> {
+    if s.is_empty() || s.len() > 128 || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(Refusal::BadRequest(format!(
+            "{what} must be 1-128 characters without spaces"
+        )));
+    }
+    Ok(())
+}
+
+fn roles_text(p: &Person) -> String {
+    if p.roles.is_empty() {
+        "none".into()
+    } else {
+        p.roles.iter().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl Engine {
+    pub fn new(
+        policy: Policy,
+        store: Store,
+        audit: AuditLog,
+        key: SigningKey,
+        outbox: PathBuf,
+        clock: Arc<dyn Clock>,
+    ) -> Engine {
+        Engine {
+            policy,
+            store: Mutex::new(store),
+            audit,
+            key,
+            outbox,
+            clock,
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock leaves SQLite consistent (transactions), so carry on.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn audit(&self, event: &str, mut fields: Map<String, Value>) -> Result<()> {
+        fields.insert("clock".into(), self.clock.now().into());
+        self.audit
+            .append(event, Value::Object(fields))
+            .with_context(|| format!("cannot write the audit log {}", self.audit.path().display()))
+    }
+
+    fn refuse(
+        &self,
+        action: &str,
+        request: Option<&str>,
+        who: Value,
+        r: Refusal,
+    ) -> Result<Refusal> {
+        let mut f = Map::new();
+        f.insert("action".into(), action.into());
+        if let Some(id) = request {
+            f.insert("request_id".into(), id.into());
+        }
+        f.insert("who".into(), who);
+        f.insert("reason".into(), r.code().into());
+        f.insert("message".into(), r.to_string().into());
+        self.audit("refused", f)?;
+        Ok(r)
+    }
+
+    /// A new deployment request. Outer error: the adapter failed (disk, database); inner: refused.
+    pub fn request(&self, who: Requester, new: NewRequest) -> Result<Result<Request, Refusal>> {
+        let who_json = match &who {
+            Requester::Chat(a) => {
+                json!({"source": a.source.word(), "user": a.user_id, "name": a.name})
+            }
+            Requester::Pipeline {
+                token,
+                on_behalf_of,
+                ..
+            } => json!({"source": "pipeline", "token": token, "on_behalf_of": on_behalf_of}),
+        };
+        match self.check_request(&who, &new) {
+            Ok((env, requester, person, name, source)) => {
+                let now = self.clock.now();
+                let req = Request {
+                    id: format!("req-{}", &random_hex()[..16]),
+                    app: new.app,
+                    version: new.version,
+                    environment: env.name.clone(),
+                    digest: new.digest,
+                    requester,
+                    requester_person: person,
+                    requester_name: name,
+                    source: source.into(),
+                    created_at: now,
+                    deadline_at: now.saturating_add(env.deadline),
+                    status: Status::Pending,
+                    envelope_id: random_hex(),
+                    decided_at: None,
+                    decided_by: None,
+                    reminders: 0,
+                    tier: 0,
+                    channel: env.channel.clone(),
+                    ts: None,
+                    dirty: true,
+                };
+                let mut f = Map::new();
+                f.insert("request_id".into(), req.id.clone().into());
+                f.insert(
+                    "artifact".into(),
+                    json!({"name": req.app, "version": req.version, "digest": req.digest}),
+                );
+                f.insert("environment".into(), req.environment.clone().into());
+                f.insert("requester".into(), req.requester.clone().into());
+                f.insert("who".into(), who_json);
+                f.insert("rule".into(), env.describe().into());
+                f.insert("deadline_at".into(), req.deadline_at.into());
+                f.insert("envelope_id".into(), req.envelope_id.clone().into());
+                let store = self.store();
+                self.audit("request", f)?;
+                store.insert(&req).context("cannot store the request")?;
+                Ok(Ok(req))
+            }
+            Err(r) => Ok(Err(self.refuse("request", None, who_json, r)?)),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn check_request(
+        &self,
+        who: &Requester,
+        new: &NewRequest,
+    ) -> Result<(&Environment, String, Option<String>, String, &'static str), Refusal> {
+        field_ok(&new.app, "app")?;
+        field_ok(&new.version, "version")?;
+        field_ok(&new.environment, "environment")?;
+        if !digest_ok(&new.digest) {
+            return Err(Refusal::BadRequest(
+                "digest must be sha256: followed by 64 lowercase hex digits".into(),
+            ));
+        }
+        let env = self
+            .policy
+            .environments
+            .get(&new.environment)
+            .ok_or_else(|| Refusal::UnknownEnvironment(new.environment.clone()))?;
+        let (requester, person, name, source) = match who {
+            Requester::Chat(a) => {
+                let p = self
+                    .policy
+                    .by_user(a.source, &a.user_id)
+                    .ok_or_else(|| Refusal::NotMember(a.source.word(), a.user_id.clone()))?;
+                if !env.requesters.is_empty() && !p.roles.iter().any(|r| env.requesters.contains(r))
+                {
+                    return Err(Refusal::NotRequester(roles_text(p), env.name.clone()));
+                }
+                (
+                    a.user_id.clone(),
+                    Some(p.key.clone()),
+                    p.name.clone(),
+                    a.source.word(),
+                )
+            }
+            Requester::Pipeline { token, scope, .. }
+                if !scope.is_empty() && !scope.contains(&env.name) =>
+            {
+                return Err(Refusal::TokenScope(token.clone(), env.name.clone()));
+            }
+            Requester::Pipeline {
+                token,
+                on_behalf_of,
+                ..
+            } => match on_behalf_of {
+                Some(id) => {
+                    let p = self.policy.by_any_id(id).ok_or_else(|| {
+                        Refusal::BadRequest(format!("on_behalf_of {id:?} is not in [people]"))
+                    })?;
+                    (id.clone(), Some(p.key.clone()), p.name.clone(), "pipeline")
+                }
+                None => (
+                    format!("pipeline:{token}"),
+                    None,
+                    format!("pipeline {token}"),
+                    "pipeline",
+                ),
+            },
+        };
+        // Refuse now a request that could only ever be approved by its own requester.
+        let others: Vec<(String, Vec<String>)> = self
+            .policy
+            .eligible(env)
+            .filter(|p| Some(&p.key) != person.as_ref())
+            .map(|p| (p.key.clone(), env.approver_roles(p)))
+            .collect();
+        if policy::tally(env, &others).is_none() {
+            return Err(Refusal::Unapprovable(env.name.clone()));
+        }
+        Ok((env, requester, person, name, source))
+    }
+
+    /// A click on Approve or Reject.
+    pub fn act(&self, request_id: &str, actor: &Actor, decision: Decision) -> Result<Outcome> {
+        let mut store = self.store();
+        let who = json!({"source": actor.source.word(), "user": actor.user_id, "name": actor.name});
+        let checked = self.check_act(&store, request_id, actor, decision);
+        let (req, env, person, roles) = match checked? {
+            Ok(v) => v,
+            Err(r) => {
+                let r = self.refuse(&decision.to_string(), Some(request_id), who, r)?;
+                let mut out = Outcome::default();
+                if let Some(channel) = &actor.channel {
+                    out.effects.push(Effect::Ephemeral {
+                        source: actor.source,
+                        channel: channel.clone(),
+                        user: actor.user_id.clone(),
+                        text: format!("Not counted: {r}."),
+                    });
+                }
+                out.refusal = Some(r);
+                return Ok(out);
+            }
+        };
+        let now = self.clock.now();
+        let vote = Vote {
+            person: person.key.clone(),
+            user_id: actor.user_id.clone(),
+            name: person.name.clone(),
+            source: actor.source.word().into(),
+            roles,
+            at: now,
+        };
+        let mut f = Map::new();
+        f.insert("request_id".into(), req.id.clone().into());
+        f.insert("decision".into(), decision.to_string().into());
+        f.insert("person".into(), person.key.clone().into());
+        f.insert("who".into(), who);
+        f.insert("roles".into(), vote.roles.clone().into());
+        self.audit("vote", f)?;
+        let mut out = Outcome::default();
+        match decision {
+            Decision::Approve => {
+                store.add_vote(&req.id, &vote)?;
+                let votes = store.votes(&req.id)?;
+                let ballots: Vec<(String, Vec<String>)> = votes
+                    .iter()
+                    .map(|v| (v.person.clone(), v.roles.clone()))
+                    .collect();
+                if let Some(assigned) = policy::tally(env, &ballots) {
+                    let approvers = votes
+                        .iter()
+                        .zip(assigned)
+                        .map(|(v, role)| Approver {
+                            id: v.user_id.clone(),
+                            name: v.name.clone(),
+                            role,
+                            source: v.source.clone(),
+                            at: v.at,
+                        })
+                        .collect();
+                    self.decide(
+                        &mut store,
+                        &req,
+                        env,
+                        Decision::Approve,
+                        approvers,
+                        env.describe(),
+                        Status::Approved,
+                        None,
+                    )?;
+                }
+            }
+            Decision::Reject => {
+                let approver = Approver {
+                    id: actor.user_id.clone(),
+                    name: person.name.clone(),
+                    role: vote.roles.first().cloned().unwrap_or_default(),
+                    source: vote.source.clone(),
+                    at: now,
+                };
+                self.decide(
+                    &mut store,
+                    &req,
+                    env,
+                    Decision::Reject,
+                    vec![approver],
+                    format!("{}: rejected by {}", env.name, person.name),
+                    Status::Rejected,
+                    Some(&person.key),
+                )?;
+            }
+        }
+        out.effects.push(Effect::Update {
+            request: req.id.clone(),
+        });
+        Ok(out)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn check_act(
+        &self,
+        store: &Store,
+        request_id: &str,
+        actor: &Actor,
+        decision: Decision,
+    ) -> Result<Result<(Request, &Environment, &Person, Vec<String>), Refusal>> {
+        let Some(req) = store.get(request_id)? else {
+            return Ok(Err(Refusal::UnknownRequest(request_id.into())));
+        };
+        if req.status != Status::Pending {
+            return Ok(Err(Refusal::Closed(req.status.word())));
+        }
+        let Some(env) = self.policy.environments.get(&req.environment) else {
+            return Ok(Err(Refusal::UnknownEnvironment(req.environment.clone())));
+        };
+        let Some(person) = self.policy.by_user(actor.source, &actor.user_id) else {
+            return Ok(Err(Refusal::NotMember(
+                actor.source.word(),
+                actor.user_id.clone(),
+            )));
+        };
+        if self.clock.now() >= req.deadline_at {
+            return Ok(Err(Refusal::Closed("past its deadline")));
+        }
+        let roles = match decision {
+            Decision::Approve => {
+                if Some(&person.key) == req.requester_person.as_ref()
+                    || actor.user_id == req.requester
+                {
+                    return Ok(Err(Refusal::SelfApproval));
+                }
+                let roles = env.approver_roles(person);
+                if roles.is_empty() {
+                    return Ok(Err(Refusal::NotApprover(
+                        roles_text(person),
+                        env.name.clone(),
+                    )));
+                }
+                if store.votes(&req.id)?.iter().any(|v| v.person == person.key) {
+                    return Ok(Err(Refusal::AlreadyVoted));
+                }
+                roles
+            }
+            Decision::Reject => {
+                let roles: Vec<String> = person
+                    .roles
+                    .iter()
+                    .filter(|r| env.rejecters.contains(*r))
+                    .cloned()
+                    .collect();
+                if roles.is_empty() {
+                    return Ok(Err(Refusal::NotRejecter(
+                        roles_text(person),
+                        env.name.clone(),
+                    )));
+                }
+                roles
+            }
+        };
+        Ok(Ok((req, env, person, roles)))
+    }
+
+    /// Sign the decision and emit it with the status change, in one database transaction: if the
+    /// envelope cannot be recorded and written, the request stays pending.
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &self,
+        store: &mut Store,
+        req: &Request,
+        env: &Environment,
+        decision: Decision,
+        approvers: Vec<Approver>,
+        rule: String,
+        status: Status,
+        by: Option<&str>,
+    ) -> Result<()> {
+        let now = self.clock.now();
+        let envelope = Envelope {
+            id: req.envelope_id.clone(),
+            request_id: req.id.clone(),
+            decision,
+            artifact: Artifact {
+                name: req.app.clone(),
+                version: req.version.clone(),
+                digest: req.digest.clone(),
+            },
+            environment: req.environment.clone(),
+            approvers,
+            requester: req.requester.clone(),
+            rule,
+            issued_at: now,
+            expires_at: now.saturating_add(env.validity),
+        };
+        envelope
+            .check_shape()
+            .map_err(|e| anyhow!("request {}: refusing to sign: {e}", req.id))?;
+        let signed = envelope.sign(&self.key);
+        let mut extra = Map::new();
+        extra.insert("via".into(), "chat".into());
+        extra.insert("outcome".into(), status.word().into());
+        extra.insert("clock".into(), now.into());
+        store.transaction(|tx| {
+            Store::decide(tx, &req.id, &status, now, by)?;
+            emit::emit(&self.outbox, &self.audit, &signed, extra)?;
+            Ok(())
+        })
+    }
+
+    /// Reminders, escalations and deadlines due now, and messages not yet in step with the state.
+    pub fn tick(&self) -> Result<Vec<Effect>> {
+        let mut store = self.store();
+        let now = self.clock.now();
+        let mut effects = Vec::new();
+        for req in store.pending()? {
+            let Some(env) = self.policy.environments.get(&req.environment) else {
+                continue;
+            };
+            let (mut reminders, mut tier) = (req.reminders, req.tier);
+            for d in policy::due(env, req.created_at, reminders, tier as usize, now) {
+                let mut f = Map::new();
+                f.insert("request_id".into(), req.id.clone().into());
+                match d {
+                    Due::Reminder(n) => {
+                        let missing = env
+                            .approvals
+                            .saturating_sub(store.votes(&req.id)?.len() as u32);
+                        f.insert("reminder".into(), n.into());
+                        self.audit("reminder", f)?;
+                        reminders = n;
+                        store.set_progress(&req.id, reminders, tier)?;
+                        effects.push(Effect::Thread {
+                            request: req.id.clone(),
+                            text: format!(
+                                "Reminder {n}: {} {} to {} still needs a decision ({} more approval(s) at least). Deadline {}.",
+                                req.app,
+                                req.version,
+                                req.environment,
+                                missing.max(1),
+                                rfc3339(req.deadline_at)
+                            ),
+                            notify: vec![],
+                        });
+                    }
+                    Due::Escalation(t) => {
+                        let x = &env.escalation[t];
+                        let notify: Vec<String> = self
+                            .policy
+                            .holders(&x.notify)
+                            .map(|p| p.key.clone())
+                            .collect();
+                        f.insert("tier".into(), (t + 1).into());
+                        f.insert("roles".into(), x.notify.clone().into());
+                        f.insert("people".into(), notify.clone().into());
+                        self.audit("escalation", f)?;
+                        tier = t as u32 + 1;
+                        store.set_progress(&req.id, reminders, tier)?;
+                        effects.push(Effect::Thread {
+                            request: req.id.clone(),
+                            text: format!(
+                                "Escalation tier {}: {} {} to {} is still undecided and is rejected at {}.",
+                                t + 1,
+                                req.app,
+                                req.version,
+                                req.environment,
+                                rfc3339(req.deadline_at)
+                            ),
+                            notify,
+                        });
+                    }
+                    Due::Deadline => {
+                        f.insert("deadline_at".into(), req.deadline_at.into());
+                        f.insert("votes".into(), store.votes(&req.id)?.len().into());
+                        self.audit("expired", f)?;
+                        self.decide(
+                            &mut store,
+                            &req,
+                            env,
+                            Decision::Reject,
+                            vec![],
+                            format!("{}: no decision by the deadline", env.name),
+                            Status::Expired,
+                            None,
+                        )?;
+                        effects.push(Effect::Update {
+                            request: req.id.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        for req in store.unsynced()? {
+            let e = if req.ts.is_none() {
+                Effect::Post { request: req.id }
+            } else {
+                Effect::Update { request: req.id }
+            };
+            if !effects.contains(&e) {
+                effects.push(e);
+            }
+        }
+        Ok(effects)
+    }
+
+    pub fn view(&self, id: &str) -> Result<Option<View>> {
+        let store = self.store();
+        let Some(request) = store.get(id)? else {
+            return Ok(None);
+        };
+        let votes = store.votes(id)?;
+        let (rule, approvals) = match self.policy.environments.get(&request.environment) {
+            Some(env) => (env.describe(), env.approvals),
+            None => ("(environment no longer configured)".into(), 0),
+        };
+        Ok(Some(View {
+            request,
+            votes,
+            rule,
+            approvals,
+        }))
+    }
+
+    pub fn set_posted(&self, id: &str, ts: &str) -> Result<()> {
+        self.store().set_posted(id, ts)
+    }
+
+    pub fn mark_clean(&self, v: &View) -> Result<()> {
+        self.store()
+            .mark_clean(&v.request.id, &v.request.status, v.votes.len())
+    }
+
+    /// Record that chat could not be told something (the message is retried on the next tick).
+    pub fn chat_failed(&self, what: &str, request: Option<&str>, err: &anyhow::Error) {
+        let mut f = Map::new();
+        f.insert("what".into(), what.into());
+        if let Some(r) = request {
+            f.insert("request_id".into(), r.into());
+        }
+        f.insert("error".into(), format!("{err:#}").into());
+        if let Err(e) = self.audit("chat_failed", f) {
+            tracing::error!("{e:#}");
+        }
+    }
+}
+
+pub fn rfc3339(t: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
+        .to_string()
+}

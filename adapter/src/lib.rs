@@ -1,0 +1,15 @@
+//! `diode-chat` as a library: the approval engine and its chat drivers, so that the binary and the
+//! tests run the same code (the tests with a clock they control).
+#![forbid(unsafe_code)]
+
+pub mod approval;
+pub mod breakglass;
+pub mod clock;
+pub mod config;
+pub mod emit;
+pub mod pipeline;
+pub mod policy;
+pub mod secret;
+pub mod server;
+pub mod slack;
+pub mod store;

@@ -1,0 +1,259 @@
+//! `diode-chat serve`: the HTTP endpoints (Slack, pipelines), the clock that drives reminders,
+//! escalations and deadlines, and the one task that carries out chat effects in order (so that a
+//! message is never overwritten by an older rendering of itself).
+
+use crate::approval::{Effect, Engine};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::pipeline::{self, Token};
+use crate::policy::{Policy, Source};
+use crate::secret::Secret;
+use crate::slack::api::SlackApi;
+use crate::slack::{blocks, http as slack_http};
+use crate::store::Store;
+use anyhow::{bail, Context, Result};
+use axum::routing::post;
+use axum::Router;
+use diode_host::audit::AuditLog;
+use diode_host::keyfile;
+use diode_proto::envelope::SignerRole;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+pub struct SlackSide {
+    pub api: SlackApi,
+    pub signing_secret: Secret,
+}
+
+pub struct App {
+    pub engine: Arc<Engine>,
+    pub slack: Option<SlackSide>,
+    pub tokens: Vec<Token>,
+    effects: mpsc::UnboundedSender<Effect>,
+}
+
+impl App {
+    pub fn push(&self, e: Effect) {
+        // The receiver lives as long as the server; if it is gone we are shutting down, and the
+        // next start re-posts whatever is out of step (tick looks for it).
+        let _ = self.effects.send(e);
+    }
+}
+
+/// A running adapter.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Run the clock once now (tests call this after moving a manual clock).
+    pub fn tick(&self) -> Result<()> {
+        for e in self.app.engine.tick()? {
+            self.app.push(e);
+        }
+        Ok(())
+    }
+
+    /// Stop at once, as a crash would: nothing is flushed beyond what is already on disk.
+    pub fn abort(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+
+    /// Wait until the server stops (it does not, unless a task fails).
+    pub async fn wait(mut self) -> Result<()> {
+        if let Some(t) = self.tasks.pop() {
+            t.await.context("the HTTP server stopped")?;
+        }
+        Ok(())
+    }
+}
+
+pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Running> {
+    let policy = Policy::from_config(cfg)?;
+    if policy.environments.is_empty() {
+        bail!("no [environments.*] in the config: nothing could be approved");
+    }
+    let key = keyfile::load_signing(&cfg.key, SignerRole::Adapter)?;
+    let store = Store::open(&cfg.state)?;
+    let tick = humantime::parse_duration(&cfg.http.tick)
+        .with_context(|| format!("http.tick = {:?} is not a duration", cfg.http.tick))?;
+    let slack = match &cfg.slack {
+        None => None,
+        Some(s) => Some(SlackSide {
+            api: SlackApi::new(
+                &s.api_base,
+                Secret::load(&s.bot_token, &cfg.base, "slack.bot_token")?,
+                s.max_retries,
+            )?,
+            signing_secret: Secret::load(&s.signing_secret, &cfg.base, "slack.signing_secret")?,
+        }),
+    };
+    let mut tokens = Vec::new();
+    for t in &cfg.pipeline.tokens {
+        tokens.push(Token {
+            name: t.name.clone(),
+            secret: Secret::load(&t.token, &cfg.base, &format!("pipeline token {}", t.name))?,
+            environments: t.environments.clone(),
+        });
+    }
+    let engine = Arc::new(Engine::new(
+        policy,
+        store,
+        AuditLog::new(&cfg.audit),
+        key,
+        cfg.outbox.clone(),
+        clock,
+    ));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = Arc::new(App {
+        engine,
+        slack,
+        tokens,
+        effects: tx,
+    });
+    let router = Router::new()
+        .route("/slack/commands", post(slack_http::command))
+        .route("/slack/interactions", post(slack_http::interaction))
+        .route("/v1/requests", post(pipeline::create))
+        .with_state(app.clone());
+    let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (http.listen)", cfg.http.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!("listening on {addr}");
+
+    let exec = tokio::spawn(carry_out(app.clone(), rx));
+    let ticker = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(tick.max(Duration::from_millis(10)));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                match app.engine.tick() {
+                    Ok(effects) => effects.into_iter().for_each(|e| app.push(e)),
+                    Err(e) => tracing::error!("timers: {e:#}"),
+                }
+            }
+        })
+    };
+    let server = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!("HTTP server: {e}");
+        }
+    });
+    Ok(Running {
+        addr,
+        app,
+        tasks: vec![exec, ticker, server],
+    })
+}
+
+async fn carry_out(app: Arc<App>, mut rx: mpsc::UnboundedReceiver<Effect>) {
+    while let Some(e) = rx.recv().await {
+        let request = match &e {
+            Effect::Post { request }
+            | Effect::Update { request }
+            | Effect::Thread { request, .. } => Some(request.clone()),
+            Effect::Ephemeral { .. } => None,
+        };
+        if let Err(err) = effect(&app, e).await {
+            tracing::warn!("chat: {err:#}");
+            app.engine.chat_failed("slack", request.as_deref(), &err);
+        }
+    }
+}
+
+async fn effect(app: &App, e: Effect) -> Result<()> {
+    let Some(slack) = app.slack.as_ref() else {
+        return Ok(());
+    };
+    let engine = &app.engine;
+    match e {
+        Effect::Post { request } | Effect::Update { request } => {
+            let Some(v) = engine.view(&request)? else {
+                return Ok(());
+            };
+            let (text, blocks) = blocks::render(&v);
+            let r = &v.request;
+            match &r.ts {
+                None => {
+                    let ans = slack
+                        .api
+                        .call(
+                            "chat.postMessage",
+                            &json!({"channel": r.channel, "text": text, "blocks": blocks}),
+                        )
+                        .await?;
+                    let ts = ans
+                        .get("ts")
+                        .and_then(|t| t.as_str())
+                        .context("chat.postMessage answered without ts")?;
+                    engine.set_posted(&r.id, ts)?;
+                }
+                Some(_) if !r.dirty => return Ok(()),
+                Some(ts) => {
+                    slack
+                        .api
+                        .call(
+                            "chat.update",
+                            &json!({"channel": r.channel, "ts": ts, "text": text, "blocks": blocks}),
+                        )
+                        .await?;
+                }
+            }
+            engine.mark_clean(&v)
+        }
+        Effect::Thread {
+            request,
+            text,
+            notify,
+        } => {
+            let Some(v) = engine.view(&request)? else {
+                return Ok(());
+            };
+            let mentions: Vec<String> = notify
+                .iter()
+                .filter_map(|k| engine.policy().people.get(k))
+                .filter_map(|p| p.slack.as_ref().map(|id| format!("<@{id}>")))
+                .collect();
+            let text = if mentions.is_empty() {
+                text
+            } else {
+                format!("{} {text}", mentions.join(" "))
+            };
+            let mut body = json!({"channel": v.request.channel, "text": text});
+            if let Some(ts) = &v.request.ts {
+                body["thread_ts"] = json!(ts);
+            }
+            slack.api.call("chat.postMessage", &body).await?;
+            Ok(())
+        }
+        Effect::Ephemeral {
+            source,
+            channel,
+            user,
+            text,
+        } => {
+            if source != Source::Slack {
+                return Ok(());
+            }
+            slack
+                .api
+                .call(
+                    "chat.postEphemeral",
+                    &json!({"channel": channel, "user": user, "text": text}),
+                )
+                .await?;
+            Ok(())
+        }
+    }
+}

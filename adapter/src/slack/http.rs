@@ -1,0 +1,178 @@
+//! Slack's HTTP endpoints: `/slack/commands` (the `/deploy` slash command) and `/slack/interactions`
+//! (button clicks, `block_actions` form-encoded as `payload=`). Every request's signature is checked on
+//! the raw body before anything in it is parsed; a request that fails is answered 401 and logged.
+
+use super::blocks::{APPROVE, REJECT};
+use super::signature;
+use crate::approval::{Actor, NewRequest, Requester};
+use crate::policy::Source;
+use crate::server::App;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use diode_proto::envelope::Decision;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+const USAGE: &str = "Usage: /deploy request <app> <version> <environment> <sha256:digest>";
+
+fn internal(e: anyhow::Error) -> Response {
+    tracing::error!("{e:#}");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the adapter could not record this; see its log",
+    )
+        .into_response()
+}
+
+fn ephemeral(text: String) -> Response {
+    Json(json!({"response_type": "ephemeral", "text": text})).into_response()
+}
+
+/// The signature check every Slack endpoint starts with.
+fn verified(app: &App, headers: &HeaderMap, body: &[u8], path: &str) -> Result<(), Response> {
+    let Some(slack) = app.slack.as_ref() else {
+        return Err(StatusCode::NOT_FOUND.into_response());
+    };
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    signature::verify(
+        slack.signing_secret.expose(),
+        h("x-slack-request-timestamp"),
+        h("x-slack-signature"),
+        body,
+        app.engine.now(),
+    )
+    .map_err(|e| {
+        tracing::warn!("refused a request to {path}: {e}");
+        (StatusCode::UNAUTHORIZED, format!("refused: {e}")).into_response()
+    })
+}
+
+#[derive(Deserialize)]
+struct Command {
+    user_id: String,
+    #[serde(default)]
+    user_name: String,
+    #[serde(default)]
+    channel_id: String,
+    #[serde(default)]
+    text: String,
+}
+
+pub async fn command(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = verified(&app, &headers, &body, "/slack/commands") {
+        return r;
+    }
+    let Ok(cmd) = serde_urlencoded::from_bytes::<Command>(&body) else {
+        return (StatusCode::BAD_REQUEST, "not a slash command form").into_response();
+    };
+    let words: Vec<&str> = cmd.text.split_whitespace().collect();
+    let [verb, app_name, version, env, digest] = words[..] else {
+        return ephemeral(USAGE.into());
+    };
+    if verb != "request" {
+        return ephemeral(USAGE.into());
+    }
+    let who = Requester::Chat(Actor {
+        source: Source::Slack,
+        user_id: cmd.user_id,
+        name: cmd.user_name,
+        channel: Some(cmd.channel_id),
+    });
+    let new = NewRequest {
+        app: app_name.into(),
+        version: version.into(),
+        environment: env.into(),
+        digest: digest.into(),
+    };
+    match app.engine.request(who, new) {
+        Err(e) => internal(e),
+        Ok(Err(refusal)) => ephemeral(format!("Request refused: {refusal}.")),
+        Ok(Ok(req)) => {
+            app.push(crate::approval::Effect::Post {
+                request: req.id.clone(),
+            });
+            ephemeral(format!(
+                "Request {} for {} {} to {} posted in <#{}> for approval.",
+                req.id, req.app, req.version, req.environment, req.channel
+            ))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Form {
+    payload: String,
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    #[serde(rename = "type")]
+    kind: String,
+    user: User,
+    #[serde(default)]
+    channel: Option<Channel>,
+    #[serde(default)]
+    actions: Vec<Action>,
+}
+
+#[derive(Deserialize)]
+struct User {
+    id: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct Channel {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct Action {
+    action_id: String,
+    #[serde(default)]
+    value: String,
+}
+
+pub async fn interaction(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = verified(&app, &headers, &body, "/slack/interactions") {
+        return r;
+    }
+    let Ok(form) = serde_urlencoded::from_bytes::<Form>(&body) else {
+        return (StatusCode::BAD_REQUEST, "no payload field").into_response();
+    };
+    let Ok(p) = serde_json::from_str::<Payload>(&form.payload) else {
+        return (StatusCode::BAD_REQUEST, "payload is not an interaction").into_response();
+    };
+    if p.kind != "block_actions" {
+        return StatusCode::OK.into_response();
+    }
+    let actor = Actor {
+        source: Source::Slack,
+        name: if p.user.username.is_empty() {
+            p.user.name
+        } else {
+            p.user.username
+        },
+        user_id: p.user.id,
+        channel: p.channel.map(|c| c.id),
+    };
+    for a in &p.actions {
+        let decision = match a.action_id.as_str() {
+            APPROVE => Decision::Approve,
+            REJECT => Decision::Reject,
+            _ => continue,
+        };
+        match app.engine.act(&a.value, &actor, decision) {
+            Err(e) => return internal(e),
+            Ok(out) => out.effects.into_iter().for_each(|e| app.push(e)),
+        }
+    }
+    StatusCode::OK.into_response()
+}

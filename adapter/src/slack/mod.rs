@@ -1,0 +1,7 @@
+//! Slack: request signatures, the Web API, Block Kit messages and the HTTP endpoints for slash
+//! commands and interactivity.
+
+pub mod api;
+pub mod blocks;
+pub mod http;
+pub mod signature;

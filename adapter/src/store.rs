@@ -1,0 +1,270 @@
+//! The adapter's state in SQLite: requests, votes and the progress of each request's clock (reminders
+//! sent, escalation tier reached), and the chat message that shows it. Everything a restart needs is
+//! here; the timers are recomputed from it, so they resume where they were.
+
+use anyhow::{Context, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Approved,
+    Rejected,
+    Expired,
+}
+
+impl Status {
+    pub fn word(&self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Approved => "approved",
+            Status::Rejected => "rejected",
+            Status::Expired => "expired",
+        }
+    }
+
+    fn from_word(w: &str) -> Status {
+        match w {
+            "approved" => Status::Approved,
+            "rejected" => Status::Rejected,
+            "expired" => Status::Expired,
+            _ => Status::Pending,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub id: String,
+    pub app: String,
+    pub version: String,
+    pub environment: String,
+    pub digest: String,
+    /// The requester's id where they asked (Slack or Teams user id, or `pipeline:<token>`).
+    pub requester: String,
+    /// The requester's key in `[people]`, when they are one.
+    pub requester_person: Option<String>,
+    pub requester_name: String,
+    pub source: String,
+    pub created_at: u64,
+    pub deadline_at: u64,
+    pub status: Status,
+    /// Chosen when the request is made, so that a request can only ever yield one envelope id (the
+    /// high side accepts each id once).
+    pub envelope_id: String,
+    pub decided_at: Option<u64>,
+    /// Who rejected (person key), for the message.
+    pub decided_by: Option<String>,
+    pub reminders: u32,
+    pub tier: u32,
+    pub channel: String,
+    /// Slack message timestamp, once posted.
+    pub ts: Option<String>,
+    /// The message does not yet show the current state.
+    pub dirty: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Vote {
+    pub person: String,
+    pub user_id: String,
+    pub name: String,
+    pub source: String,
+    /// The roles this person may approve as in the request's environment.
+    pub roles: Vec<String>,
+    pub at: u64,
+}
+
+pub struct Store {
+    db: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    app TEXT NOT NULL, version TEXT NOT NULL, environment TEXT NOT NULL, digest TEXT NOT NULL,
+    requester TEXT NOT NULL, requester_person TEXT, requester_name TEXT NOT NULL, source TEXT NOT NULL,
+    created_at INTEGER NOT NULL, deadline_at INTEGER NOT NULL,
+    status TEXT NOT NULL, envelope_id TEXT NOT NULL UNIQUE, decided_at INTEGER, decided_by TEXT,
+    reminders INTEGER NOT NULL DEFAULT 0, tier INTEGER NOT NULL DEFAULT 0,
+    channel TEXT NOT NULL, ts TEXT, dirty INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS votes (
+    request_id TEXT NOT NULL REFERENCES requests(id),
+    person TEXT NOT NULL, user_id TEXT NOT NULL, name TEXT NOT NULL, source TEXT NOT NULL,
+    roles TEXT NOT NULL, at INTEGER NOT NULL,
+    PRIMARY KEY (request_id, person)
+);
+CREATE INDEX IF NOT EXISTS requests_status ON requests(status);
+";
+
+const COLUMNS: &str = "id, app, version, environment, digest, requester, requester_person, requester_name, \
+    source, created_at, deadline_at, status, envelope_id, decided_at, decided_by, reminders, tier, channel, ts, dirty";
+
+fn row_request(r: &rusqlite::Row<'_>) -> rusqlite::Result<Request> {
+    Ok(Request {
+        id: r.get(0)?,
+        app: r.get(1)?,
+        version: r.get(2)?,
+        environment: r.get(3)?,
+        digest: r.get(4)?,
+        requester: r.get(5)?,
+        requester_person: r.get(6)?,
+        requester_name: r.get(7)?,
+        source: r.get(8)?,
+        created_at: r.get::<_, i64>(9)? as u64,
+        deadline_at: r.get::<_, i64>(10)? as u64,
+        status: Status::from_word(&r.get::<_, String>(11)?),
+        envelope_id: r.get(12)?,
+        decided_at: r.get::<_, Option<i64>>(13)?.map(|v| v as u64),
+        decided_by: r.get(14)?,
+        reminders: r.get::<_, i64>(15)? as u32,
+        tier: r.get::<_, i64>(16)? as u32,
+        channel: r.get(17)?,
+        ts: r.get(18)?,
+        dirty: r.get::<_, i64>(19)? != 0,
+    })
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let db = Connection::open(path)
+            .with_context(|| format!("cannot open the state database {}", path.display()))?;
+        // WAL + FULL: a vote acknowledged in chat is on disk before the next one is taken.
+        db.pragma_update(None, "journal_mode", "WAL")
+            .and_then(|_| db.pragma_update(None, "synchronous", "FULL"))
+            .and_then(|_| db.execute_batch(SCHEMA))
+            .with_context(|| format!("cannot set up the state database {}", path.display()))?;
+        Ok(Store { db })
+    }
+
+    pub fn insert(&self, r: &Request) -> Result<()> {
+        self.db.execute(
+            &format!("INSERT INTO requests ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20)"),
+            params![
+                r.id, r.app, r.version, r.environment, r.digest, r.requester, r.requester_person,
+                r.requester_name, r.source, r.created_at as i64, r.deadline_at as i64, r.status.word(),
+                r.envelope_id, r.decided_at.map(|v| v as i64), r.decided_by, r.reminders as i64,
+                r.tier as i64, r.channel, r.ts, r.dirty as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Request>> {
+        Ok(self
+            .db
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM requests WHERE id = ?1"),
+                [id],
+                row_request,
+            )
+            .optional()?)
+    }
+
+    pub fn pending(&self) -> Result<Vec<Request>> {
+        let mut st = self.db.prepare(&format!(
+            "SELECT {COLUMNS} FROM requests WHERE status = 'pending' ORDER BY created_at, id"
+        ))?;
+        let rows = st.query_map([], row_request)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Requests whose message needs posting or updating.
+    pub fn unsynced(&self) -> Result<Vec<Request>> {
+        let mut st = self.db.prepare(&format!(
+            "SELECT {COLUMNS} FROM requests WHERE dirty = 1 OR ts IS NULL ORDER BY created_at, id"
+        ))?;
+        let rows = st.query_map([], row_request)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn votes(&self, id: &str) -> Result<Vec<Vote>> {
+        let mut st = self.db.prepare(
+            "SELECT person, user_id, name, source, roles, at FROM votes WHERE request_id = ?1 ORDER BY at, rowid",
+        )?;
+        let rows = st.query_map([id], |r| {
+            let roles: String = r.get(4)?;
+            Ok(Vote {
+                person: r.get(0)?,
+                user_id: r.get(1)?,
+                name: r.get(2)?,
+                source: r.get(3)?,
+                roles: roles
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect(),
+                at: r.get::<_, i64>(5)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Record a vote; false if this person has already voted on this request.
+    pub fn add_vote(&self, id: &str, v: &Vote) -> Result<bool> {
+        let n = self.db.execute(
+            "INSERT OR IGNORE INTO votes (request_id, person, user_id, name, source, roles, at) VALUES (?1,?2,?3,?4,?5,?6,?7)",
+            params![id, v.person, v.user_id, v.name, v.source, v.roles.join(","), v.at as i64],
+        )?;
+        self.mark_dirty(id)?;
+        Ok(n == 1)
+    }
+
+    /// Run `f` in a transaction: decisions are written with the envelope, or not at all.
+    pub fn transaction<T>(&mut self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let tx = self.db.transaction()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    pub fn decide(
+        db: &Connection,
+        id: &str,
+        status: &Status,
+        at: u64,
+        by: Option<&str>,
+    ) -> Result<()> {
+        db.execute(
+            "UPDATE requests SET status = ?2, decided_at = ?3, decided_by = ?4, dirty = 1 WHERE id = ?1 AND status = 'pending'",
+            params![id, status.word(), at as i64, by],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_progress(&self, id: &str, reminders: u32, tier: u32) -> Result<()> {
+        self.db.execute(
+            "UPDATE requests SET reminders = ?2, tier = ?3 WHERE id = ?1",
+            params![id, reminders as i64, tier as i64],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_posted(&self, id: &str, ts: &str) -> Result<()> {
+        self.db
+            .execute("UPDATE requests SET ts = ?2 WHERE id = ?1", params![id, ts])?;
+        Ok(())
+    }
+
+    pub fn mark_dirty(&self, id: &str) -> Result<()> {
+        self.db
+            .execute("UPDATE requests SET dirty = 1 WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// The message shows the state as of `shown` votes and status: clear the flag only if nothing changed
+    /// since it was rendered.
+    pub fn mark_clean(&self, id: &str, status: &Status, votes: usize) -> Result<()> {
+        self.db.execute(
+            "UPDATE requests SET dirty = 0 WHERE id = ?1 AND status = ?2 AND (SELECT count(*) FROM votes WHERE request_id = ?1) = ?3",
+            params![id, status.word(), votes as i64],
+        )?;
+        Ok(())
+    }
+}
