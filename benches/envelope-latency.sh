@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-200}; MB=${2:-1024}; RATE=${3:-2Gbit}
-cargo build --release -q --bins
+# DIODE_BIN_DIR=<folder>: use the binaries there instead of building
+if [ -z "${DIODE_BIN_DIR:-}" ]; then cargo build --release -q --bins; fi
 B=${DIODE_BIN_DIR:-$PWD/target/release}
 D=$(mktemp -d -t diode-envbench.XXXXXX)
 RP=; SP=

@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MB=${1:-1024}; RATE=${2:-10Gbit}
-cargo build --release -q --bins
+# DIODE_BIN_DIR=<folder>: use the binaries there instead of building
+if [ -z "${DIODE_BIN_DIR:-}" ]; then cargo build --release -q --bins; fi
 B=${DIODE_BIN_DIR:-$PWD/target/release}
 
 D=$(mktemp -d -t diode-bench.XXXXXX)

@@ -9,7 +9,7 @@
 use crate::fec::{BlockAssembly, FecError, Geometry};
 use reed_solomon_simd::ReedSolomonDecoder;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub const MAX_NAME: usize = 1024;
 /// Largest object accepted: 16 TiB.
@@ -207,6 +207,8 @@ pub struct Assembly {
     active: BTreeMap<u32, BlockAssembly>,
     /// Blocks set aside unfinished: the data shards already written at their place in the partial file.
     spilled: BTreeMap<u32, Vec<usize>>,
+    /// Blocks decoded and handed to a writer, not yet confirmed on disk: neither collecting nor done.
+    writing: BTreeSet<u32>,
     /// Buffers of finished blocks, reused for new ones (a block buffer is ~200 KiB: allocating and
     /// zeroing one per block showed in profiles).
     pool: Vec<Vec<u8>>,
@@ -236,6 +238,7 @@ impl Assembly {
             done_count: 0,
             active: BTreeMap::new(),
             spilled: BTreeMap::new(),
+            writing: BTreeSet::new(),
             pool: Vec::new(),
         })
     }
@@ -302,7 +305,7 @@ impl Assembly {
 
     /// Could this shard add anything? Cheap, for skipping decryption of redundant frames.
     pub fn wants(&self, block: u32, shard: u16) -> bool {
-        if self.is_done(block) {
+        if self.is_done(block) || self.writing.contains(&block) {
             return false;
         }
         match self.active.get(&block) {
@@ -340,7 +343,7 @@ impl Assembly {
         if bytes.len() != self.geometry.shard_size {
             return Err(ShardError::Length(bytes.len(), self.geometry.shard_size));
         }
-        if self.done[block as usize] {
+        if self.done[block as usize] || self.writing.contains(&block) {
             return Ok(Step::Nothing);
         }
         if !self.active.contains_key(&block) {
@@ -392,6 +395,47 @@ impl Assembly {
             .ok_or_else(|| FecError::Decode(format!("block {block} not active")))?;
         let data = b.decode(decoder)?;
         Ok((offset, &data[..len.min(data.len())]))
+    }
+
+    /// Decode a ready block and take it out for writing: returns its offset, the buffer (whose first
+    /// `len` bytes are the block's data) and `len`. Until `written` is called the block accepts no shards
+    /// and is not done.
+    pub fn take_ready(
+        &mut self,
+        block: u32,
+        decoder: &mut Option<ReedSolomonDecoder>,
+    ) -> Result<(u64, Vec<u8>, usize), FecError> {
+        let len = self.geometry.block_len(self.meta.size, block as u64) as usize;
+        let offset = self.block_offset(block);
+        let b = self
+            .active
+            .get_mut(&block)
+            .ok_or_else(|| FecError::Decode(format!("block {block} not active")))?;
+        let data_len = b.decode(decoder)?.len();
+        let Some(b) = self.active.remove(&block) else {
+            return Err(FecError::Decode(format!("block {block} not active")));
+        };
+        self.writing.insert(block);
+        Ok((offset, b.into_buffer(), len.min(data_len)))
+    }
+
+    /// The writer is done with a block taken by `take_ready`: on success it is done; on failure it is
+    /// missing again (a later pass or replay brings it). The buffer returns to the pool.
+    pub fn written(&mut self, block: u32, ok: bool, buffer: Vec<u8>) {
+        if !self.writing.remove(&block) {
+            return;
+        }
+        if self.pool.len() < POOL_MAX {
+            self.pool.push(buffer);
+        }
+        if ok {
+            self.mark_done(block);
+        }
+    }
+
+    /// Blocks handed to the writer and not yet confirmed.
+    pub fn writing_count(&self) -> usize {
+        self.writing.len()
     }
 
     pub fn mark_done(&mut self, block: u32) {

@@ -6,6 +6,7 @@ mod config;
 mod receive;
 mod status;
 mod store;
+mod writer;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};

@@ -7,6 +7,7 @@ use crate::approvals::Approvals;
 use crate::config::Config;
 use crate::status::{self, ObjectStatus, SessionStatus, Status};
 use crate::store::Partial;
+use crate::writer::{self, Done, FinishError, Job, Writer};
 use anyhow::{Context, Result};
 use diode_host::atomic::{append_line, write_atomic};
 use diode_host::udp::{UdpRx, RX_BUF};
@@ -55,6 +56,7 @@ pub struct Receiver {
     last_tick: Instant,
     last_drop_log: Instant,
     approvals: Option<Approvals>,
+    writer: Writer,
 }
 
 fn senders_path(cfg: &Config) -> PathBuf {
@@ -121,6 +123,7 @@ impl Receiver {
             last_tick: now,
             last_drop_log: now,
             approvals: Approvals::open(&cfg)?,
+            writer: Writer::spawn().context("cannot start the writer thread")?,
             cfg,
         })
     }
@@ -158,6 +161,7 @@ impl Receiver {
                     self.frame(f);
                 }
             }
+            self.drain_writer();
             if self.last_tick.elapsed() >= Duration::from_secs(1) {
                 self.tick();
             }
@@ -338,33 +342,114 @@ impl Receiver {
                 }
             }
         }
-        if let Err(e) = p.complete_block(block, &mut self.decoder) {
-            let msg = format!("{e:#}");
-            if p.error.as_deref() != Some(msg.as_str()) {
-                tracing::error!(object = %format_id(key.1), name = %p.asm.meta.name, block, error = %msg,
-                    "cannot write a block; it stays missing (a gap) until a later pass or replay");
+        match p.asm.take_ready(block, &mut self.decoder) {
+            Ok((offset, buf, len)) => {
+                let geo = writer::Geometry {
+                    size: p.asm.meta.size,
+                    block_bytes: p.asm.geometry().block_bytes(),
+                };
+                let file = p.file();
+                if !self.writer.send(Job::Write {
+                    key,
+                    block,
+                    offset,
+                    buf,
+                    len,
+                    file,
+                    geo,
+                }) {
+                    tracing::error!("the writer thread is gone; restart diode-recv");
+                }
             }
-            p.error = Some(msg);
-            p.asm.discard(block);
-            return;
-        }
-        if p.asm.is_complete() {
-            if p.asm.meta.hash_known() {
-                self.finish(key);
-            } else {
-                tracing::debug!(object = %format_id(key.1), "all blocks in; the content hash comes at the end of the pass");
+            Err(e) => {
+                tracing::error!(object = %format_id(key.1), block, error = %e, "cannot decode a block; it stays missing");
+                p.asm.discard(block);
             }
         }
     }
 
+    /// Replies from the writer: blocks on disk (or not), objects verified (or not).
+    fn drain_writer(&mut self) {
+        while let Ok(done) = self.writer.done.try_recv() {
+            match done {
+                Done::Written {
+                    key,
+                    block,
+                    buf,
+                    result,
+                } => {
+                    let Some(p) = self.objects.get_mut(&key) else {
+                        continue;
+                    };
+                    p.asm.written(block, result.is_ok(), buf);
+                    match result {
+                        Ok(()) => {
+                            p.dirty = true;
+                            p.last_progress = Instant::now();
+                            if p.asm.is_complete() {
+                                self.finish(key);
+                            }
+                        }
+                        Err(msg) => {
+                            let msg = format!("cannot write block {block}: {msg}");
+                            if p.error.as_deref() != Some(msg.as_str()) {
+                                tracing::error!(object = %format_id(key.1), name = %p.asm.meta.name, block, error = %msg,
+                                    "a block stays missing (a gap) until a later pass or replay");
+                            }
+                            p.error = Some(msg);
+                        }
+                    }
+                }
+                Done::Finished { key, result } => self.finished(key, result),
+            }
+        }
+    }
+
+    /// All blocks are on disk: once the hash is known, have the writer verify it and sync the file.
     fn finish(&mut self, key: Key) {
         let Some(p) = self.objects.get_mut(&key) else {
             return;
         };
+        if !p.asm.is_complete() || p.asm.writing_count() > 0 || p.finishing {
+            return;
+        }
+        if !p.asm.meta.hash_known() {
+            tracing::debug!(object = %format_id(key.1), "all blocks in; the content hash comes at the end of the pass");
+            return;
+        }
         if p.asm.meta.kind == ObjectKind::Envelope {
             return self.finish_envelope(key);
         }
-        match p.finish(&self.cfg.inbox) {
+        p.finishing = true;
+        let job = Job::Finish {
+            key,
+            file: p.file(),
+            sha256: p.asm.meta.sha256,
+            size: p.asm.meta.size,
+            block_bytes: p.asm.geometry().block_bytes(),
+        };
+        if !self.writer.send(job) {
+            tracing::error!("the writer thread is gone; restart diode-recv");
+        }
+    }
+
+    fn finished(&mut self, key: Key, result: Result<(), FinishError>) {
+        let Some(p) = self.objects.get_mut(&key) else {
+            return;
+        };
+        p.finishing = false;
+        let published = match result {
+            Ok(()) => p.publish(&self.cfg.inbox),
+            Err(FinishError::Mismatch(msg)) => {
+                // the partial data is wrong: every block is missing again
+                match p.reset() {
+                    Ok(()) => Err(anyhow::anyhow!("{msg}; the object was reset")),
+                    Err(e) => Err(e.context(format!("{msg}; resetting the object failed"))),
+                }
+            }
+            Err(FinishError::Io(msg)) => Err(anyhow::anyhow!("{msg}")),
+        };
+        match published {
             Ok(dest) => {
                 let m = p.asm.meta.clone();
                 tracing::info!(object = %format_id(m.id), name = %m.name, bytes = m.size, sha256 = %m.sha256_hex(),
@@ -482,6 +567,16 @@ impl Receiver {
             }
         }
         self.expire();
+        // complete objects not yet delivered (resumed after a restart, or a failed finish): try again
+        let complete: Vec<Key> = self
+            .objects
+            .iter()
+            .filter(|(_, p)| p.asm.is_complete() && !p.finishing)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in complete {
+            self.finish(key);
+        }
         if self.table.take_dirty() {
             let m: BTreeMap<String, u64> = self
                 .table
@@ -542,6 +637,7 @@ impl Receiver {
             }
             tracing::warn!(object = %format_id(m.id), name = %m.name, report = %path.display(), "incomplete object expired; nothing reached the inbox");
             p.discard();
+            self.writer.send(Job::Forget { key });
         }
     }
 

@@ -4,7 +4,7 @@
 //! whole file matches, the file is renamed into the inbox, so the inbox only ever shows whole files.
 
 use anyhow::{bail, Context, Result};
-use diode_host::atomic::{start_writeback, sync_dir, write_atomic};
+use diode_host::atomic::{sync_dir, write_atomic};
 use diode_proto::journal::format_id;
 use diode_proto::object::{safe_name, Assembly, AssemblyState, ObjectMeta};
 use diode_proto::KeyId;
@@ -15,9 +15,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Start write-back after this many bytes of finished blocks.
-const WRITEBACK_EVERY: u64 = 16 << 20;
-
 /// Version tag of the state file format.
 const STATE_VERSION: u8 = 1;
 
@@ -27,17 +24,13 @@ pub struct Partial {
     file: Arc<File>,
     data_path: PathBuf,
     state_path: PathBuf,
-    hasher: Sha256,
-    /// Blocks 0..hashed are in `hasher`, in order.
-    hashed: u32,
-    /// Bytes written since write-back of the data file was last started.
-    unflushed: u64,
-    flushed_to: u64,
     pub dirty: bool,
     pub last_frame: Instant,
     pub last_progress: Instant,
     /// Set after a write failure (a full disk): shown in status until the object completes.
     pub error: Option<String>,
+    /// The writer is verifying and syncing it.
+    pub finishing: bool,
 }
 
 fn stem(sender: KeyId, id: u64) -> String {
@@ -69,14 +62,11 @@ impl Partial {
             file,
             data_path,
             state_path,
-            hasher: Sha256::new(),
-            hashed: 0,
-            unflushed: 0,
-            flushed_to: 0,
             dirty: true,
             last_frame: now,
             last_progress: now,
             error: None,
+            finishing: false,
         };
         if fresh {
             p.persist()?;
@@ -132,43 +122,15 @@ impl Partial {
         Ok(())
     }
 
-    /// Decode a ready block, write it at its offset, and keep the running hash going in block order
-    /// (blocks finished out of order are read back from the page cache when their turn comes).
-    pub fn complete_block(
-        &mut self,
-        block: u32,
-        decoder: &mut Option<reed_solomon_simd::ReedSolomonDecoder>,
-    ) -> Result<()> {
-        let (offset, data) = self.asm.finish_block(block, decoder)?;
-        self.file
-            .write_all_at(data, offset)
-            .context("write failed")?;
-        if block == self.hashed {
-            self.hasher.update(data);
-            self.hashed += 1;
-        }
-        // keep dirty pages few: the final fsync before the rename then has little left to write
-        self.unflushed += data.len() as u64;
-        if self.unflushed >= WRITEBACK_EVERY {
-            let end = offset + data.len() as u64;
-            let start = self.flushed_to.min(offset);
-            start_writeback(&self.file, start, end.saturating_sub(start));
-            self.flushed_to = end;
-            self.unflushed = 0;
-        }
-        self.asm.mark_done(block);
-        let g = self.asm.geometry();
-        while (self.hashed as u64) < self.asm.block_count() && self.asm.is_done(self.hashed) {
-            let len = g.block_len(self.asm.meta.size, self.hashed as u64) as usize;
-            let mut buf = vec![0u8; len];
-            self.file
-                .read_exact_at(&mut buf, self.asm.block_offset(self.hashed))?;
-            self.hasher.update(&buf);
-            self.hashed += 1;
-        }
-        self.dirty = true;
-        self.last_progress = Instant::now();
-        Ok(())
+    pub fn file(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
+    /// Every block was lost again: start over (a wrong hash means the partial data is wrong).
+    pub fn reset(&mut self) -> Result<()> {
+        self.asm = Assembly::new(self.asm.meta.clone())?;
+        self.file.set_len(0)?;
+        self.persist()
     }
 
     /// Write data shards of a block set aside unfinished.
@@ -207,9 +169,8 @@ impl Partial {
             bail!("the content hash has not arrived yet");
         }
         self.file.set_len(meta.size)?;
-        let mut h = std::mem::take(&mut self.hasher);
-        let mut pos = self.hashed as u64 * self.asm.geometry().block_bytes();
-        self.hashed = 0; // the running hash is used up: a second call hashes the whole file
+        let mut h = Sha256::new();
+        let mut pos = 0;
         let mut buf = vec![0u8; 1 << 20];
         while pos < meta.size {
             let want = buf.len().min((meta.size - pos) as usize);
@@ -219,12 +180,7 @@ impl Partial {
         }
         let got: [u8; 32] = h.finalize().into();
         if got != meta.sha256 {
-            // Reset: every block is missing again; the next pass or a replay brings it back.
-            self.asm = Assembly::new(meta.clone())?;
-            self.hashed = 0;
-            self.hasher = Sha256::new();
-            self.file.set_len(0)?;
-            self.persist()?;
+            self.reset()?;
             bail!(
                 "content hash mismatch ({} instead of {}); the object was reset",
                 hex::encode(got),
@@ -246,12 +202,9 @@ impl Partial {
         Ok(buf)
     }
 
-    /// All blocks are in: check the hash and move the file into the inbox. On a hash mismatch the
-    /// object starts over (the partial data is wrong) and an error says so.
-    pub fn finish(&mut self, inbox: &Path) -> Result<PathBuf> {
-        self.verify_hash()?;
+    /// The writer has verified the hash and made the data durable: move the file into the inbox.
+    pub fn publish(&mut self, inbox: &Path) -> Result<PathBuf> {
         let meta = self.asm.meta.clone();
-        self.file.sync_all()?;
         let dest = inbox_path(inbox, &meta.name)?;
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent)

@@ -1,0 +1,215 @@
+//! The writer thread: finished blocks are written at their offset and folded into the object's running
+//! SHA-256 here, off the socket thread, so that a slow disk or a page-cache stall never stops reception
+//! (the socket buffer would overflow) and the two cores share the work. When an object is complete the
+//! writer finishes its hash, compares it and makes the file durable; the receive loop then renames it.
+//!
+//! Jobs are handled in order, so an object's `Finish` comes after all its writes. Replies go back on a
+//! channel the receive loop drains.
+
+use diode_host::atomic::start_writeback;
+use diode_proto::KeyId;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
+
+pub type Key = (KeyId, u64);
+
+/// Blocks queued for the writer at most (about 7 MB at the default geometry): when the disk is slower
+/// than the link, the receive loop waits here rather than buffering without bound.
+const QUEUE: usize = 40;
+/// Start write-back after this many bytes of one object.
+const WRITEBACK_EVERY: u64 = 16 << 20;
+
+pub struct Geometry {
+    pub size: u64,
+    pub block_bytes: u64,
+}
+
+pub enum Job {
+    Write {
+        key: Key,
+        block: u32,
+        offset: u64,
+        buf: Vec<u8>,
+        len: usize,
+        file: Arc<File>,
+        geo: Geometry,
+    },
+    /// All blocks are written: hash what the running hash has not covered, compare, fsync.
+    Finish {
+        key: Key,
+        file: Arc<File>,
+        sha256: [u8; 32],
+        size: u64,
+        block_bytes: u64,
+    },
+    /// The object was reset or removed: drop its running hash.
+    Forget { key: Key },
+}
+
+pub enum Done {
+    Written {
+        key: Key,
+        block: u32,
+        buf: Vec<u8>,
+        result: Result<(), String>,
+    },
+    /// Hash matched and the file is on disk (Ok), or why not.
+    Finished {
+        key: Key,
+        result: Result<(), FinishError>,
+    },
+}
+
+pub enum FinishError {
+    Mismatch(String),
+    Io(String),
+}
+
+#[derive(Default)]
+struct Running {
+    hasher: Sha256,
+    /// Blocks 0..hashed are in the hasher.
+    hashed: u32,
+    /// Blocks written past `hashed`, waiting for their turn.
+    ahead: BTreeSet<u32>,
+    unflushed: u64,
+    flushed_to: u64,
+}
+
+pub struct Writer {
+    tx: SyncSender<Job>,
+    pub done: Receiver<Done>,
+}
+
+impl Writer {
+    pub fn spawn() -> std::io::Result<Writer> {
+        let (tx, jobs) = mpsc::sync_channel::<Job>(QUEUE);
+        let (done_tx, done) = mpsc::channel::<Done>();
+        std::thread::Builder::new()
+            .name("writer".into())
+            .spawn(move || run(jobs, done_tx))?;
+        Ok(Writer { tx, done })
+    }
+
+    /// Queue a job (waits while the queue is full). False if the writer thread is gone.
+    pub fn send(&self, job: Job) -> bool {
+        self.tx.send(job).is_ok()
+    }
+}
+
+fn run(jobs: Receiver<Job>, done: mpsc::Sender<Done>) {
+    let mut running: HashMap<Key, Running> = HashMap::new();
+    for job in jobs {
+        let reply = match job {
+            Job::Write {
+                key,
+                block,
+                offset,
+                buf,
+                len,
+                file,
+                geo,
+            } => {
+                let r = running.entry(key).or_default();
+                let result = write_block(r, &file, block, offset, &buf[..len.min(buf.len())], &geo)
+                    .map_err(|e| e.to_string());
+                Done::Written {
+                    key,
+                    block,
+                    buf,
+                    result,
+                }
+            }
+            Job::Finish {
+                key,
+                file,
+                sha256,
+                size,
+                block_bytes,
+            } => {
+                let r = running.remove(&key).unwrap_or_default();
+                Done::Finished {
+                    key,
+                    result: finish(r, &file, sha256, size, block_bytes),
+                }
+            }
+            Job::Forget { key } => {
+                running.remove(&key);
+                continue;
+            }
+        };
+        if done.send(reply).is_err() {
+            return;
+        }
+    }
+}
+
+fn write_block(
+    r: &mut Running,
+    file: &Arc<File>,
+    block: u32,
+    offset: u64,
+    data: &[u8],
+    geo: &Geometry,
+) -> std::io::Result<()> {
+    file.write_all_at(data, offset)?;
+    if block == r.hashed {
+        r.hasher.update(data);
+        r.hashed += 1;
+        // blocks finished early are read back (from the page cache) when their turn comes
+        while r.ahead.remove(&r.hashed) {
+            let off = r.hashed as u64 * geo.block_bytes;
+            let len = geo.block_bytes.min(geo.size.saturating_sub(off)) as usize;
+            let mut b = vec![0u8; len];
+            file.read_exact_at(&mut b, off)?;
+            r.hasher.update(&b);
+            r.hashed += 1;
+        }
+    } else if block > r.hashed {
+        r.ahead.insert(block);
+    }
+    // keep dirty pages few: the fsync before the rename then has little left to write
+    r.unflushed += data.len() as u64;
+    if r.unflushed >= WRITEBACK_EVERY {
+        let end = offset + data.len() as u64;
+        let start = r.flushed_to.min(offset);
+        start_writeback(file, start, end.saturating_sub(start));
+        r.flushed_to = end;
+        r.unflushed = 0;
+    }
+    Ok(())
+}
+
+fn finish(
+    r: Running,
+    file: &File,
+    want: [u8; 32],
+    size: u64,
+    block_bytes: u64,
+) -> Result<(), FinishError> {
+    let io = |e: std::io::Error| FinishError::Io(e.to_string());
+    file.set_len(size).map_err(io)?;
+    let mut h = r.hasher;
+    // after a restart the running hash starts at 0: whatever it does not cover is read back
+    let mut pos = (r.hashed as u64 * block_bytes).min(size);
+    let mut buf = vec![0u8; 1 << 20];
+    while pos < size {
+        let n = buf.len().min((size - pos) as usize);
+        file.read_exact_at(&mut buf[..n], pos).map_err(io)?;
+        h.update(&buf[..n]);
+        pos += n as u64;
+    }
+    let got: [u8; 32] = h.finalize().into();
+    if got != want {
+        return Err(FinishError::Mismatch(format!(
+            "content hash mismatch ({} instead of {})",
+            hex::encode(got),
+            hex::encode(want)
+        )));
+    }
+    file.sync_all().map_err(io)
+}
