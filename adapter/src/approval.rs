@@ -288,6 +288,11 @@ impl Engine {
         who: &Requester,
         new: &NewRequest,
     ) -> Result<(&Environment, String, Option<String>, String, &'static str), Refusal> {
+        if let Requester::Pipeline { token, scope, .. } = who {
+            if !scope.is_empty() && !scope.contains(&new.environment) {
+                return Err(Refusal::TokenScope(token.clone(), new.environment.clone()));
+            }
+        }
         field_ok(&new.app, "app")?;
         field_ok(&new.version, "version")?;
         field_ok(&new.environment, "environment")?;

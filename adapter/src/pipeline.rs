@@ -64,17 +64,18 @@ pub async fn create(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
             "unknown token".into(),
         );
     };
-    let b: Body =
-        match serde_json::from_slice(&body) {
-            Ok(b) => b,
-            Err(e) => return error(
+    let b: Body = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 format!(
                     "body must be JSON {{app, version, environment, digest, on_behalf_of?}}: {e}"
                 ),
-            ),
-        };
+            )
+        }
+    };
     let who = Requester::Pipeline {
         token: token.name.clone(),
         scope: token.environments.clone(),

@@ -48,7 +48,7 @@ pub fn render(v: &View) -> (String, Vec<Value>) {
     let requester = if r.source == "slack" {
         format!("<@{}>", r.requester)
     } else {
-        format!("{} ({})", r.requester_name, r.requester)
+        format!("{} ({}) via {}", r.requester_name, r.requester, r.source)
     };
     let approvals = if v.votes.is_empty() {
         "none yet".to_string()

@@ -33,9 +33,14 @@ fn ephemeral(text: String) -> Response {
 }
 
 /// The signature check every Slack endpoint starts with.
-fn verified(app: &App, headers: &HeaderMap, body: &[u8], path: &str) -> Result<(), Response> {
+fn verified(
+    app: &App,
+    headers: &HeaderMap,
+    body: &[u8],
+    path: &str,
+) -> Result<(), (StatusCode, String)> {
     let Some(slack) = app.slack.as_ref() else {
-        return Err(StatusCode::NOT_FOUND.into_response());
+        return Err((StatusCode::NOT_FOUND, "Slack is not configured".into()));
     };
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     signature::verify(
@@ -47,7 +52,7 @@ fn verified(app: &App, headers: &HeaderMap, body: &[u8], path: &str) -> Result<(
     )
     .map_err(|e| {
         tracing::warn!("refused a request to {path}: {e}");
-        (StatusCode::UNAUTHORIZED, format!("refused: {e}")).into_response()
+        (StatusCode::UNAUTHORIZED, format!("refused: {e}"))
     })
 }
 
@@ -64,7 +69,7 @@ struct Command {
 
 pub async fn command(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(r) = verified(&app, &headers, &body, "/slack/commands") {
-        return r;
+        return r.into_response();
     }
     let Ok(cmd) = serde_urlencoded::from_bytes::<Command>(&body) else {
         return (StatusCode::BAD_REQUEST, "not a slash command form").into_response();
@@ -142,7 +147,7 @@ struct Action {
 
 pub async fn interaction(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(r) = verified(&app, &headers, &body, "/slack/interactions") {
-        return r;
+        return r.into_response();
     }
     let Ok(form) = serde_urlencoded::from_bytes::<Form>(&body) else {
         return (StatusCode::BAD_REQUEST, "no payload field").into_response();

@@ -1,0 +1,780 @@
+//! The chat adapter over real HTTP on loopback: a local server that speaks Slack's Web API wire format
+//! (records every chat.postMessage / chat.update / chat.postEphemeral and answers `{"ok":true,"ts":..}`),
+//! and a client that signs requests exactly as Slack does (v0 HMAC-SHA256 of `v0:ts:body`) and sends
+//! slash commands and `block_actions` clicks form-encoded as Slack sends them. The adapter runs from
+//! `adapter.example.toml` with a clock the test moves; decisions are checked down to the signed
+//! envelope in the outbox, verified by `diode_proto::envelope::verify`, and the audit chain.
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use diode_chat::clock::ManualClock;
+use diode_chat::config::Config;
+use diode_chat::server::{self, Running};
+use diode_host::audit::AuditLog;
+use diode_proto::envelope::{self, Decision, Rule, SignedEnvelope, SignerRole, VerifyingKey};
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const T0: u64 = 1_800_000_000;
+const SIGNING_SECRET: &str = "test-signing-secret-4f1c";
+const BOT_TOKEN: &str = "xoxb-test-bot-token";
+const CI_TOKEN: &str = "ci-token-7d2e9b";
+const DIGEST: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+// ---- the fake Slack Web API ------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+struct Call {
+    method: String,
+    body: Value,
+    auth: String,
+    at: Instant,
+}
+
+#[derive(Clone, Default)]
+struct FakeSlack {
+    calls: Arc<Mutex<Vec<Call>>>,
+    /// Answer this many of the next calls with 429 + Retry-After: 1.
+    throttle: Arc<AtomicU32>,
+    next_ts: Arc<AtomicU32>,
+}
+
+async fn web_api(
+    State(s): State<FakeSlack>,
+    UrlPath(method): UrlPath<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> axum::response::Response {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    s.calls.lock().unwrap().push(Call {
+        method: method.clone(),
+        body: body.clone(),
+        auth,
+        at: Instant::now(),
+    });
+    if s.throttle
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "1")],
+            Json(json!({"ok": false, "error": "ratelimited"})),
+        )
+            .into_response();
+    }
+    let ts = match method.as_str() {
+        "chat.update" => body["ts"].clone(),
+        _ => json!(format!(
+            "1800000000.{:06}",
+            s.next_ts.fetch_add(1, Ordering::SeqCst) + 1
+        )),
+    };
+    Json(json!({"ok": true, "channel": body["channel"], "ts": ts})).into_response()
+}
+
+impl FakeSlack {
+    async fn start() -> (FakeSlack, String) {
+        let s = FakeSlack::default();
+        let app = axum::Router::new()
+            .route("/api/{method}", axum::routing::post(web_api))
+            .with_state(s.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        (s, url)
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn of(&self, method: &str) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.method == method)
+            .collect()
+    }
+
+    /// Wait until `probe` finds what it wants in the calls so far.
+    async fn wait<T>(&self, what: &str, probe: impl Fn(&[Call]) -> Option<T>) -> T {
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(t) = probe(&self.calls()) {
+                return t;
+            }
+            if Instant::now() > end {
+                panic!("timed out waiting for {what}; calls: {:#?}", self.calls());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_count(&self, method: &str, n: usize) -> Vec<Call> {
+        self.wait(&format!("{n} {method} call(s)"), |c| {
+            let v: Vec<Call> = c.iter().filter(|c| c.method == method).cloned().collect();
+            (v.len() >= n).then_some(v)
+        })
+        .await
+    }
+}
+
+// ---- a low side built from adapter.example.toml ----------------------------------------------------
+
+struct Site {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    clock: Arc<ManualClock>,
+    slack: FakeSlack,
+    adapter: Option<Running>,
+    http: reqwest::Client,
+}
+
+fn secret_file(dir: &Path, name: &str, value: &str) {
+    let p = dir.join("secrets").join(name);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, value).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+impl Site {
+    async fn new() -> Site {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let (slack, api) = FakeSlack::start().await;
+        let example =
+            fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/adapter.example.toml"))
+                .unwrap();
+        let mut cfg: toml::Table = toml::from_str(&example).unwrap();
+        cfg["http"]["listen"] = "127.0.0.1:0".into();
+        // the test runs the clock itself
+        cfg["http"]["tick"] = "1h".into();
+        cfg["slack"]["api_base"] = api.into();
+        cfg["slack"]["signing_secret"] = "file:secrets/slack-signing-secret".into();
+        fs::write(dir.join("adapter.toml"), toml::to_string(&cfg).unwrap()).unwrap();
+        secret_file(&dir, "slack-bot-token", BOT_TOKEN);
+        secret_file(&dir, "slack-signing-secret", SIGNING_SECRET);
+        secret_file(&dir, "pipeline-ci.token", &format!("{CI_TOKEN}\n"));
+        fs::create_dir(dir.join("outbox")).unwrap();
+        diode_host::keyfile::generate_signing(&dir.join("keys"), SignerRole::Adapter).unwrap();
+        let mut site = Site {
+            _tmp: tmp,
+            dir,
+            clock: Arc::new(ManualClock::new(T0)),
+            slack,
+            adapter: None,
+            http: reqwest::Client::new(),
+        };
+        site.start().await;
+        site
+    }
+
+    async fn start(&mut self) {
+        let cfg = Config::load(&self.dir.join("adapter.toml")).unwrap();
+        self.adapter = Some(server::start(&cfg, self.clock.clone()).await.unwrap());
+    }
+
+    /// Kill the adapter as a crash would (its tasks stop where they are), then start it again.
+    async fn restart(&mut self) {
+        if let Some(a) = self.adapter.take() {
+            a.abort();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.start().await;
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.adapter.as_ref().unwrap().addr)
+    }
+
+    fn tick(&self) {
+        self.adapter.as_ref().unwrap().tick().unwrap();
+    }
+
+    /// POST `body` signed the way Slack signs: HMAC-SHA256 over `v0:<timestamp>:<body>`.
+    async fn slack_post(&self, path: &str, body: String) -> reqwest::Response {
+        let ts = self.clock.now_secs().to_string();
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SIGNING_SECRET.as_bytes()).unwrap();
+        mac.update(format!("v0:{ts}:{body}").as_bytes());
+        let sig = format!("v0={}", hex(&mac.finalize().into_bytes()));
+        self.http
+            .post(self.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-slack-request-timestamp", ts)
+            .header("x-slack-signature", sig)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `/deploy <text>` typed by `user`.
+    async fn command(&self, user: &str, text: &str) -> Value {
+        let body = serde_urlencoded::to_string([
+            ("token", "deprecated-verification-token"),
+            ("team_id", "T0TEAM"),
+            ("channel_id", "C0DEV"),
+            ("user_id", user),
+            ("user_name", &user.to_lowercase()),
+            ("command", "/deploy"),
+            ("text", text),
+            (
+                "response_url",
+                "https://hooks.slack.com/commands/T0TEAM/1/x",
+            ),
+            ("trigger_id", "1.2.3"),
+        ])
+        .unwrap();
+        let r = self.slack_post("/slack/commands", body).await;
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+
+    /// A click on a button of the request's message, as a block_actions payload.
+    async fn click(&self, user: &str, action: &str, request: &str) -> StatusCode {
+        let payload = json!({
+            "type": "block_actions",
+            "user": {"id": user, "username": user.to_lowercase(), "name": user.to_lowercase(), "team_id": "T0TEAM"},
+            "api_app_id": "A0APP",
+            "team": {"id": "T0TEAM", "domain": "test"},
+            "channel": {"id": "C0PROD", "name": "prod-deploys"},
+            "container": {"type": "message", "message_ts": "1800000000.000001", "channel_id": "C0PROD"},
+            "trigger_id": "1.2.3",
+            "response_url": "https://hooks.slack.com/actions/T0TEAM/1/x",
+            "actions": [{
+                "action_id": action, "block_id": "decision", "value": request,
+                "type": "button", "action_ts": "1800000000.1"
+            }]
+        });
+        let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
+        let r = self.slack_post("/slack/interactions", body).await;
+        StatusCode::from_u16(r.status().as_u16()).unwrap()
+    }
+
+    async fn pipeline(&self, token: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url("/v1/requests"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    fn envelopes(&self) -> Vec<SignedEnvelope> {
+        let mut v: Vec<SignedEnvelope> = fs::read_dir(self.dir.join("outbox"))
+            .unwrap()
+            .flatten()
+            .map(|e| SignedEnvelope::parse(&fs::read(e.path()).unwrap()).unwrap())
+            .collect();
+        v.sort_by_key(|e| e.envelope.issued_at);
+        v
+    }
+
+    fn adapter_pub(&self) -> VerifyingKey {
+        diode_host::keyfile::load_verifying(&self.dir.join("keys/adapter.pub"), SignerRole::Adapter)
+            .unwrap()
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        let path = self.dir.join("state/audit.jsonl");
+        AuditLog::new(&path).verify().unwrap();
+        fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn refusals(&self) -> Vec<String> {
+        self.audit()
+            .iter()
+            .filter(|r| r["event"] == "refused")
+            .map(|r| r["reason"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+trait Now {
+    fn now_secs(&self) -> u64;
+}
+
+impl Now for ManualClock {
+    fn now_secs(&self) -> u64 {
+        diode_chat::clock::Clock::now(self)
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The high side's rule for prod, as recv.example.toml has it.
+fn high_side_rules() -> BTreeMap<String, Rule> {
+    let mut m = BTreeMap::new();
+    m.insert(
+        "prod".to_string(),
+        Rule {
+            min_approvals: 2,
+            required_roles: vec!["release-manager".into(), "security".into()],
+            max_validity_secs: 3600,
+        },
+    );
+    m
+}
+
+fn request_id_of(post: &Call) -> String {
+    let blocks = post.body["blocks"].as_array().unwrap();
+    let actions = blocks.iter().find(|b| b["type"] == "actions").unwrap();
+    actions["elements"][0]["value"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn has_buttons(c: &Call) -> bool {
+    c.body["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b["type"] == "actions")
+}
+
+fn text_of(c: &Call) -> String {
+    c.body.to_string()
+}
+
+// ---- the flows --------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slash_command_then_two_of_three_approve_with_every_refusal() {
+    let site = Site::new().await;
+    let answer = site
+        .command("U0DAN", &format!("request billing 1.4.2 prod {DIGEST}"))
+        .await;
+    assert_eq!(answer["response_type"], "ephemeral");
+    assert!(answer["text"]
+        .as_str()
+        .unwrap()
+        .contains("posted in <#C0PROD>"));
+
+    // the request is posted in prod's channel with the bot token, digest, requester, rule, deadline
+    let post = site.slack.wait_count("chat.postMessage", 1).await.remove(0);
+    assert_eq!(post.auth, format!("Bearer {BOT_TOKEN}"));
+    assert_eq!(post.body["channel"], "C0PROD");
+    let text = text_of(&post);
+    for want in [
+        DIGEST,
+        "<@U0DAN>",
+        "2 approval(s) from release-manager, security",
+        "2027-01-15T12:00:00Z",
+    ] {
+        assert!(text.contains(want), "message lacks {want}: {text}");
+    }
+    assert!(has_buttons(&post));
+    let confirm = &post.body["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["type"] == "actions")
+        .unwrap()["elements"][0]["confirm"];
+    assert_eq!(confirm["confirm"]["text"], "Approve");
+    let id = request_id_of(&post);
+
+    // the requester cannot approve; an on-call member holds no approver role; a stranger is not a member
+    assert_eq!(site.click("U0DAN", "approve", &id).await, StatusCode::OK);
+    assert_eq!(site.click("U0EVE", "approve", &id).await, StatusCode::OK);
+    assert_eq!(site.click("U0NOBODY", "approve", &id).await, StatusCode::OK);
+    let eph = site.slack.wait_count("chat.postEphemeral", 3).await;
+    assert_eq!(eph[0].body["user"], "U0DAN");
+    assert!(text_of(&eph[0]).contains("own request"));
+    assert!(text_of(&eph[1]).contains("may not approve in prod"));
+    assert!(text_of(&eph[2]).contains("not in the approval policy"));
+
+    // Ada approves, then clicks again: counted once
+    site.click("U0ADA", "approve", &id).await;
+    site.click("U0ADA", "approve", &id).await;
+    let eph = site.slack.wait_count("chat.postEphemeral", 4).await;
+    assert!(text_of(&eph[3]).contains("already approved"));
+    assert_eq!(
+        site.refusals(),
+        [
+            "self_approval",
+            "not_approver",
+            "not_member",
+            "already_voted"
+        ]
+    );
+    assert!(
+        site.envelopes().is_empty(),
+        "one approval must not be enough"
+    );
+    let upd = site.slack.wait_count("chat.update", 1).await;
+    assert!(text_of(&upd[0]).contains("(1 of 2)"));
+    assert!(has_buttons(&upd[0]));
+
+    // Bob (security) completes the rule: release-manager + security, 2 of the 3 eligible
+    site.click("U0BOB", "approve", &id).await;
+    let last = site
+        .slack
+        .wait("the message to show the approval", |c| {
+            c.iter()
+                .rfind(|c| c.method == "chat.update" && !has_buttons(c))
+                .cloned()
+        })
+        .await;
+    let envs = site.envelopes();
+    assert_eq!(envs.len(), 1);
+    let e = &envs[0];
+    assert_eq!(e.envelope.decision, Decision::Approve);
+    assert_eq!(e.envelope.request_id, id);
+    assert_eq!(e.envelope.requester, "U0DAN");
+    assert_eq!(e.envelope.artifact.digest, DIGEST);
+    let who: Vec<(&str, &str)> = e
+        .envelope
+        .approvers
+        .iter()
+        .map(|a| (a.id.as_str(), a.role.as_str()))
+        .collect();
+    assert_eq!(who, [("U0ADA", "release-manager"), ("U0BOB", "security")]);
+    let t = text_of(&last);
+    assert!(t.contains("Approved") && t.contains(&e.envelope.id), "{t}");
+    assert!(t.contains("Ada Lovelace") && t.contains("Bob Kahn"));
+    envelope::verify(e, &[site.adapter_pub()], &high_side_rules(), T0 + 10, 60).unwrap();
+
+    // a click after the decision changes nothing
+    site.click("U0CAT", "approve", &id).await;
+    site.slack.wait_count("chat.postEphemeral", 5).await;
+    assert_eq!(site.envelopes().len(), 1);
+
+    let events: Vec<String> = site
+        .audit()
+        .iter()
+        .map(|r| r["event"].as_str().unwrap().to_string())
+        .filter(|e| e != "refused")
+        .collect();
+    assert_eq!(events, ["request", "vote", "vote", "emit"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_requests_but_never_approves_and_a_rejection_is_an_envelope() {
+    let site = Site::new().await;
+    let body = json!({"app": "billing", "version": "2.0.0", "environment": "prod",
+                      "digest": DIGEST, "on_behalf_of": "ada"});
+    assert_eq!(site.pipeline("wrong-token", body.clone()).await.0, 401);
+    let (status, ans) = site.pipeline(CI_TOKEN, json!({"app": "billing"})).await;
+    assert_eq!(status, 400, "{ans}");
+    let (status, ans) = site
+        .pipeline(
+            CI_TOKEN,
+            json!({"app": "billing", "version": "2.0.0", "environment": "dev", "digest": DIGEST}),
+        )
+        .await;
+    assert_eq!((status, ans["error"].as_str()), (403, Some("token_scope")));
+    let (status, ans) = site.pipeline(CI_TOKEN, body).await;
+    assert_eq!(status, 201, "{ans}");
+    let id = ans["request_id"].as_str().unwrap().to_string();
+    let post = site.slack.wait_count("chat.postMessage", 1).await.remove(0);
+    assert_eq!(request_id_of(&post), id);
+    assert!(text_of(&post).contains("pipeline"));
+
+    // the bearer token is worth nothing on the click endpoint
+    let r = site
+        .http
+        .post(site.url("/slack/interactions"))
+        .bearer_auth(CI_TOKEN)
+        .body("payload=%7B%7D")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // Ada is who the pipeline acted for: her approval is self-approval
+    site.click("U0ADA", "approve", &id).await;
+    let eph = site.slack.wait_count("chat.postEphemeral", 1).await;
+    assert!(text_of(&eph[0]).contains("own request"));
+    // a developer may not reject in prod; Bob (security) may
+    site.click("U0DAN", "reject", &id).await;
+    site.slack.wait_count("chat.postEphemeral", 2).await;
+    assert!(site.envelopes().is_empty());
+    site.click("U0BOB", "reject", &id).await;
+    let upd = site
+        .slack
+        .wait("the rejection in the message", |c| {
+            c.iter()
+                .find(|c| c.method == "chat.update" && text_of(c).contains("Rejected"))
+                .cloned()
+        })
+        .await;
+    assert!(!has_buttons(&upd));
+    let envs = site.envelopes();
+    assert_eq!(envs.len(), 1);
+    let e = &envs[0];
+    assert_eq!(e.envelope.decision, Decision::Reject);
+    assert_eq!(e.envelope.requester, "ada");
+    assert_eq!(e.envelope.approvers[0].id, "U0BOB");
+    assert!(text_of(&upd).contains(&e.envelope.id));
+    envelope::verify(e, &[site.adapter_pub()], &high_side_rules(), T0 + 10, 60).unwrap();
+    assert_eq!(
+        site.refusals(),
+        ["token_scope", "self_approval", "not_rejecter"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_reminds_escalates_in_order_then_rejects() {
+    let site = Site::new().await;
+    site.command("U0DAN", &format!("request billing 1.4.2 prod {DIGEST}"))
+        .await;
+    let post = site.slack.wait_count("chat.postMessage", 1).await.remove(0);
+    let id = request_id_of(&post);
+    site.click("U0ADA", "approve", &id).await;
+    site.slack.wait_count("chat.update", 1).await;
+
+    // prod: reminders every hour, tier 1 (release-manager) at 2 h, tier 2 (on-call) at 3 h, deadline 4 h
+    let hour = 3600;
+    let mut threads = 0;
+    for (at, posts) in [
+        (hour - 1, 0),
+        (hour, 1),
+        (2 * hour, 2),
+        (3 * hour, 2),
+        (4 * hour - 1, 0),
+    ] {
+        site.clock.set(T0 + at);
+        site.tick();
+        threads += posts;
+        site.slack.wait_count("chat.postMessage", 1 + threads).await;
+    }
+    // nothing more arrives for the quiet ticks
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let replies: Vec<String> = site.slack.of("chat.postMessage")[1..]
+        .iter()
+        .map(|c| {
+            assert_eq!(c.body["thread_ts"], post_ts(&site));
+            c.body["text"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(replies.len(), 5, "{replies:#?}");
+    assert!(replies[0].starts_with("Reminder 1:"));
+    assert!(
+        replies[1].starts_with("<@U0ADA> <@U0CAT> Escalation tier 1"),
+        "{}",
+        replies[1]
+    );
+    assert!(replies[2].starts_with("Reminder 2:"));
+    assert!(
+        replies[3].starts_with("<@U0EVE> Escalation tier 2"),
+        "{}",
+        replies[3]
+    );
+    assert!(replies[4].starts_with("Reminder 3:"));
+    assert!(site.envelopes().is_empty());
+
+    // the final deadline: rejected, never approved
+    site.clock.set(T0 + 4 * hour);
+    site.tick();
+    let upd = site
+        .slack
+        .wait("the expiry in the message", |c| {
+            c.iter()
+                .find(|c| {
+                    c.method == "chat.update" && text_of(c).contains("no decision by the deadline")
+                })
+                .cloned()
+        })
+        .await;
+    assert!(!has_buttons(&upd));
+    let envs = site.envelopes();
+    assert_eq!(envs.len(), 1);
+    assert_eq!(envs[0].envelope.decision, Decision::Reject);
+    assert!(envs[0]
+        .envelope
+        .rule
+        .contains("no decision by the deadline"));
+    envelope::verify(
+        &envs[0],
+        &[site.adapter_pub()],
+        &high_side_rules(),
+        T0 + 4 * hour,
+        60,
+    )
+    .unwrap();
+    // a late click changes nothing
+    site.click("U0BOB", "approve", &id).await;
+    assert_eq!(site.refusals(), ["closed"]);
+
+    let events: Vec<String> = site
+        .audit()
+        .iter()
+        .map(|r| r["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "request",
+            "vote",
+            "reminder",
+            "escalation",
+            "reminder",
+            "escalation",
+            "reminder",
+            "expired",
+            "emit",
+            "refused"
+        ]
+    );
+}
+
+/// The first message's ts, as the fake Slack numbers them.
+fn post_ts(_site: &Site) -> Value {
+    json!("1800000000.000001")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_flow_and_restarted_keeps_votes_and_timers() {
+    let mut site = Site::new().await;
+    site.command("U0DAN", &format!("request billing 1.4.2 prod {DIGEST}"))
+        .await;
+    let id = request_id_of(&site.slack.wait_count("chat.postMessage", 1).await[0]);
+    site.click("U0ADA", "approve", &id).await;
+    site.slack.wait_count("chat.update", 1).await;
+    site.clock.set(T0 + 3600);
+    site.tick();
+    site.slack.wait_count("chat.postMessage", 2).await;
+
+    site.restart().await;
+    // the reminder already sent is not sent again, Ada's vote still counts
+    site.tick();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(site.slack.of("chat.postMessage").len(), 2);
+    site.click("U0ADA", "approve", &id).await;
+    site.slack.wait_count("chat.postEphemeral", 1).await;
+    site.click("U0CAT", "approve", &id).await;
+    site.slack
+        .wait("the approval after the restart", |c| {
+            c.iter()
+                .find(|c| c.method == "chat.update" && text_of(c).contains("Approved"))
+                .cloned()
+        })
+        .await;
+    let envs = site.envelopes();
+    assert_eq!(envs.len(), 1);
+    let who: Vec<&str> = envs[0]
+        .envelope
+        .approvers
+        .iter()
+        .map(|a| a.id.as_str())
+        .collect();
+    assert_eq!(who, ["U0ADA", "U0CAT"]);
+    // Cat holds both roles: she is counted as security, the role still missing
+    assert_eq!(envs[0].envelope.approvers[1].role, "security");
+    envelope::verify(
+        &envs[0],
+        &[site.adapter_pub()],
+        &high_side_rules(),
+        T0 + 3700,
+        60,
+    )
+    .unwrap();
+    assert_eq!(site.refusals(), ["already_voted"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_stale_future_and_tampered_requests_are_refused_before_parsing() {
+    let site = Site::new().await;
+    let body = serde_urlencoded::to_string([
+        ("user_id", "U0DAN"),
+        ("channel_id", "C0DEV"),
+        ("text", &format!("request billing 1.4.2 prod {DIGEST}")),
+    ])
+    .unwrap();
+    let sign = |ts: u64, body: &str| {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SIGNING_SECRET.as_bytes()).unwrap();
+        mac.update(format!("v0:{ts}:{body}").as_bytes());
+        format!("v0={}", hex(&mac.finalize().into_bytes()))
+    };
+    let send = |ts: Option<String>, sig: Option<String>, body: String| {
+        let mut r = site.http.post(site.url("/slack/commands")).body(body);
+        if let Some(ts) = ts {
+            r = r.header("x-slack-request-timestamp", ts);
+        }
+        if let Some(sig) = sig {
+            r = r.header("x-slack-signature", sig);
+        }
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    let now = T0;
+    assert_eq!(send(None, None, body.clone()).await, 401);
+    assert_eq!(send(Some(now.to_string()), None, body.clone()).await, 401);
+    assert_eq!(send(None, Some(sign(now, &body)), body.clone()).await, 401);
+    // stale and future by more than 5 minutes, though correctly signed
+    for ts in [now - 301, now + 301] {
+        assert_eq!(
+            send(Some(ts.to_string()), Some(sign(ts, &body)), body.clone()).await,
+            401
+        );
+    }
+    // tampered: signed for another environment
+    let tampered = body.replace("prod", "staging");
+    assert_eq!(
+        send(Some(now.to_string()), Some(sign(now, &body)), tampered).await,
+        401
+    );
+    // garbage that would be a 400 if it were parsed first is a 401
+    assert_eq!(
+        send(Some(now.to_string()), Some("v0=00".into()), "%%%".into()).await,
+        401
+    );
+    // the same request properly signed goes through, at the edge of the window
+    assert_eq!(
+        send(
+            Some((now - 300).to_string()),
+            Some(sign(now - 300, &body)),
+            body.clone()
+        )
+        .await,
+        200
+    );
+    site.slack.wait_count("chat.postMessage", 1).await;
+    let requests = site
+        .audit()
+        .iter()
+        .filter(|r| r["event"] == "request")
+        .count();
+    assert_eq!(requests, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_calls_wait_for_retry_after() {
+    let site = Site::new().await;
+    site.slack.throttle.store(1, Ordering::SeqCst);
+    site.command("U0DAN", &format!("request billing 1.4.2 prod {DIGEST}"))
+        .await;
+    let posts = site.slack.wait_count("chat.postMessage", 2).await;
+    let waited = posts[1].at.duration_since(posts[0].at);
+    assert!(
+        waited >= Duration::from_millis(950),
+        "retried after {waited:?}"
+    );
+    assert_eq!(posts[0].body, posts[1].body);
+    // the message was posted once the limit lifted: the request is live
+    let id = request_id_of(&posts[1]);
+    site.click("U0ADA", "approve", &id).await;
+    site.slack.wait_count("chat.update", 1).await;
+}
