@@ -72,8 +72,8 @@ fn form(fields: &[(&str, &str)]) -> String {
         .join("&")
 }
 
-/// Read one HTTP/1.1 message head and body from `r`: (first line, headers lowercased, body).
-fn read_message(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<(String, String)>, Vec<u8>)> {
+/// Read one HTTP/1.1 message from `r`: (first line, body).
+fn read_message(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
     let mut first = String::new();
     if r.read_line(&mut first).ok()? == 0 {
         return None;
@@ -96,7 +96,7 @@ fn read_message(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<(String, St
         .unwrap_or(0);
     let mut body = vec![0; len];
     r.read_exact(&mut body).ok()?;
-    Some((first.trim_end().to_string(), headers, body))
+    Some((first.trim_end().to_string(), body))
 }
 
 /// A local server speaking Slack's Web API: records (method, JSON body), answers ok with a ts.
@@ -118,7 +118,7 @@ impl FakeSlack {
                     let mut w = conn.try_clone().unwrap();
                     let mut r = BufReader::new(conn);
                     // keep-alive: serve requests until the client closes
-                    while let Some((first, _, body)) = read_message(&mut r) {
+                    while let Some((first, body)) = read_message(&mut r) {
                         let method = first
                             .split_whitespace()
                             .nth(1)
@@ -194,7 +194,7 @@ fn slack_post(addr: &str, path: &str, body: &str) -> u16 {
     )
     .unwrap();
     let mut r = BufReader::new(s);
-    let (first, _, _) = read_message(&mut r).expect("an HTTP answer");
+    let (first, _) = read_message(&mut r).expect("an HTTP answer");
     first
         .split_whitespace()
         .nth(1)
