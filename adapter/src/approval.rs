@@ -447,7 +447,7 @@ impl Engine {
                     vec![approver],
                     format!("{}: rejected by {}", env.name, person.name),
                     Status::Rejected,
-                    Some(&person.key),
+                    Some(&person.name),
                 )?;
             }
         }

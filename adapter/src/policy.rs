@@ -426,3 +426,44 @@ mod tests {
         assert_eq!(due(&e, 1000, 0, 0, 1400), vec![Due::Deadline]);
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../adapter.example.toml");
+
+    fn load(text: &str) -> Result<Policy> {
+        let c: Config = toml::from_str(text)?;
+        Policy::from_config(&c)
+    }
+
+    #[test]
+    fn the_example_policy_loads() {
+        let p = load(EXAMPLE).unwrap();
+        let prod = &p.environments["prod"];
+        assert_eq!(
+            (prod.approvals, prod.deadline, prod.remind_every),
+            (2, 4 * 3600, 3600)
+        );
+        assert_eq!(prod.escalation.len(), 2);
+        assert_eq!(p.by_user(Source::Slack, "U0CAT").unwrap().key, "cat");
+        assert_eq!(p.by_any_id("29:ada").unwrap().key, "ada");
+        assert!(p.by_user(Source::Teams, "U0CAT").is_none());
+    }
+
+    #[test]
+    fn policy_mistakes_are_refused_with_the_key_named() {
+        let err = |from: &str, to: &str| {
+            let text = EXAMPLE.replacen(from, to, 1);
+            assert_ne!(text, EXAMPLE, "{from} not in the example");
+            format!("{:#}", load(&text).unwrap_err())
+        };
+        assert!(err("approvals = 2", "approvals = 4").contains("only 3 people"));
+        assert!(err("approvals = 2", "approvals = 0").contains("at least one"));
+        assert!(err("notify = [\"on-call\"]", "notify = [\"oncall\"]").contains("\"oncall\""));
+        assert!(err("after = \"3h\"", "after = \"5h\"").contains("earlier than the deadline"));
+        assert!(err("slack = \"U0BOB\"", "slack = \"U0ADA\"").contains("two people"));
+        assert!(err("deadline = \"4h\"", "deadline = \"soon\"").contains("not a duration"));
+    }
+}

@@ -82,3 +82,32 @@ impl Secret {
         a.ct_eq(&b).into()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_must_be_private_and_values_never_inline() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("token");
+        std::fs::write(&p, "s3cret\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = format!(
+            "{:#}",
+            Secret::load("file:token", dir.path(), "t").unwrap_err()
+        );
+        assert!(err.contains("chmod 600"), "{err}");
+        assert!(!err.contains("s3cret"));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let s = Secret::load("file:token", dir.path(), "t").unwrap();
+        assert!(s.matches(b"s3cret") && !s.matches(b"s3cre") && !s.matches(b"s3cret\n"));
+        assert!(!format!("{s:?}").contains("s3cret"));
+        let err = format!(
+            "{:#}",
+            Secret::load("xoxb-inline", dir.path(), "t").unwrap_err()
+        );
+        assert!(err.contains("never the secret itself"));
+        assert!(Secret::load("env:DIODE_TEST_SURELY_UNSET", dir.path(), "t").is_err());
+    }
+}

@@ -54,7 +54,7 @@ pub struct Request {
     /// high side accepts each id once).
     pub envelope_id: String,
     pub decided_at: Option<u64>,
-    /// Who rejected (person key), for the message.
+    /// Who rejected (their name), for the message.
     pub decided_by: Option<String>,
     pub reminders: u32,
     pub tier: u32,

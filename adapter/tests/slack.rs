@@ -529,6 +529,11 @@ async fn pipeline_requests_but_never_approves_and_a_rejection_is_an_envelope() {
     assert_eq!(e.envelope.requester, "ada");
     assert_eq!(e.envelope.approvers[0].id, "U0BOB");
     assert!(text_of(&upd).contains(&e.envelope.id));
+    assert!(
+        text_of(&upd).contains("Rejected* by Bob Kahn"),
+        "{}",
+        text_of(&upd)
+    );
     envelope::verify(e, &[site.adapter_pub()], &high_side_rules(), T0 + 10, 60).unwrap();
     assert_eq!(
         site.refusals(),
