@@ -10,7 +10,9 @@ use crate::policy::{self, Due, Environment, Person, Policy, Source};
 use crate::store::{Request, Status, Store, Vote};
 use anyhow::{anyhow, Context, Result};
 use diode_host::audit::AuditLog;
-use diode_proto::envelope::{digest_ok, Approver, Artifact, Decision, Envelope, SigningKey};
+use diode_proto::envelope::{
+    digest_ok, Approver, Artifact, Decision, Envelope, SignedEnvelope, SigningKey,
+};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -555,6 +557,29 @@ impl Engine {
         envelope
             .check_shape()
             .map_err(|e| anyhow!("request {}: refusing to sign: {e}", req.id))?;
+        // A crash after the envelope was written but before the status was committed leaves the file
+        // in the outbox (until the sender takes it): that envelope stands, under the same id, and the
+        // status follows it. (Once the sender has taken it, a new envelope reuses the id, and the high
+        // side, which accepts each id once, keeps the first.)
+        let path = self.outbox.join(format!("{}.envelope", req.envelope_id));
+        if let Some(prev) = std::fs::read(&path)
+            .ok()
+            .and_then(|b| SignedEnvelope::parse(&b).ok())
+            .filter(|p| p.envelope.request_id == req.id)
+        {
+            let status = match prev.envelope.decision {
+                Decision::Approve => Status::Approved,
+                Decision::Reject if prev.envelope.approvers.is_empty() => Status::Expired,
+                Decision::Reject => Status::Rejected,
+            };
+            let mut f = Map::new();
+            f.insert("request_id".into(), req.id.clone().into());
+            f.insert("envelope_id".into(), req.envelope_id.clone().into());
+            f.insert("outcome".into(), status.word().into());
+            self.audit("recovered", f)?;
+            let by = prev.envelope.approvers.first().map(|a| a.name.clone());
+            return store.transaction(|tx| Store::decide(tx, &req.id, &status, now, by.as_deref()));
+        }
         let signed = envelope.sign(&self.key);
         let mut extra = Map::new();
         extra.insert("via".into(), "chat".into());

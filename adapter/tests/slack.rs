@@ -783,3 +783,59 @@ async fn rate_limited_calls_wait_for_retry_after() {
     site.click("U0ADA", "approve", &id).await;
     site.slack.wait_count("chat.update", 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_written_before_a_crash_is_not_signed_twice() {
+    let site = Site::new().await;
+    site.command("U0DAN", &format!("request billing 1.4.2 prod {DIGEST}"))
+        .await;
+    let id = request_id_of(&site.slack.wait_count("chat.postMessage", 1).await[0]);
+    site.click("U0ADA", "approve", &id).await;
+    // as if the adapter had died between writing the rejection envelope and committing its status
+    let engine = &site.adapter.as_ref().unwrap().app.engine;
+    let view = engine.view(&id).unwrap().unwrap();
+    let key =
+        diode_host::keyfile::load_signing(&site.dir.join("keys/adapter.key"), SignerRole::Adapter)
+            .unwrap();
+    let earlier = envelope::Envelope {
+        id: view.request.envelope_id.clone(),
+        request_id: id.clone(),
+        decision: Decision::Reject,
+        artifact: envelope::Artifact {
+            name: "billing".into(),
+            version: "1.4.2".into(),
+            digest: DIGEST.into(),
+        },
+        environment: "prod".into(),
+        approvers: vec![envelope::Approver {
+            id: "U0BOB".into(),
+            name: "Bob Kahn".into(),
+            role: "security".into(),
+            source: "slack".into(),
+            at: T0,
+        }],
+        requester: "U0DAN".into(),
+        rule: "prod: rejected by Bob Kahn".into(),
+        issued_at: T0,
+        expires_at: T0 + 3600,
+    }
+    .sign(&key);
+    let file = site
+        .dir
+        .join(format!("outbox/{}.envelope", view.request.envelope_id));
+    fs::write(&file, earlier.to_json()).unwrap();
+    site.click("U0CAT", "approve", &id).await;
+    site.slack
+        .wait("the recovered rejection in the message", |c| {
+            c.iter()
+                .find(|c| c.method == "chat.update" && text_of(c).contains("Rejected* by Bob Kahn"))
+                .cloned()
+        })
+        .await;
+    assert_eq!(
+        site.envelopes(),
+        [earlier],
+        "the file that was there stands"
+    );
+    assert!(site.audit().iter().any(|r| r["event"] == "recovered"));
+}
