@@ -282,6 +282,7 @@ impl Receiver {
                 return;
             }
             if meta.hash_known() && !p.asm.meta.hash_known() {
+                tracing::debug!(object = %format_id(key.1), "the content hash arrived");
                 p.asm.meta.sha256 = meta.sha256;
                 p.dirty = true;
                 if p.asm.is_complete() {
@@ -391,10 +392,9 @@ impl Receiver {
                             }
                         }
                         Err(msg) => {
-                            let msg = format!("cannot write block {block}: {msg}");
                             if p.error.as_deref() != Some(msg.as_str()) {
                                 tracing::error!(object = %format_id(key.1), name = %p.asm.meta.name, block, error = %msg,
-                                    "a block stays missing (a gap) until a later pass or replay");
+                                    "cannot write a block; it stays missing (a gap) until a later pass or replay");
                             }
                             p.error = Some(msg);
                         }

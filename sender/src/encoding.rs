@@ -16,7 +16,7 @@ use std::path::Path;
 const META_EVERY: usize = 64;
 
 /// Files up to this size are hashed before their first frame, so every metadata frame carries the hash.
-const HASH_FIRST_MAX: u64 = 1 << 20;
+pub const HASH_FIRST_MAX: u64 = 1 << 20;
 
 /// Measure a file, giving it the id and wire name it will travel under. The content hash of a large file
 /// is left pending: the first pass computes it as it reads the file (one read instead of two, and the

@@ -115,6 +115,9 @@ enum Job {
         name: String,
         path: PathBuf,
     },
+    /// One more copy of an object's metadata (with its content hash), sent a while after the pass that
+    /// computed the hash: the closing copies of that pass could all fall in one burst of loss.
+    Meta { meta: diode_proto::ObjectMeta },
     /// A replay of a sent object, whole or some blocks, once.
     Replay {
         meta: diode_proto::ObjectMeta,
@@ -137,8 +140,9 @@ struct Intake<'a> {
 
 /// After an envelope's pass, it is sent again this long after, once each: copies spread in time survive a
 /// burst of loss (an overflowing receive buffer drops everything for a moment) that copies sent back to
-/// back would not.
-const ENVELOPE_REPEATS: [Duration; 2] = [Duration::from_millis(300), Duration::from_millis(1500)];
+/// back would not. The metadata of a file whose hash was computed during its pass is repeated the same
+/// way.
+const REPEATS: [Duration; 2] = [Duration::from_millis(300), Duration::from_millis(1500)];
 
 impl Intake<'_> {
     fn poll(&mut self, wait: Duration) {
@@ -188,18 +192,23 @@ impl Intake<'_> {
         self.urgent.extend(due.into_iter().map(|(_, j)| j));
     }
 
-    /// An envelope went out: schedule its repeats.
+    /// An object went out: schedule the repeats of an envelope, or of a large file's closing metadata.
     fn repeat(&mut self, meta: diode_proto::ObjectMeta, path: PathBuf) {
         let now = Instant::now();
-        for d in ENVELOPE_REPEATS {
-            self.later.push((
-                now + d,
+        for d in REPEATS {
+            let job = if meta.kind == ObjectKind::Envelope {
                 Job::Replay {
                     meta: meta.clone(),
                     path: path.clone(),
                     blocks: None,
-                },
-            ));
+                }
+            } else if meta.size > encoding::HASH_FIRST_MAX {
+                Job::Meta { meta: meta.clone() }
+            } else {
+                continue;
+            };
+            tracing::debug!(in_ms = d.as_millis() as u64, "repeat scheduled");
+            self.later.push((now + d, job));
         }
     }
 
@@ -268,7 +277,7 @@ fn daemon(cfg: &Config) -> Result<()> {
     }
 }
 
-/// Send one job. Returns a new envelope's metadata and path, for its repeats.
+/// Send one job. Returns a new object's metadata and path, for its repeats.
 fn run_job(
     cfg: &Config,
     journal: &Journal,
@@ -314,9 +323,13 @@ fn run_job(
             if let Err(e) = journal.retain(cfg.retention_days * 86400, cfg.retention_gb << 30) {
                 tracing::warn!(error = %format!("{e:#}"), "retention pass failed");
             }
-            r.ok()
-                .filter(|m| m.kind == ObjectKind::Envelope)
-                .map(|m| (m, path))
+            r.ok().map(|m| (m, path))
+        }
+        Job::Meta { meta } => {
+            tracing::debug!(object = %format_id(meta.id), "metadata with the content hash, once more");
+            tx.push(diode_proto::FrameKind::Meta, meta.id, 0, 0, &meta.encode());
+            tx.flush();
+            None
         }
         Job::Replay {
             mut meta,
@@ -524,6 +537,7 @@ fn send_files(cfg: &Config, paths: &[PathBuf]) -> Result<()> {
         .progress_chars("=> "),
     );
     let started = std::time::Instant::now();
+    let mut deferred = Vec::new();
     // a receiver needs the announce before the first frame is of use to it: give it a moment
     std::thread::sleep(Duration::from_millis(200));
     for (path, name) in &files {
@@ -547,6 +561,22 @@ fn send_files(cfg: &Config, paths: &[PathBuf]) -> Result<()> {
             &mut |_| {},
         )?;
         journal.record_sent(&meta)?;
+        if meta.size > encoding::HASH_FIRST_MAX {
+            deferred.push(meta);
+        }
+    }
+    // the hash of a large file travelled only in its pass's closing metadata: repeat it, spread in time
+    let mut waited = Duration::ZERO;
+    for d in REPEATS {
+        if deferred.is_empty() {
+            break;
+        }
+        std::thread::sleep(d - waited);
+        waited = d;
+        for m in &deferred {
+            tx.push(diode_proto::FrameKind::Meta, m.id, 0, 0, &m.encode());
+        }
+        tx.flush();
     }
     bar.finish_with_message("done");
     let secs = started.elapsed().as_secs_f64();
