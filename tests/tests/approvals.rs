@@ -429,3 +429,62 @@ fn racing_consumers_get_one_approval_once_and_the_audit_chain_catches_an_edit() 
     assert!(err.contains("line 1") && err.contains("edited"), "{err}");
     println!("audit verify after an edit: {}", err.trim());
 }
+
+/// The hook runs with the accepted envelope on stdin, apart from reception: a first attempt that hangs is
+/// killed at the time limit, the retry succeeds, and both attempts are in the audit log.
+#[test]
+fn the_hook_gets_the_envelope_is_bounded_in_time_retried_and_audited() {
+    let env = Env::new();
+    let (marker, out) = (
+        env.site.path("hook-ran-once"),
+        env.site.path("hook-stdin.json"),
+    );
+    let script = format!(
+        "if [ -e '{m}' ]; then cat > '{o}'; else touch '{m}'; sleep 30; fi",
+        m = marker.display(),
+        o = out.display()
+    );
+    let path = env.site.path("recv.toml");
+    let mut cfg: toml::Table = toml::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let a = cfg["approvals"].as_table_mut().unwrap();
+    a.insert(
+        "hook".into(),
+        toml::Value::from(vec!["sh", "-c", script.as_str()]),
+    );
+    a.insert("hook_timeout_secs".into(), 1.into());
+    a.insert("hook_retries".into(), 2.into());
+    fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    let _r = env.site.start("recv");
+    let _s = env.site.start("send");
+    let e = good(&digest(0x44)).sign(&env.key);
+    env.drop_envelope("hooked", &e.to_json());
+    let got = wait_for("the hook's second attempt", Duration::from_secs(30), || {
+        let b = fs::read(&out).ok()?;
+        (!b.is_empty()).then_some(b)
+    });
+    let seen = diode_proto::envelope::SignedEnvelope::parse(&got).unwrap();
+    assert_eq!(seen, e, "the hook must get the accepted envelope on stdin");
+    let hooks = wait_for(
+        "both hook attempts audited",
+        Duration::from_secs(10),
+        || {
+            let h: Vec<_> = env
+                .audit()
+                .into_iter()
+                .filter(|r| r["event"] == "hook")
+                .collect();
+            (h.len() == 2).then_some(h)
+        },
+    );
+    assert_eq!(hooks[0]["ok"], false);
+    assert!(
+        hooks[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish within 1 s"),
+        "{}",
+        hooks[0]
+    );
+    assert_eq!(hooks[1]["ok"], true);
+    assert_eq!(hooks[1]["attempt"], 2);
+}
