@@ -3,9 +3,8 @@
 //! the `approvals list|check|consume` and `audit verify` commands a deploy pipeline runs.
 //!
 //! Files under `state/approvals/`:
-//! - `seen`: one envelope id per line, every envelope ever accepted or refused as valid-but-replayed
-//!   (fsynced before the envelope is published), so the same envelope is never accepted twice, across
-//!   restarts;
+//! - `seen`: one envelope id per line, every envelope ever accepted (fsynced; an approval whose id cannot
+//!   be recorded is withdrawn), so the same envelope is never accepted twice, across restarts;
 //! - `consumed`: one id per line, fsynced, written under the audit lock so that of two racing `consume`
 //!   calls exactly one wins;
 //! - `audit.jsonl` (+ `.head`, `.lock`): the hash-chained audit log.
@@ -106,11 +105,16 @@ impl Approvals {
         match verdict {
             Ok(env) => {
                 let e = &env.envelope;
-                // registry first: once the file is visible, the id can never be accepted again
-                append_id(&self.dir.join("seen"), &e.id)?;
-                self.seen.insert(e.id.clone());
+                // the file first, then the registry: if the file cannot be written (a full disk) the
+                // envelope stays receivable; if the registry cannot be written the file is withdrawn,
+                // so no approval is ever visible without its id being registered
                 let path = self.cfg.folder.join(format!("{}.json", e.id));
                 write_atomic(&path, env.to_json().as_bytes(), 0o644)?;
+                if let Err(err) = append_id(&self.dir.join("seen"), &e.id) {
+                    let _ = fs::remove_file(&path);
+                    return Err(err);
+                }
+                self.seen.insert(e.id.clone());
                 self.audit.append(
                     "accept",
                     json!({"id": e.id, "request_id": e.request_id, "decision": e.decision.to_string(),

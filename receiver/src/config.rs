@@ -27,7 +27,8 @@ pub struct Config {
     pub expire_hours: u64,
     #[serde(default = "d_replay_config")]
     pub replay_config: String,
-    /// Approval envelopes: absent means envelopes are refused (quarantined by nobody: logged and dropped).
+    /// Approval envelopes: absent means envelopes are not accepted (each stays a partial object with an
+    /// error that status shows, until the section is configured and the receiver restarted).
     pub approvals: Option<ApprovalsConfig>,
 }
 
