@@ -64,8 +64,13 @@ pub struct Slack {
     pub api_base: String,
     /// `file:PATH` or `env:NAME`.
     pub bot_token: String,
-    /// `file:PATH` or `env:NAME`.
-    pub signing_secret: String,
+    /// `file:PATH` or `env:NAME`; without it the HTTP endpoints for Slack are off.
+    #[serde(default)]
+    pub signing_secret: Option<String>,
+    /// App-level token (xapp-...) for Socket Mode, `file:PATH` or `env:NAME`; with it the adapter
+    /// connects out to Slack and needs no inbound port.
+    #[serde(default)]
+    pub app_token: Option<String>,
     /// How many times a call answered with 429 is tried again (after Retry-After).
     #[serde(default = "d_retries")]
     pub max_retries: u32,

@@ -26,7 +26,8 @@ use tokio::task::JoinHandle;
 
 pub struct SlackSide {
     pub api: SlackApi,
-    pub signing_secret: Secret,
+    /// None: the HTTP endpoints for Slack answer 404 (Socket Mode only).
+    pub signing_secret: Option<Secret>,
 }
 
 pub struct App {
@@ -93,8 +94,26 @@ pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Running> {
                 Secret::load(&s.bot_token, &cfg.base, "slack.bot_token")?,
                 s.max_retries,
             )?,
-            signing_secret: Secret::load(&s.signing_secret, &cfg.base, "slack.signing_secret")?,
+            signing_secret: s
+                .signing_secret
+                .as_ref()
+                .map(|v| Secret::load(v, &cfg.base, "slack.signing_secret"))
+                .transpose()?,
         }),
+    };
+    let socket = match &cfg.slack {
+        Some(s) => match &s.app_token {
+            Some(t) => Some(SlackApi::new(
+                &s.api_base,
+                Secret::load(t, &cfg.base, "slack.app_token")?,
+                s.max_retries,
+            )?),
+            None if s.signing_secret.is_none() => {
+                bail!("[slack] needs signing_secret (HTTP), app_token (Socket Mode) or both")
+            }
+            None => None,
+        },
+        None => None,
     };
     let mut tokens = Vec::new();
     for t in &cfg.pipeline.tokens {
@@ -150,11 +169,13 @@ pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Running> {
             tracing::error!("HTTP server: {e}");
         }
     });
-    Ok(Running {
-        addr,
-        app,
-        tasks: vec![exec, ticker, server],
-    })
+    let mut tasks = vec![exec, ticker];
+    if let Some(api) = socket {
+        tasks.push(tokio::spawn(crate::slack::socket::run(app.clone(), api)));
+    }
+    // the HTTP server stays last: `wait` waits for it
+    tasks.push(server);
+    Ok(Running { addr, app, tasks })
 }
 
 async fn carry_out(app: Arc<App>, mut rx: mpsc::UnboundedReceiver<Effect>) {

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 const T0: u64 = 1_800_000_000;
 const SIGNING_SECRET: &str = "test-signing-secret-4f1c";
 const BOT_TOKEN: &str = "xoxb-test-bot-token";
+const APP_TOKEN: &str = "xapp-test-app-token";
 const CI_TOKEN: &str = "ci-token-7d2e9b";
 const DIGEST: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
@@ -46,6 +47,8 @@ struct FakeSlack {
     /// Answer this many of the next calls with 429 + Retry-After: 1.
     throttle: Arc<AtomicU32>,
     next_ts: Arc<AtomicU32>,
+    /// What apps.connections.open answers (the local Socket Mode server's URL).
+    ws_url: Arc<Mutex<String>>,
 }
 
 async fn web_api(
@@ -75,6 +78,10 @@ async fn web_api(
             Json(json!({"ok": false, "error": "ratelimited"})),
         )
             .into_response();
+    }
+    if method == "apps.connections.open" {
+        let url = s.ws_url.lock().unwrap().clone();
+        return Json(json!({"ok": true, "url": url})).into_response();
     }
     let ts = match method.as_str() {
         "chat.update" => body["ts"].clone(),
@@ -152,6 +159,11 @@ fn secret_file(dir: &Path, name: &str, value: &str) {
 
 impl Site {
     async fn new() -> Site {
+        Site::with(|_| {}).await
+    }
+
+    /// A site whose adapter.toml is the example with `edit` applied on top of the test's own changes.
+    async fn with(edit: impl FnOnce(&mut toml::Table)) -> Site {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let (slack, api) = FakeSlack::start().await;
@@ -164,9 +176,11 @@ impl Site {
         cfg["http"]["tick"] = "1h".into();
         cfg["slack"]["api_base"] = api.into();
         cfg["slack"]["signing_secret"] = "file:secrets/slack-signing-secret".into();
+        edit(&mut cfg);
         fs::write(dir.join("adapter.toml"), toml::to_string(&cfg).unwrap()).unwrap();
         secret_file(&dir, "slack-bot-token", BOT_TOKEN);
         secret_file(&dir, "slack-signing-secret", SIGNING_SECRET);
+        secret_file(&dir, "slack-app-token", APP_TOKEN);
         secret_file(&dir, "pipeline-ci.token", &format!("{CI_TOKEN}\n"));
         fs::create_dir(dir.join("outbox")).unwrap();
         diode_host::keyfile::generate_signing(&dir.join("keys"), SignerRole::Adapter).unwrap();
@@ -838,4 +852,181 @@ async fn an_envelope_written_before_a_crash_is_not_signed_twice() {
         "the file that was there stands"
     );
     assert!(site.audit().iter().any(|r| r["event"] == "recovered"));
+}
+
+// ---- Socket Mode ------------------------------------------------------------------------------------
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A local server speaking Socket Mode's wire format: every connection the adapter opens is handed to
+/// the test, which sends hello, envelopes and disconnect and reads the acknowledgements.
+async fn socket_server() -> (String, tokio::sync::mpsc::UnboundedReceiver<Ws>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/link/?ticket=t-1", l.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = l.accept().await.unwrap();
+            if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
+                let _ = tx.send(ws);
+            }
+        }
+    });
+    (url, rx)
+}
+
+async fn ws_send(ws: &mut Ws, v: Value) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(v.to_string()))
+        .await
+        .unwrap();
+}
+
+/// The next text message from the adapter, as JSON.
+async fn ws_recv(ws: &mut Ws) -> Value {
+    use futures_util::StreamExt;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(15), ws.next())
+            .await
+            .expect("no acknowledgement within 15 s")
+            .unwrap()
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+fn hello() -> Value {
+    json!({"type": "hello", "num_connections": 1,
+           "debug_info": {"host": "applink-test", "approximate_connection_time": 18060},
+           "connection_info": {"app_id": "A0APP"}})
+}
+
+fn click_envelope(id: &str, retry: u64, user: &str, request: &str) -> Value {
+    json!({
+        "envelope_id": id,
+        "type": "interactive",
+        "accepts_response_payload": false,
+        "retry_attempt": retry,
+        "retry_reason": if retry > 0 { "timeout" } else { "" },
+        "payload": {
+            "type": "block_actions",
+            "user": {"id": user, "username": user.to_lowercase(), "name": user.to_lowercase(), "team_id": "T0TEAM"},
+            "api_app_id": "A0APP",
+            "channel": {"id": "C0PROD", "name": "prod-deploys"},
+            "actions": [{"action_id": "approve", "block_id": "decision", "value": request,
+                         "type": "button", "action_ts": "1800000000.1"}]
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_mode_two_of_three_with_retry_deduplicated_and_reconnect() {
+    let (ws_url, mut conns) = socket_server().await;
+    let site = Site::with(|cfg| {
+        let slack = cfg["slack"].as_table_mut().unwrap();
+        slack.insert("app_token".into(), "file:secrets/slack-app-token".into());
+        // Socket Mode only: no signing secret, so the HTTP endpoints for Slack are off
+        slack.remove("signing_secret");
+    })
+    .await;
+    *site.slack.ws_url.lock().unwrap() = ws_url;
+
+    // with no signing secret, nothing is taken over HTTP from "Slack"
+    let r = site
+        .slack_post("/slack/commands", "user_id=U0DAN&text=x".into())
+        .await;
+    assert_eq!(r.status(), 404);
+
+    let mut ws = conns.recv().await.unwrap();
+    let open = site.slack.wait_count("apps.connections.open", 1).await;
+    assert_eq!(open[0].auth, format!("Bearer {APP_TOKEN}"));
+    ws_send(&mut ws, hello()).await;
+
+    // the slash command; its answer rides in the ack
+    ws_send(
+        &mut ws,
+        json!({"envelope_id": "env-cmd", "type": "slash_commands", "accepts_response_payload": true,
+               "retry_attempt": 0, "retry_reason": "",
+               "payload": {"token": "x", "team_id": "T0TEAM", "channel_id": "C0DEV", "user_id": "U0DAN",
+                           "user_name": "dan", "command": "/deploy",
+                           "text": format!("request billing 1.4.2 prod {DIGEST}")}}),
+    )
+    .await;
+    let ack = ws_recv(&mut ws).await;
+    assert_eq!(ack["envelope_id"], "env-cmd");
+    assert!(ack["payload"]["text"]
+        .as_str()
+        .unwrap()
+        .contains("posted in <#C0PROD>"));
+    let post = site.slack.wait_count("chat.postMessage", 1).await.remove(0);
+    assert_eq!(post.auth, format!("Bearer {BOT_TOKEN}"));
+    let id = request_id_of(&post);
+
+    // an events_api envelope is acknowledged (and otherwise ignored)
+    ws_send(
+        &mut ws,
+        json!({"envelope_id": "env-ev", "type": "events_api", "accepts_response_payload": false,
+               "retry_attempt": 0, "retry_reason": "",
+               "payload": {"event_id": "Ev01", "type": "event_callback", "event": {"type": "app_mention"}}}),
+    )
+    .await;
+    assert_eq!(ws_recv(&mut ws).await, json!({"envelope_id": "env-ev"}));
+
+    // Ada approves; Slack retries the same envelope: acknowledged again, counted once
+    ws_send(&mut ws, click_envelope("env-ada", 0, "U0ADA", &id)).await;
+    assert_eq!(ws_recv(&mut ws).await, json!({"envelope_id": "env-ada"}));
+    ws_send(&mut ws, click_envelope("env-ada", 1, "U0ADA", &id)).await;
+    assert_eq!(ws_recv(&mut ws).await, json!({"envelope_id": "env-ada"}));
+    let upd = site.slack.wait_count("chat.update", 1).await;
+    assert!(text_of(&upd[0]).contains("(1 of 2)"));
+    assert!(site.envelopes().is_empty());
+
+    // Slack asks for a new connection: the adapter opens one and carries on there
+    ws_send(
+        &mut ws,
+        json!({"type": "disconnect", "reason": "refresh_requested",
+               "debug_info": {"host": "applink-test"}}),
+    )
+    .await;
+    let mut ws2 = tokio::time::timeout(Duration::from_secs(15), conns.recv())
+        .await
+        .expect("the adapter did not reconnect")
+        .unwrap();
+    assert_eq!(site.slack.of("apps.connections.open").len(), 2);
+    ws_send(&mut ws2, hello()).await;
+    // the retry of an envelope handled on the old connection is still a duplicate
+    ws_send(&mut ws2, click_envelope("env-ada", 2, "U0ADA", &id)).await;
+    assert_eq!(ws_recv(&mut ws2).await, json!({"envelope_id": "env-ada"}));
+    ws_send(&mut ws2, click_envelope("env-bob", 0, "U0BOB", &id)).await;
+    assert_eq!(ws_recv(&mut ws2).await, json!({"envelope_id": "env-bob"}));
+
+    let last = site
+        .slack
+        .wait("the message to show the approval", |c| {
+            c.iter()
+                .rfind(|c| c.method == "chat.update" && !has_buttons(c))
+                .cloned()
+        })
+        .await;
+    let envs = site.envelopes();
+    assert_eq!(envs.len(), 1);
+    let e = &envs[0];
+    assert_eq!(e.envelope.decision, Decision::Approve);
+    assert_eq!(e.envelope.request_id, id);
+    let who: Vec<&str> = e.envelope.approvers.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(who, ["U0ADA", "U0BOB"]);
+    assert!(text_of(&last).contains(&e.envelope.id));
+    envelope::verify(e, &[site.adapter_pub()], &high_side_rules(), T0 + 10, 60).unwrap();
+
+    // the duplicates never reached the engine: no "already voted" refusal, no ephemeral message
+    assert!(site.refusals().is_empty(), "{:?}", site.refusals());
+    assert!(site.slack.of("chat.postEphemeral").is_empty());
+    let events: Vec<String> = site
+        .audit()
+        .iter()
+        .map(|r| r["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(events, ["request", "vote", "vote", "emit"]);
 }

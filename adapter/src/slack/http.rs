@@ -28,10 +28,6 @@ fn internal(e: anyhow::Error) -> Response {
         .into_response()
 }
 
-fn ephemeral(text: String) -> Response {
-    Json(json!({"response_type": "ephemeral", "text": text})).into_response()
-}
-
 /// The signature check every Slack endpoint starts with.
 fn verified(
     app: &App,
@@ -43,8 +39,14 @@ fn verified(
         return Err((StatusCode::NOT_FOUND, "Slack is not configured".into()));
     };
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let Some(secret) = slack.signing_secret.as_ref() else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            "Slack over HTTP is not configured (no slack.signing_secret)".into(),
+        ));
+    };
     signature::verify(
-        slack.signing_secret.expose(),
+        secret.expose(),
         h("x-slack-request-timestamp"),
         h("x-slack-signature"),
         body,
@@ -57,7 +59,7 @@ fn verified(
 }
 
 #[derive(Deserialize)]
-struct Command {
+pub(crate) struct Command {
     user_id: String,
     #[serde(default)]
     user_name: String,
@@ -74,12 +76,21 @@ pub async fn command(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
     let Ok(cmd) = serde_urlencoded::from_bytes::<Command>(&body) else {
         return (StatusCode::BAD_REQUEST, "not a slash command form").into_response();
     };
+    match run_command(&app, cmd) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// A slash command, whichever way it came (HTTP form or Socket Mode envelope): the ephemeral answer.
+pub(crate) fn run_command(app: &App, cmd: Command) -> anyhow::Result<serde_json::Value> {
+    let eph = |text: String| json!({"response_type": "ephemeral", "text": text});
     let words: Vec<&str> = cmd.text.split_whitespace().collect();
     let [verb, app_name, version, env, digest] = words[..] else {
-        return ephemeral(USAGE.into());
+        return Ok(eph(USAGE.into()));
     };
     if verb != "request" {
-        return ephemeral(USAGE.into());
+        return Ok(eph(USAGE.into()));
     }
     let who = Requester::Chat(Actor {
         source: Source::Slack,
@@ -94,16 +105,16 @@ pub async fn command(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
         digest: digest.into(),
     };
     match app.engine.request(who, new) {
-        Err(e) => internal(e),
-        Ok(Err(refusal)) => ephemeral(format!("Request refused: {refusal}.")),
+        Err(e) => Err(e),
+        Ok(Err(refusal)) => Ok(eph(format!("Request refused: {refusal}."))),
         Ok(Ok(req)) => {
             app.push(crate::approval::Effect::Post {
                 request: req.id.clone(),
             });
-            ephemeral(format!(
+            Ok(eph(format!(
                 "Request {} for {} {} to {} posted in <#{}> for approval.",
                 req.id, req.app, req.version, req.environment, req.channel
-            ))
+            )))
         }
     }
 }
@@ -114,7 +125,7 @@ struct Form {
 }
 
 #[derive(Deserialize)]
-struct Payload {
+pub(crate) struct Payload {
     #[serde(rename = "type")]
     kind: String,
     user: User,
@@ -155,8 +166,17 @@ pub async fn interaction(State(app): State<Arc<App>>, headers: HeaderMap, body: 
     let Ok(p) = serde_json::from_str::<Payload>(&form.payload) else {
         return (StatusCode::BAD_REQUEST, "payload is not an interaction").into_response();
     };
+    match run_interaction(&app, p) {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// A `block_actions` payload, whichever way it came (HTTP form or Socket Mode envelope): each
+/// Approve/Reject button click goes to the engine, its effects to the chat queue.
+pub(crate) fn run_interaction(app: &App, p: Payload) -> anyhow::Result<()> {
     if p.kind != "block_actions" {
-        return StatusCode::OK.into_response();
+        return Ok(());
     }
     let actor = Actor {
         source: Source::Slack,
@@ -175,9 +195,9 @@ pub async fn interaction(State(app): State<Arc<App>>, headers: HeaderMap, body: 
             _ => continue,
         };
         match app.engine.act(&a.value, &actor, decision) {
-            Err(e) => return internal(e),
+            Err(e) => return Err(e),
             Ok(out) => out.effects.into_iter().for_each(|e| app.push(e)),
         }
     }
-    StatusCode::OK.into_response()
+    Ok(())
 }

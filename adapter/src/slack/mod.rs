@@ -5,3 +5,4 @@ pub mod api;
 pub mod blocks;
 pub mod http;
 pub mod signature;
+pub mod socket;
