@@ -28,6 +28,7 @@ pub struct Config {
     #[serde(default)]
     pub http: Http,
     pub slack: Option<Slack>,
+    pub teams: Option<Teams>,
     #[serde(default)]
     pub pipeline: Pipeline,
     /// The people who may request, approve or reject, by a short key (e.g. `ada`).
@@ -74,6 +75,13 @@ pub struct Slack {
     /// How many times a call answered with 429 is tried again (after Retry-After).
     #[serde(default = "d_retries")]
     pub max_retries: u32,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Teams {
+    /// The outgoing webhook's security token (base64, as Teams shows it), `file:PATH` or `env:NAME`.
+    pub webhook_token: String,
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]

@@ -13,3 +13,4 @@ pub mod secret;
 pub mod server;
 pub mod slack;
 pub mod store;
+pub mod teams;

@@ -33,6 +33,7 @@ pub struct SlackSide {
 pub struct App {
     pub engine: Arc<Engine>,
     pub slack: Option<SlackSide>,
+    pub teams_webhook: Option<crate::teams::Webhook>,
     pub tokens: Vec<Token>,
     effects: mpsc::UnboundedSender<Effect>,
 }
@@ -115,6 +116,13 @@ pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Running> {
         },
         None => None,
     };
+    let teams_webhook = match &cfg.teams {
+        None => None,
+        Some(t) => {
+            let token = Secret::load(&t.webhook_token, &cfg.base, "teams.webhook_token")?;
+            Some(crate::teams::Webhook::new(token.expose_str())?)
+        }
+    };
     let mut tokens = Vec::new();
     for t in &cfg.pipeline.tokens {
         tokens.push(Token {
@@ -135,12 +143,14 @@ pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Running> {
     let app = Arc::new(App {
         engine,
         slack,
+        teams_webhook,
         tokens,
         effects: tx,
     });
     let router = Router::new()
         .route("/slack/commands", post(slack_http::command))
         .route("/slack/interactions", post(slack_http::interaction))
+        .route("/teams/webhook", post(crate::teams::webhook))
         .route("/v1/requests", post(pipeline::create))
         .with_state(app.clone());
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen)

@@ -28,6 +28,8 @@ const T0: u64 = 1_800_000_000;
 const SIGNING_SECRET: &str = "test-signing-secret-4f1c";
 const BOT_TOKEN: &str = "xoxb-test-bot-token";
 const APP_TOKEN: &str = "xapp-test-app-token";
+/// base64 of the 32-byte key "teams-outgoing-webhook-key-32byt"
+const TEAMS_TOKEN: &str = "dGVhbXMtb3V0Z29pbmctd2ViaG9vay1rZXktMzJieXQ=";
 const CI_TOKEN: &str = "ci-token-7d2e9b";
 const DIGEST: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
@@ -181,6 +183,7 @@ impl Site {
         secret_file(&dir, "slack-bot-token", BOT_TOKEN);
         secret_file(&dir, "slack-signing-secret", SIGNING_SECRET);
         secret_file(&dir, "slack-app-token", APP_TOKEN);
+        secret_file(&dir, "teams-webhook-token", TEAMS_TOKEN);
         secret_file(&dir, "pipeline-ci.token", &format!("{CI_TOKEN}\n"));
         fs::create_dir(dir.join("outbox")).unwrap();
         diode_host::keyfile::generate_signing(&dir.join("keys"), SignerRole::Adapter).unwrap();
@@ -1029,4 +1032,125 @@ async fn socket_mode_two_of_three_with_retry_deduplicated_and_reconnect() {
         .map(|r| r["event"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(events, ["request", "vote", "vote", "emit"]);
+}
+
+// ---- Teams outgoing webhook ---------------------------------------------------------------------------
+
+/// An outgoing-webhook message activity as Teams sends it.
+fn teams_activity(id: &str, at: u64, from: &str, text: &str) -> String {
+    let ts = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_secs(at));
+    json!({
+        "type": "message",
+        "id": id,
+        "timestamp": ts.to_string(),
+        "localTimestamp": ts.to_string(),
+        "serviceUrl": "https://smba.trafficmanager.net/amer/",
+        "channelId": "msteams",
+        "from": {"id": from, "name": "Ada Lovelace", "aadObjectId": "00000000-0000-0000-0000-00000000ada0"},
+        "conversation": {"isGroup": true, "id": "19:prod@thread.skype;messageid=1", "name": null},
+        "recipient": null,
+        "textFormat": "plain",
+        "text": text,
+        "entities": [],
+        "channelData": {"teamsChannelId": "19:prod@thread.skype", "teamsTeamId": "19:team@thread.skype"}
+    })
+    .to_string()
+}
+
+fn teams_hmac(key_b64: &str, body: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&b64.decode(key_b64).unwrap()).unwrap();
+    mac.update(body);
+    format!("HMAC {}", b64.encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teams_webhook_hmac_accepted_then_tampered_wrong_key_stale_and_replayed_refused() {
+    let site = Site::new().await;
+    let now = site.clock.now_secs();
+    let post = |body: String, auth: Option<String>| {
+        let mut r = site
+            .http
+            .post(site.url("/teams/webhook"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r.send()
+    };
+    let text = format!("<at>Deploy</at> request billing 1.4.2 prod {DIGEST}");
+
+    // a correctly signed request from Ada (teams id 29:ada): taken, posted for approval
+    let body = teams_activity("act-1", now - 2, "29:ada", &text);
+    let r = post(body.clone(), Some(teams_hmac(TEAMS_TOKEN, body.as_bytes())))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["type"], "message");
+    assert!(
+        answer["text"]
+            .as_str()
+            .unwrap()
+            .contains("posted for approval"),
+        "{answer}"
+    );
+    let posted = site.slack.wait_count("chat.postMessage", 1).await;
+    assert!(text_of(&posted[0]).contains(DIGEST));
+
+    // the same activity again: replayed
+    let r = post(body.clone(), Some(teams_hmac(TEAMS_TOKEN, body.as_bytes())))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("already taken"));
+
+    // tampered body (signature of another body), wrong key, no header, not HMAC: refused
+    let body2 = teams_activity("act-2", now, "29:ada", &text);
+    let other = teams_activity("act-2", now, "29:dan", &text);
+    let wrong_key = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktMzI=";
+    for (auth, why) in [
+        (
+            Some(teams_hmac(TEAMS_TOKEN, other.as_bytes())),
+            "does not match",
+        ),
+        (
+            Some(teams_hmac(wrong_key, body2.as_bytes())),
+            "does not match",
+        ),
+        (None, "no Authorization"),
+        (Some("Bearer abc".to_string()), "not HMAC"),
+    ] {
+        let r = post(body2.clone(), auth).await.unwrap();
+        assert_eq!(r.status(), 401);
+        let t = r.text().await.unwrap();
+        assert!(t.contains(why), "{t} lacks {why}");
+    }
+
+    // correctly signed but stale or from the future: refused
+    for at in [now - 301, now + 301] {
+        let b = teams_activity(&format!("act-at-{at}"), at, "29:ada", &text);
+        let r = post(b.clone(), Some(teams_hmac(TEAMS_TOKEN, b.as_bytes())))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(r.text().await.unwrap().contains("stale or replayed"));
+    }
+
+    // the refused requests recorded nothing; act-2, signed right, is still taken
+    let r = post(
+        body2.clone(),
+        Some(teams_hmac(TEAMS_TOKEN, body2.as_bytes())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let requests = site
+        .audit()
+        .iter()
+        .filter(|r| r["event"] == "request")
+        .count();
+    assert_eq!(requests, 2);
 }

@@ -1,0 +1,240 @@
+//! Microsoft Teams outgoing webhook: `POST /teams/webhook`.
+//!
+//! Teams signs each message it sends to an outgoing webhook: `Authorization: HMAC <base64>`, the
+//! base64 HMAC-SHA256 of the raw body keyed with the base64-decoded security token Teams gave when the
+//! webhook was created. The adapter checks it (constant-time) on the raw bytes before parsing anything,
+//! then refuses an activity whose `timestamp` is more than five minutes from now either way, or whose
+//! `id` it has already taken (replay). The message text (`@Deploy request <app> <version> <env>
+//! <digest>`, the mention stripped) is a deployment request by the Teams user (`from.aadObjectId`, else
+//! `from.id`) and goes to the same engine as a Slack slash command; the answer is a message activity.
+//!
+//! Replay ids are remembered in memory, for the window: after a restart an activity seen before it is
+//! only refused by its timestamp.
+
+use crate::approval::{Actor, Effect, NewRequest, Requester};
+use crate::policy::Source;
+use crate::server::App;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Five minutes either way, as for Slack.
+pub const WINDOW_SECS: u64 = 300;
+
+const USAGE: &str = "Usage: @Deploy request <app> <version> <environment> <sha256:digest>";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    #[error("no Authorization: HMAC header")]
+    Missing,
+    #[error("Authorization is not HMAC <base64>")]
+    Malformed,
+    #[error("the HMAC does not match: wrong security token or altered body")]
+    Mismatch,
+    #[error("the body is not a Teams activity")]
+    NotActivity,
+    #[error("the activity timestamp is not RFC 3339")]
+    BadTimestamp,
+    #[error("the activity is {0} s from now, more than {WINDOW_SECS} s: stale or replayed")]
+    OutsideWindow(u64),
+    #[error("activity {0} was already taken: replayed")]
+    Replayed(String),
+}
+
+/// The outgoing webhook's key (the security token, base64-decoded) and the ids taken in the window.
+pub struct Webhook {
+    key: Vec<u8>,
+    seen: Mutex<HashMap<String, u64>>,
+}
+
+impl Webhook {
+    /// `token`: the security token as Teams shows it (base64).
+    pub fn new(token: &str) -> anyhow::Result<Webhook> {
+        let key = B64
+            .decode(token.trim())
+            .map_err(|_| anyhow::anyhow!("teams.webhook_token is not base64"))?;
+        if key.is_empty() {
+            anyhow::bail!("teams.webhook_token is empty");
+        }
+        Ok(Webhook {
+            key,
+            seen: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Check the HMAC on the raw body (constant-time).
+    pub fn verify_hmac(
+        &self,
+        authorization: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), WebhookError> {
+        let h = authorization.ok_or(WebhookError::Missing)?;
+        let b64 = h
+            .strip_prefix("HMAC ")
+            .ok_or(WebhookError::Malformed)?
+            .trim();
+        let given = B64.decode(b64).map_err(|_| WebhookError::Malformed)?;
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        m.update(body);
+        m.verify_slice(&given).map_err(|_| WebhookError::Mismatch)
+    }
+
+    /// The whole check: HMAC, then (only then parsing) the timestamp window and the replay guard.
+    pub fn verify(
+        &self,
+        authorization: Option<&str>,
+        body: &[u8],
+        now: u64,
+    ) -> Result<Activity, WebhookError> {
+        self.verify_hmac(authorization, body)?;
+        let a: Activity = serde_json::from_slice(body).map_err(|_| WebhookError::NotActivity)?;
+        let t = humantime::parse_rfc3339(&a.timestamp).map_err(|_| WebhookError::BadTimestamp)?;
+        let t = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| WebhookError::BadTimestamp)?
+            .as_secs();
+        let off = now.abs_diff(t);
+        if off > WINDOW_SECS {
+            return Err(WebhookError::OutsideWindow(off));
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|_, at| now.abs_diff(*at) <= 2 * WINDOW_SECS);
+        if seen.contains_key(&a.id) {
+            return Err(WebhookError::Replayed(a.id));
+        }
+        seen.insert(a.id.clone(), now);
+        Ok(a)
+    }
+}
+
+#[derive(Deserialize, Debug)]
+pub struct Activity {
+    pub id: String,
+    pub timestamp: String,
+    #[serde(default)]
+    pub text: String,
+    pub from: From,
+    #[serde(default)]
+    pub conversation: Option<Conversation>,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct From {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, rename = "aadObjectId")]
+    pub aad_object_id: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct Conversation {
+    pub id: String,
+}
+
+/// The Teams user id the policy knows: the AAD object id when a person has it, else `from.id`.
+fn teams_user(app: &App, from: &From) -> String {
+    match &from.aad_object_id {
+        Some(aad) if app.engine.policy().by_user(Source::Teams, aad).is_some() => aad.clone(),
+        _ => from.id.clone(),
+    }
+}
+
+fn reply(text: String) -> Response {
+    Json(json!({"type": "message", "text": text})).into_response()
+}
+
+/// Text without the `<at>...</at>` mention of the webhook.
+fn strip_mentions(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("<at>") {
+        out.push_str(&rest[..i]);
+        match rest[i..].find("</at>") {
+            Some(j) => rest = &rest[i + j + 5..],
+            None => {
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+pub async fn webhook(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(hook) = app.teams_webhook.as_ref() else {
+        return (StatusCode::NOT_FOUND, "the Teams webhook is not configured").into_response();
+    };
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let a = match hook.verify(auth, &body, app.engine.now()) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!("refused a request to /teams/webhook: {e}");
+            return (StatusCode::UNAUTHORIZED, format!("refused: {e}")).into_response();
+        }
+    };
+    let text = strip_mentions(&a.text).replace("&nbsp;", " ");
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let [verb, app_name, version, env, digest] = words[..] else {
+        return reply(USAGE.into());
+    };
+    if verb != "request" {
+        return reply(USAGE.into());
+    }
+    let who = Requester::Chat(Actor {
+        source: Source::Teams,
+        user_id: teams_user(&app, &a.from),
+        name: a.from.name,
+        channel: a.conversation.map(|c| c.id),
+    });
+    let new = NewRequest {
+        app: app_name.into(),
+        version: version.into(),
+        environment: env.into(),
+        digest: digest.into(),
+    };
+    match app.engine.request(who, new) {
+        Err(e) => {
+            tracing::error!("{e:#}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the adapter could not record this; see its log",
+            )
+                .into_response()
+        }
+        Ok(Err(refusal)) => reply(format!("Request refused: {refusal}.")),
+        Ok(Ok(req)) => {
+            app.push(Effect::Post {
+                request: req.id.clone(),
+            });
+            reply(format!(
+                "Request {} for {} {} to {} posted for approval.",
+                req.id, req.app, req.version, req.environment
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mentions_are_stripped() {
+        assert_eq!(
+            strip_mentions("<at>Deploy</at> request a 1 prod sha256:x"),
+            " request a 1 prod sha256:x"
+        );
+    }
+}
