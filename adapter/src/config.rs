@@ -82,6 +82,12 @@ pub struct Slack {
 pub struct Teams {
     /// The outgoing webhook's security token (base64, as Teams shows it), `file:PATH` or `env:NAME`.
     pub webhook_token: String,
+    /// The bot's Microsoft app id: the audience its Bot Framework tokens must carry.
+    #[serde(default)]
+    pub app_id: Option<String>,
+    /// JWKS file with the Bot Framework's signing keys (relative to the config file).
+    #[serde(default)]
+    pub jwks_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]

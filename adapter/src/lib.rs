@@ -14,3 +14,4 @@ pub mod server;
 pub mod slack;
 pub mod store;
 pub mod teams;
+pub mod teams_bot;

@@ -34,6 +34,7 @@ pub struct App {
     pub engine: Arc<Engine>,
     pub slack: Option<SlackSide>,
     pub teams_webhook: Option<crate::teams::Webhook>,
+    pub teams_bot: Option<crate::teams_bot::Bot>,
     pub tokens: Vec<Token>,
     effects: mpsc::UnboundedSender<Effect>,
 }
@@ -123,6 +124,13 @@ pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Running> {
             Some(crate::teams::Webhook::new(token.expose_str())?)
         }
     };
+    let teams_bot = match cfg.teams.as_ref().map(|t| (&t.app_id, &t.jwks_file)) {
+        Some((Some(id), Some(jwks))) => {
+            Some(crate::teams_bot::Bot::load(id, &cfg.base.join(jwks))?)
+        }
+        Some((None, None)) | None => None,
+        Some(_) => bail!("[teams] needs both app_id and jwks_file for the bot endpoint"),
+    };
     let mut tokens = Vec::new();
     for t in &cfg.pipeline.tokens {
         tokens.push(Token {
@@ -144,6 +152,7 @@ pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Running> {
         engine,
         slack,
         teams_webhook,
+        teams_bot,
         tokens,
         effects: tx,
     });
@@ -151,6 +160,7 @@ pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Running> {
         .route("/slack/commands", post(slack_http::command))
         .route("/slack/interactions", post(slack_http::interaction))
         .route("/teams/webhook", post(crate::teams::webhook))
+        .route("/teams/messages", post(crate::teams_bot::messages))
         .route("/v1/requests", post(pipeline::create))
         .with_state(app.clone());
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen)

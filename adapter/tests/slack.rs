@@ -1154,3 +1154,116 @@ async fn teams_webhook_hmac_accepted_then_tampered_wrong_key_stale_and_replayed_
         .count();
     assert_eq!(requests, 2);
 }
+
+// ---- Teams bot: Adaptive Card clicks with a Bot Framework JWT --------------------------------------
+
+const BOT_APP_ID: &str = "8f0c5f3a-0000-4000-8000-00000000b07a";
+const SERVICE_URL: &str = "https://smba.trafficmanager.net/amer/";
+
+/// A Bot Framework token signed with the test key (its public half is tests/teams-test-jwks.json).
+fn bot_jwt(aud: &str, exp: u64, service_url: &str) -> String {
+    let key = jsonwebtoken::EncodingKey::from_rsa_der(include_bytes!("teams-test-key.der"));
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    h.kid = Some("test-key-1".into());
+    let claims = json!({
+        "iss": "https://api.botframework.com", "aud": aud, "exp": exp, "nbf": exp - 3600,
+        "serviceUrl": service_url,
+    });
+    jsonwebtoken::encode(&h, &claims, &key).unwrap()
+}
+
+fn execute_activity(from: &str, verb: &str, request: &str, service_url: &str) -> Value {
+    json!({
+        "type": "invoke", "name": "adaptiveCard/action", "id": "f:inv-1",
+        "channelId": "msteams", "serviceUrl": service_url,
+        "from": {"id": from, "name": "Ada Lovelace", "aadObjectId": "00000000-0000-0000-0000-00000000ada0"},
+        "conversation": {"id": "19:prod@thread.skype"},
+        "recipient": {"id": format!("28:{BOT_APP_ID}")},
+        "value": {"action": {"type": "Action.Execute", "verb": verb, "data": {"request": request}},
+                  "trigger": "manual"}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teams_action_execute_with_bot_jwt_votes_and_bad_tokens_are_refused() {
+    let site = Site::with(|cfg| {
+        let t = cfg["teams"].as_table_mut().unwrap();
+        t.insert("app_id".into(), BOT_APP_ID.into());
+        t.insert(
+            "jwks_file".into(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/teams-test-jwks.json").into(),
+        );
+    })
+    .await;
+    site.command("U0DAN", &format!("request billing 1.4.2 prod {DIGEST}"))
+        .await;
+    let id = request_id_of(&site.slack.wait_count("chat.postMessage", 1).await[0]);
+    let now = site.clock.now_secs();
+    let send = |token: String, activity: Value| {
+        site.http
+            .post(site.url("/teams/messages"))
+            .bearer_auth(token)
+            .json(&activity)
+            .send()
+    };
+    let good = execute_activity("29:ada", "approve", &id, SERVICE_URL);
+
+    // refused: wrong audience, expired, bad signature, serviceUrl of another host, no token
+    let ok = bot_jwt(BOT_APP_ID, now + 600, SERVICE_URL);
+    let other = bot_jwt(BOT_APP_ID, now + 600, "https://evil.example/");
+    let parts: Vec<&str> = ok.split('.').collect();
+    let other_parts: Vec<&str> = other.split('.').collect();
+    let forged = format!("{}.{}.{}", parts[0], other_parts[1], parts[2]);
+    for (token, why) in [
+        (bot_jwt("some-other-bot", now + 600, SERVICE_URL), "refused"),
+        (bot_jwt(BOT_APP_ID, now - 600, SERVICE_URL), "expired"),
+        (forged, "refused"),
+        (other, "serviceUrl"),
+        ("not-a-jwt".to_string(), "not a JWT"),
+    ] {
+        let r = send(token, good.clone()).await.unwrap();
+        assert_eq!(r.status(), 401);
+        let t = r.text().await.unwrap();
+        assert!(t.contains(why), "{t} lacks {why}");
+    }
+    assert!(site.audit().iter().all(|r| r["event"] != "vote"));
+
+    // Ada approves from Teams (Action.Execute): the invoke response says it is recorded
+    let r = send(ok.clone(), good.clone()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["statusCode"], 200);
+    assert_eq!(v["value"], "Recorded.");
+    // Dan (the requester) cannot approve from Teams either
+    let dan = execute_activity("29:dan", "approve", &id, SERVICE_URL);
+    let r = send(ok.clone(), dan).await.unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert!(v["value"].as_str().unwrap().starts_with("Refused"), "{v}");
+
+    // Bob completes it from Slack: one person, one vote, whichever chat
+    site.click("U0BOB", "approve", &id).await;
+    site.slack
+        .wait("the approval", |c| {
+            c.iter()
+                .rfind(|c| c.method == "chat.update" && !has_buttons(c))
+                .cloned()
+        })
+        .await;
+    let envs = site.envelopes();
+    assert_eq!(envs.len(), 1);
+    let who: Vec<&str> = envs[0]
+        .envelope
+        .approvers
+        .iter()
+        .map(|a| a.id.as_str())
+        .collect();
+    assert_eq!(who.len(), 2);
+    envelope::verify(
+        &envs[0],
+        &[site.adapter_pub()],
+        &high_side_rules(),
+        T0 + 10,
+        60,
+    )
+    .unwrap();
+}
