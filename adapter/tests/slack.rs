@@ -1215,9 +1215,12 @@ async fn teams_action_execute_with_bot_jwt_votes_and_bad_tokens_are_refused() {
     let other_parts: Vec<&str> = other.split('.').collect();
     let forged = format!("{}.{}.{}", parts[0], other_parts[1], parts[2]);
     for (token, why) in [
-        (bot_jwt("some-other-bot", now + 600, SERVICE_URL), "refused"),
+        (
+            bot_jwt("some-other-bot", now + 600, SERVICE_URL),
+            "InvalidAudience",
+        ),
         (bot_jwt(BOT_APP_ID, now - 600, SERVICE_URL), "expired"),
-        (forged, "refused"),
+        (forged, "InvalidSignature"),
         (other, "serviceUrl"),
         ("not-a-jwt".to_string(), "not a JWT"),
     ] {
