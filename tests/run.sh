@@ -34,7 +34,7 @@ cargo clippy -q --all-targets -- -D warnings
 stamp "building release binaries"
 cargo build --release -q --bins
 stamp "cargo test"
-cargo test --release --workspace 2>&1 | tee target/test.log | grep -E '^(test result|running|test .*(FAILED|ok)$)|panicked|SKIPPED' || true
+cargo test --release --workspace --no-fail-fast 2>&1 | tee target/test.log | grep -E '^(test result|running|test .*(FAILED|ok)$)|panicked|SKIPPED' || true
 # one closing line for CI, and the exit status of the run
 passed=$(grep -oE '[0-9]+ passed' target/test.log | awk '{s+=$1} END {print s+0}')
 failed=$(grep -oE '[0-9]+ failed' target/test.log | awk '{s+=$1} END {print s+0}')

@@ -266,6 +266,12 @@ fn chat_approval_survives_a_kill_and_is_accepted_by_the_real_receiver() {
     fs::write(site.path("adapter.toml"), toml::to_string(&cfg).unwrap()).unwrap();
     secret(site.dir.path(), "slack-bot-token", "xoxb-e2e");
     secret(site.dir.path(), "slack-signing-secret", SIGNING_SECRET);
+    // the example config also enables the Teams endpoints, whose webhook token is a secret file too
+    secret(
+        site.dir.path(),
+        "teams-webhook-token",
+        "dGVhbXMtZTJlLXRva2Vu",
+    );
     secret(site.dir.path(), "pipeline-ci.token", "e2e-ci-token");
 
     let _recv = site.start("recv");
