@@ -1,11 +1,12 @@
 //! OS glue shared by `diode-send` and `diode-recv`: key files on disk, atomic writes, the UDP link with
-//! GSO/GRO batching, pacing, clocks and log setup. Protocol logic lives in `diode-proto`; this crate only
+//! GSO/GRO batching, the serial link, pacing, clocks and log setup. Protocol logic lives in `diode-proto`; this crate only
 //! moves bytes and time between the OS and it.
 
 pub mod atomic;
 pub mod audit;
 pub mod keyfile;
 pub mod pace;
+pub mod serial;
 pub mod udp;
 
 use std::time::{SystemTime, UNIX_EPOCH};

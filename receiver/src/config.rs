@@ -1,6 +1,7 @@
 //! `recv.toml`: every key is documented in `receiver/recv.example.toml`, which the tests load.
 
 use anyhow::{bail, Context, Result};
+use diode_host::serial::{Line, LinkKind};
 use diode_proto::envelope::Rule;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -10,7 +11,17 @@ use std::path::{Path, PathBuf};
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    pub listen: SocketAddr,
+    #[serde(default)]
+    pub link: LinkKind,
+    pub listen: Option<SocketAddr>,
+    pub device: Option<PathBuf>,
+    pub baud: Option<u32>,
+    #[serde(default = "d_data_bits")]
+    pub data_bits: u8,
+    #[serde(default = "d_parity_none")]
+    pub parity: String,
+    #[serde(default = "d_stop_bits")]
+    pub stop_bits: u8,
     pub inbox: PathBuf,
     pub state: PathBuf,
     pub key: PathBuf,
@@ -56,6 +67,15 @@ pub struct ApprovalsConfig {
     pub rules: BTreeMap<String, Rule>,
 }
 
+fn d_data_bits() -> u8 {
+    8
+}
+fn d_parity_none() -> String {
+    "none".into()
+}
+fn d_stop_bits() -> u8 {
+    1
+}
 fn d_approvals_folder() -> PathBuf {
     "approvals".into()
 }
@@ -101,6 +121,7 @@ impl Config {
         for p in [&mut c.inbox, &mut c.state, &mut c.key]
             .into_iter()
             .chain(c.senders.iter_mut())
+            .chain(c.device.as_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -128,6 +149,8 @@ impl Config {
                 );
             }
         }
+        c.link_name()
+            .with_context(|| format!("{}: the link", path.display()))?;
         if c.senders.is_empty() {
             bail!(
                 "{}: `senders` lists no trusted sender.pub: nothing could be received",
@@ -135,6 +158,35 @@ impl Config {
             );
         }
         Ok(c)
+    }
+
+    /// The serial line, when `link = "serial"`.
+    pub fn serial_line(&self) -> Result<Option<Line>> {
+        if self.link != LinkKind::Serial {
+            return Ok(None);
+        }
+        Line::new(
+            self.device.as_deref(),
+            self.baud,
+            self.data_bits,
+            &self.parity,
+            self.stop_bits,
+        )
+        .map(Some)
+    }
+
+    pub fn udp_listen(&self) -> Result<SocketAddr> {
+        self.listen.context(
+            "listen = \"host:port\" (the UDP address to receive on) is required with link = \"udp\"",
+        )
+    }
+
+    /// The link as shown in logs and status: the UDP address or `serial:DEVICE@BAUD`.
+    pub fn link_name(&self) -> Result<String> {
+        Ok(match self.serial_line()? {
+            Some(l) => l.describe(),
+            None => self.udp_listen()?.to_string(),
+        })
     }
 
     pub fn partial_dir(&self) -> PathBuf {

@@ -10,6 +10,7 @@ use crate::store::Partial;
 use crate::writer::{self, Done, FinishError, Job, Writer};
 use anyhow::{Context, Result};
 use diode_host::atomic::{append_line, write_atomic};
+use diode_host::serial::SerialRx;
 use diode_host::udp::{UdpRx, RX_BUF};
 use diode_proto::envelope::MAX_ENVELOPE_BYTES;
 use diode_proto::frame::{self, FrameKind, SEALED_HEADER_LEN, TAG_LEN};
@@ -34,9 +35,16 @@ struct Link {
     up: bool,
 }
 
+/// Where frames come from.
+enum LinkRx {
+    Udp(UdpRx),
+    Serial(SerialRx),
+}
+
 pub struct Receiver {
     cfg: Config,
-    rx: UdpRx,
+    /// Taken by `run`.
+    rx: Option<LinkRx>,
     table: SessionTable,
     objects: HashMap<Key, Partial>,
     completed: HashSet<Key>,
@@ -73,13 +81,19 @@ impl Receiver {
             .with_context(|| format!("cannot create {}", cfg.partial_dir().display()))?;
         std::fs::create_dir_all(&cfg.inbox)
             .with_context(|| format!("cannot create {}", cfg.inbox.display()))?;
-        let rx = UdpRx::bind(cfg.listen, cfg.rcvbuf_mb << 20)?;
-        if rx.recv_buffer_size() < (cfg.rcvbuf_mb << 20) {
-            tracing::warn!(
-                have = rx.recv_buffer_size(), want = cfg.rcvbuf_mb << 20,
-                "small UDP receive buffer: raise net.core.rmem_max (see hardware/README.md) or bursts will be lost"
-            );
-        }
+        let rx = match cfg.serial_line()? {
+            Some(line) => LinkRx::Serial(SerialRx::open(&line)?),
+            None => {
+                let rx = UdpRx::bind(cfg.udp_listen()?, cfg.rcvbuf_mb << 20)?;
+                if rx.recv_buffer_size() < (cfg.rcvbuf_mb << 20) {
+                    tracing::warn!(
+                        have = rx.recv_buffer_size(), want = cfg.rcvbuf_mb << 20,
+                        "small UDP receive buffer: raise net.core.rmem_max (see hardware/README.md) or bursts will be lost"
+                    );
+                }
+                LinkRx::Udp(rx)
+            }
+        };
         let mut completed = HashSet::new();
         if let Ok(text) = std::fs::read_to_string(completed_path(&cfg)) {
             for line in text.lines().rev().take(100_000) {
@@ -105,7 +119,7 @@ impl Receiver {
         }
         let now = Instant::now();
         Ok(Receiver {
-            rx,
+            rx: Some(rx),
             table,
             objects,
             completed,
@@ -144,21 +158,41 @@ impl Receiver {
     }
 
     pub fn run(&mut self) -> Result<()> {
-        tracing::info!(listen = %self.cfg.listen, inbox = %self.cfg.inbox.display(), "receiving");
+        let Some(mut rx) = self.rx.take() else {
+            anyhow::bail!("the receive loop is already running");
+        };
+        tracing::info!(link = %self.cfg.link_name()?, inbox = %self.cfg.inbox.display(), "receiving");
         let mut bufs: Vec<Vec<u8>> = (0..8).map(|_| vec![0u8; RX_BUF]).collect();
         let mut meta = [RecvMeta::default(); 8];
         loop {
-            let n = {
-                let mut slices: Vec<IoSliceMut> =
-                    bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-                self.rx
-                    .recv(&mut slices, &mut meta)
-                    .context("receive on the link failed")?
-            };
-            for (buf, m) in bufs.iter_mut().zip(meta.iter()).take(n) {
-                let stride = m.stride.max(1);
-                for f in buf[..m.len.min(RX_BUF)].chunks_mut(stride) {
-                    self.frame(f);
+            match &mut rx {
+                LinkRx::Udp(udp) => {
+                    let n = {
+                        let mut slices: Vec<IoSliceMut> =
+                            bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                        udp.recv(&mut slices, &mut meta)
+                            .context("receive on the link failed")?
+                    };
+                    for (buf, m) in bufs.iter_mut().zip(meta.iter()).take(n) {
+                        let stride = m.stride.max(1);
+                        for f in buf[..m.len.min(RX_BUF)].chunks_mut(stride) {
+                            self.frame(f);
+                        }
+                    }
+                }
+                LinkRx::Serial(serial) => {
+                    serial.recv(|f| self.frame(f))?;
+                    // line noise is counted with the other drop reasons
+                    let st = std::mem::take(&mut serial.deframer.stats);
+                    for (why, n) in [
+                        ("serial_crc", st.bad_crc),
+                        ("serial_malformed", st.malformed),
+                        ("serial_oversize", st.oversize),
+                    ] {
+                        if n > 0 {
+                            *self.drops.entry(why).or_default() += n;
+                        }
+                    }
                 }
             }
             self.drain_writer();
@@ -709,7 +743,7 @@ impl Receiver {
         let s = Status {
             updated: diode_host::unix_now(),
             pid: std::process::id(),
-            listen: self.cfg.listen.to_string(),
+            listen: self.cfg.link_name().unwrap_or_default(),
             sessions,
             drops: self
                 .drops

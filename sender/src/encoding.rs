@@ -2,18 +2,23 @@
 //! Reads the file block group by block group (memory does not grow with the file), computes parity with
 //! `diode_proto::BlockEncoder`, and hands each shard to the transmitter in `object::interleave` order.
 
+use crate::config::Config;
 use crate::transmit::Transmitter;
 use anyhow::{bail, Context, Result};
 use diode_proto::envelope::MAX_ENVELOPE_BYTES;
 use diode_proto::object::{interleave, ObjectKind, ObjectMeta, HASH_PENDING};
-use diode_proto::{BlockEncoder, FrameKind, Geometry};
+use diode_proto::{BlockEncoder, FrameKind};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// A meta frame goes out this often (in frames), so a receiver that joins mid-object learns what it is.
 const META_EVERY: usize = 64;
+
+/// Within a group of blocks, urgent objects are looked for at most this often.
+const BETWEEN_EVERY: Duration = Duration::from_millis(20);
 
 /// Files up to this size are hashed before their first frame, so every metadata frame carries the hash.
 pub const HASH_FIRST_MAX: u64 = 1 << 20;
@@ -26,7 +31,7 @@ pub fn describe(
     id: u64,
     name: &str,
     kind: ObjectKind,
-    g: Geometry,
+    cfg: &Config,
 ) -> Result<ObjectMeta> {
     let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let md = f
@@ -51,6 +56,7 @@ pub fn describe(
     } else if kind == ObjectKind::Envelope {
         bail!("{} is too large to be an envelope", path.display());
     }
+    let g = cfg.geometry_for(size)?;
     let mtime = md
         .modified()
         .ok()
@@ -117,6 +123,7 @@ impl Encoder {
         }
         let s = g.shard_size;
         let mut since_meta = 0usize;
+        let (mut since_between, mut last_between) = (0usize, Instant::now());
         for group in list.chunks(self.interleave) {
             // read the group's data, each block padded to whole shards
             let mut counts = Vec::with_capacity(group.len());
@@ -166,10 +173,18 @@ impl Encoder {
                     since_meta = 0;
                     tx.push(FrameKind::Meta, meta.id, 0, 0, &meta_bytes);
                 }
+                // on a slow line a group takes minutes: look for urgent objects every 20 ms within it
+                since_between += 1;
+                if since_between >= 16 && last_between.elapsed() >= BETWEEN_EVERY {
+                    since_between = 0;
+                    between(tx);
+                    last_between = Instant::now();
+                }
             }
             progress(group.iter().map(|&b| g.block_len(meta.size, b)).sum());
             // urgent small objects (approval envelopes) go out here, not after the whole file
             between(tx);
+            last_between = Instant::now();
         }
         if let Some(h) = hasher {
             meta.sha256 = h.finalize().into();

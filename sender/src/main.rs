@@ -291,23 +291,20 @@ fn run_job(
         Job::New { id, name, path } => {
             let kind = kind_for_name(&name);
             let passes = cfg.passes;
-            let r = cfg
-                .geometry()
-                .and_then(|g| describe(&path, id, &name, kind, g))
-                .and_then(|mut meta| {
-                    send_object(
-                        tx,
-                        enc,
-                        &path,
-                        &mut meta,
-                        passes,
-                        None,
-                        &mut |_| {},
-                        between,
-                    )?;
-                    journal.record_sent(&meta)?;
-                    Ok(meta)
-                });
+            let r = describe(&path, id, &name, kind, cfg).and_then(|mut meta| {
+                send_object(
+                    tx,
+                    enc,
+                    &path,
+                    &mut meta,
+                    passes,
+                    None,
+                    &mut |_| {},
+                    between,
+                )?;
+                journal.record_sent(&meta)?;
+                Ok(meta)
+            });
             match &r {
                 Ok(meta) => {
                     let secs = started.elapsed().as_secs_f64();
@@ -549,7 +546,7 @@ fn send_files(cfg: &Config, paths: &[PathBuf]) -> Result<()> {
             path: path.to_string_lossy().into_owned(),
             at: diode_host::unix_now(),
         })?;
-        let mut meta = describe(path, id, name, kind_for_name(name), cfg.geometry()?)?;
+        let mut meta = describe(path, id, name, kind_for_name(name), cfg)?;
         send_object(
             &mut tx,
             &mut enc,

@@ -1,9 +1,11 @@
-//! The transmit stage: owns the session and the UDP socket, seals frames into GSO batches, paces them to
-//! the configured rate, and slips in the periodic announce and heartbeat frames and the scheduled rekey.
-//! It never reads from the socket.
+//! The transmit stage: owns the session and the link (a UDP socket or a serial line), seals frames into
+//! batches (GSO over UDP), paces them to the configured rate counting what the link really spends on each
+//! (IP and UDP headers; framing, start and stop bits on a serial line), and slips in the periodic
+//! announce and heartbeat frames and the scheduled rekey. It never reads from the link.
 
 use crate::config::Config;
 use anyhow::{Context, Result};
+use diode_host::serial::{Line, SerialTx};
 use diode_host::{pace::Pacer, udp::UdpTx};
 use diode_proto::frame::{IP_UDP_OVERHEAD, SEALED_HEADER_LEN, TAG_LEN};
 use diode_proto::object::Heartbeat;
@@ -11,8 +13,31 @@ use diode_proto::{FrameKind, PublicKey, SecretKey, SenderSession};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// Where frames go.
+enum Link {
+    Udp(UdpTx),
+    Serial(SerialTx, Line),
+}
+
+impl Link {
+    fn send(&mut self, contents: &[u8], segment: usize) -> std::io::Result<()> {
+        match self {
+            Link::Udp(u) => u.send(contents, segment),
+            Link::Serial(s, _) => s.send(contents, segment),
+        }
+    }
+
+    /// What the pacer counts for one frame of `len` bytes.
+    fn paced(&self, len: usize) -> usize {
+        match self {
+            Link::Udp(_) => len + IP_UDP_OVERHEAD,
+            Link::Serial(_, line) => line.paced_bytes(len),
+        }
+    }
+}
+
 pub struct Transmitter {
-    tx: UdpTx,
+    tx: Link,
     me: SecretKey,
     receiver: PublicKey,
     counter_file: PathBuf,
@@ -37,10 +62,23 @@ pub struct Transmitter {
 impl Transmitter {
     pub fn new(cfg: &Config, me: SecretKey, receiver: PublicKey) -> Result<Self> {
         let rate_bps = cfg.rate_bps()?;
-        let tx = UdpTx::new(cfg.target, cfg.bind, 8 << 20)?;
+        let (tx, max_segments, link_name) = match cfg.serial_line()? {
+            Some(line) => {
+                let s = SerialTx::open(&line)?;
+                let name = line.describe();
+                // one frame at a time: each is paced on its own, so an urgent frame never waits
+                // behind a batch that takes a second to cross the line
+                (Link::Serial(s, line), 1, name)
+            }
+            None => {
+                let target = cfg.udp_target()?;
+                let u = UdpTx::new(target, cfg.bind, 8 << 20)?;
+                let segments = if cfg.use_gso()? { u.max_segments() } else { 1 };
+                (Link::Udp(u), segments, target.to_string())
+            }
+        };
         let counter_file = cfg.state.join("session.counter");
         let session = start_session(&me, &receiver, &counter_file)?;
-        let max_segments = if cfg.use_gso()? { tx.max_segments() } else { 1 };
         let now = Instant::now();
         let mut t = Transmitter {
             tx,
@@ -66,7 +104,7 @@ impl Transmitter {
         };
         t.announce();
         tracing::info!(
-            target_addr = %cfg.target, rate = %cfg.rate, gso_segments = max_segments,
+            link = %link_name, rate_bps, gso_segments = max_segments,
             session = t.session.counter(), "session started"
         );
         Ok(t)
@@ -101,8 +139,9 @@ impl Transmitter {
     /// Send what is batched, paced, then any announce, heartbeat or rekey that is due.
     pub fn flush(&mut self) {
         if self.batch_frames > 0 {
+            // a batch holds frames of one length (`push` flushes when it changes)
             self.pacer
-                .wait(self.batch.len() + self.batch_frames * IP_UDP_OVERHEAD);
+                .wait(self.tx.paced(self.segment) * self.batch_frames);
             if let Err(e) = self.tx.send(&self.batch, self.segment) {
                 self.send_error(e);
             }
@@ -142,7 +181,7 @@ impl Transmitter {
 
     fn announce(&mut self) {
         let a = self.session.announce().to_vec();
-        self.pacer.wait(a.len() + IP_UDP_OVERHEAD);
+        self.pacer.wait(self.tx.paced(a.len()));
         if let Err(e) = self.tx.send(&a, a.len()) {
             self.send_error(e);
         }
@@ -166,7 +205,7 @@ impl Transmitter {
             .seal(FrameKind::Heartbeat, 0, 0, 0, &mut f)
             .is_some()
         {
-            self.pacer.wait(f.len() + IP_UDP_OVERHEAD);
+            self.pacer.wait(self.tx.paced(f.len()));
             if let Err(e) = self.tx.send(&f, f.len()) {
                 self.send_error(e);
             }

@@ -6,7 +6,9 @@
 //! The binaries are taken from `DIODE_BIN_DIR`, or `target/release` of this workspace (`tests/run.sh`
 //! builds them first).
 
+pub mod envelopes;
 pub mod link;
+pub mod serial;
 
 use link::Link;
 use std::fs;
@@ -79,6 +81,30 @@ impl Site {
         let port = port();
         let addr = format!("127.0.0.1:{port}");
         Site::build(port, &addr, &addr, None, send_extra, &[])
+    }
+
+    /// Keys and configs for a serial link: the sender writes the tty `tx`, the receiver reads `rx` (the
+    /// ends of a pty pair or of `hardware/serial-relay.py`), paced at `baud`. Overrides come last.
+    pub fn serial(
+        tx: &Path,
+        rx: &Path,
+        baud: u32,
+        send_extra: &[(&str, toml::Value)],
+        recv_extra: &[(&str, toml::Value)],
+    ) -> Site {
+        let line = |dev: &Path| -> Vec<(&str, toml::Value)> {
+            vec![
+                ("link", "serial".into()),
+                ("device", dev.to_string_lossy().into_owned().into()),
+                ("baud", i64::from(baud).into()),
+            ]
+        };
+        let mut s = line(tx);
+        s.push(("rate", format!("{baud}bit").into()));
+        s.extend(send_extra.iter().cloned());
+        let mut r = line(rx);
+        r.extend(recv_extra.iter().cloned());
+        Site::build(0, "127.0.0.1:9", "127.0.0.1:9", None, &s, &r)
     }
 
     /// Keys and configs across the emulated diode: the receiver listens on the far side of `link`, the
@@ -177,7 +203,7 @@ impl Site {
             (
                 "diode-recv",
                 "recv.toml",
-                "receiving listen=",
+                "receiving link=",
                 self.netns.as_ref().map(|n| &n.1),
             )
         } else {

@@ -4,64 +4,13 @@
 //! `approvals/` or quarantines it with the reason; `diode-recv approvals check|consume` and
 //! `audit verify` are what a deploy pipeline and an auditor run.
 
-use diode_proto::envelope::{Approver, Artifact, Decision, Envelope, SignerRole, SigningKey};
+use diode_proto::envelope::{SignerRole, SigningKey};
+use diode_tests::envelopes::{approver, digest, good, now};
 use diode_tests::{wait_for, Site};
 use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn digest(seed: u8) -> String {
-    format!("sha256:{}", hex(&[seed; 32]))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn fresh_id() -> String {
-    hex(&rand::random::<[u8; 16]>())
-}
-
-fn approver(id: &str, role: &str) -> Approver {
-    Approver {
-        id: id.into(),
-        name: format!("person {id}"),
-        role: role.into(),
-        source: "slack".into(),
-        at: now(),
-    }
-}
-
-/// An envelope that satisfies recv.example.toml's prod rule (2 approvers, release-manager + security).
-fn good(d: &str) -> Envelope {
-    Envelope {
-        id: fresh_id(),
-        request_id: format!("req-{}", fresh_id()),
-        decision: Decision::Approve,
-        artifact: Artifact {
-            name: "billing".into(),
-            version: "1.4.2".into(),
-            digest: d.into(),
-        },
-        environment: "prod".into(),
-        approvers: vec![
-            approver("U1", "release-manager"),
-            approver("U2", "security"),
-        ],
-        requester: "U9".into(),
-        rule: "prod: 2 of release-manager+security".into(),
-        issued_at: now(),
-        expires_at: now() + 3600,
-    }
-}
 
 struct Env {
     site: Site,

@@ -1,0 +1,211 @@
+//! The serial link: the same sealed frames as over UDP, framed for a byte stream by
+//! `diode_proto::serial` (COBS + CRC-32, zero delimiters), on a tty opened raw through `serialport`.
+//! The sender's line is never read; the receiver's is never written.
+
+use anyhow::{bail, Context, Result};
+use diode_proto::serial::{encode, wire_len, Deframer};
+use serialport::{DataBits, FlowControl, Parity, StopBits, TTYPort};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `link` in both configs: the UDP link (default) or a serial line.
+#[derive(serde::Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkKind {
+    #[default]
+    Udp,
+    Serial,
+}
+
+/// A serial line as configured (`device`, `baud`, `data_bits`, `parity`, `stop_bits`).
+#[derive(Clone, Debug)]
+pub struct Line {
+    pub device: PathBuf,
+    pub baud: u32,
+    pub parity: Parity,
+    pub stop_bits: StopBits,
+}
+
+impl Line {
+    /// Check the configured keys. Frames are binary, so only 8 data bits can carry them.
+    pub fn new(
+        device: Option<&Path>,
+        baud: Option<u32>,
+        data_bits: u8,
+        parity: &str,
+        stop_bits: u8,
+    ) -> Result<Line> {
+        let Some(device) = device else {
+            bail!("link = \"serial\" needs device = \"/dev/tty...\" (the serial port)");
+        };
+        let Some(baud) = baud else {
+            bail!("link = \"serial\" needs baud = (the line's speed, e.g. 115200)");
+        };
+        if !(300..=20_000_000).contains(&baud) {
+            bail!("baud = {baud}: use 300 to 20000000");
+        }
+        if data_bits != 8 {
+            bail!("data_bits = {data_bits}: frames are binary and need 8 data bits per character");
+        }
+        let parity = match parity {
+            "none" => Parity::None,
+            "even" => Parity::Even,
+            "odd" => Parity::Odd,
+            p => bail!("parity = {p:?}: use \"none\", \"even\" or \"odd\""),
+        };
+        let stop_bits = match stop_bits {
+            1 => StopBits::One,
+            2 => StopBits::Two,
+            s => bail!("stop_bits = {s}: use 1 or 2"),
+        };
+        Ok(Line {
+            device: device.to_path_buf(),
+            baud,
+            parity,
+            stop_bits,
+        })
+    }
+
+    /// Bits on the wire per byte: start, 8 data, parity if any, stop.
+    pub fn bits_per_byte(&self) -> u32 {
+        let parity = u32::from(self.parity != Parity::None);
+        let stop = if self.stop_bits == StopBits::Two {
+            2
+        } else {
+            1
+        };
+        1 + 8 + parity + stop
+    }
+
+    /// What the pacer must count for a frame of `len` bytes, in its unit of 8 bits: the framed length on
+    /// the line times the bits each byte really takes.
+    pub fn paced_bytes(&self, len: usize) -> usize {
+        (wire_len(len) * self.bits_per_byte() as usize).div_ceil(8)
+    }
+
+    pub fn describe(&self) -> String {
+        format!("serial:{}@{}", self.device.display(), self.baud)
+    }
+
+    fn open(&self, timeout: Duration) -> Result<TTYPort> {
+        let path = self.device.to_string_lossy();
+        serialport::new(path, self.baud)
+            .data_bits(DataBits::Eight)
+            .parity(self.parity)
+            .stop_bits(self.stop_bits)
+            .flow_control(FlowControl::None)
+            .timeout(timeout)
+            .open_native()
+            .with_context(|| format!("cannot open the serial port {}", self.device.display()))
+    }
+}
+
+pub struct SerialTx {
+    port: TTYPort,
+    buf: Vec<u8>,
+}
+
+impl SerialTx {
+    /// Open the line for sending. A leading delimiter ends whatever the receiver may have half-read.
+    pub fn open(line: &Line) -> Result<SerialTx> {
+        let mut port = line.open(Duration::from_secs(2))?;
+        port.write_all(&[0]).with_context(|| {
+            format!("cannot write to the serial port {}", line.device.display())
+        })?;
+        Ok(SerialTx {
+            port,
+            buf: Vec::with_capacity(16 << 10),
+        })
+    }
+
+    /// Send `contents` as frames of `segment` bytes (the last may be shorter), each framed for the line.
+    /// A line that does not drain within the timeout returns an error (the frames are lost; the receiver
+    /// resynchronises at the next delimiter).
+    pub fn send(&mut self, contents: &[u8], segment: usize) -> io::Result<()> {
+        self.buf.clear();
+        for f in contents.chunks(segment.max(1)) {
+            encode(f, &mut self.buf);
+        }
+        self.port.write_all(&self.buf)
+    }
+}
+
+pub struct SerialRx {
+    line: Line,
+    port: Option<TTYPort>,
+    buf: Vec<u8>,
+    pub deframer: Deframer,
+}
+
+impl SerialRx {
+    pub fn open(line: &Line) -> Result<SerialRx> {
+        let port = line.open(Duration::from_millis(100))?;
+        Ok(SerialRx {
+            line: line.clone(),
+            port: Some(port),
+            buf: vec![0u8; 16 << 10],
+            deframer: Deframer::new(),
+        })
+    }
+
+    /// Read what the line has (waiting at most 100 ms) and hand each complete frame to `on_frame`. A port
+    /// that fails (an unplugged USB adapter) is reopened, once a second, until it is back.
+    pub fn recv(&mut self, on_frame: impl FnMut(&mut [u8])) -> Result<()> {
+        let Some(port) = self.port.as_mut() else {
+            std::thread::sleep(Duration::from_secs(1));
+            match self.line.open(Duration::from_millis(100)) {
+                Ok(p) => {
+                    tracing::info!(device = %self.line.device.display(), "serial port open again");
+                    self.port = Some(p);
+                    // what was half-read before the failure cannot be joined to what follows
+                    self.deframer = Deframer::new();
+                }
+                Err(e) => {
+                    tracing::debug!(error = %format!("{e:#}"), "serial port still unavailable")
+                }
+            }
+            return Ok(());
+        };
+        match port.read(&mut self.buf) {
+            Ok(0) => Ok(()),
+            Ok(n) => {
+                self.deframer.push(&self.buf[..n], on_frame);
+                Ok(())
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut
+                        | io::ErrorKind::WouldBlock
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(device = %self.line.device.display(), error = %e,
+                    "reading the serial port failed; reopening it");
+                self.port = None;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn device(&self) -> &Path {
+        &self.line.device
+    }
+}
+
+/// Check that a pace fits the line: the pacer counts 8 bits per byte, the line spends `bits_per_byte`.
+pub fn check_rate(line: &Line, rate_bps: u64) -> Result<()> {
+    if rate_bps > u64::from(line.baud) {
+        bail!(
+            "rate = {rate_bps} bit/s is more than the serial line carries (baud = {}): anything faster is lost \
+             (a UART buffer fills silently); leave rate out to pace at the line's speed, or set it at or below {}bit",
+            line.baud,
+            line.baud
+        );
+    }
+    Ok(())
+}
