@@ -34,8 +34,7 @@ pub struct Config {
     pub mtu: usize,
     #[serde(default = "d_data")]
     pub data_shards: usize,
-    #[serde(default = "d_parity")]
-    pub parity_shards: usize,
+    pub parity_shards: Option<usize>,
     #[serde(default = "d_passes")]
     pub passes: u32,
     #[serde(default = "d_interleave")]
@@ -76,8 +75,14 @@ fn d_mtu() -> usize {
 fn d_data() -> usize {
     128
 }
-fn d_parity() -> usize {
-    24
+/// Default parity shards per block: 24 of 128 over UDP (survives 5 % random loss with a wide margin), 8
+/// over serial, where a line loses a frame in hundreds (a bit error rate of 1e-7 costs one 1.5 KB frame in
+/// 850) and every parity byte is line time: 8 keeps goodput near 89 % of a 115200-baud line (24: 80 %).
+fn default_parity(link: LinkKind) -> usize {
+    match link {
+        LinkKind::Udp => 24,
+        LinkKind::Serial => 8,
+    }
 }
 fn d_passes() -> u32 {
     1
@@ -178,8 +183,10 @@ impl Config {
         if self.mtu > 9000 {
             bail!("mtu = {} is larger than a jumbo frame (9000)", self.mtu);
         }
-        Geometry::new(shard, self.data_shards, self.parity_shards)
-            .context("data_shards / parity_shards")
+        let parity = self
+            .parity_shards
+            .unwrap_or_else(|| default_parity(self.link));
+        Geometry::new(shard, self.data_shards, parity).context("data_shards / parity_shards")
     }
 
     /// The geometry of an object of `size` bytes. Over a serial line a small object (an approval envelope)

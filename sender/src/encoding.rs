@@ -123,7 +123,7 @@ impl Encoder {
         }
         let s = g.shard_size;
         let mut since_meta = 0usize;
-        let (mut since_between, mut last_between) = (0usize, Instant::now());
+        let mut last_between = Instant::now();
         for group in list.chunks(self.interleave) {
             // read the group's data, each block padded to whole shards
             let mut counts = Vec::with_capacity(group.len());
@@ -173,10 +173,9 @@ impl Encoder {
                     since_meta = 0;
                     tx.push(FrameKind::Meta, meta.id, 0, 0, &meta_bytes);
                 }
-                // on a slow line a group takes minutes: look for urgent objects every 20 ms within it
-                since_between += 1;
-                if since_between >= 16 && last_between.elapsed() >= BETWEEN_EVERY {
-                    since_between = 0;
+                // on a slow line a group takes minutes (a frame alone 0.1 s at 115200 baud): look for
+                // urgent objects every 20 ms within it
+                if last_between.elapsed() >= BETWEEN_EVERY {
                     between(tx);
                     last_between = Instant::now();
                 }

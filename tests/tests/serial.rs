@@ -96,7 +96,14 @@ fn a_noisy_line_delivers_byte_exact_or_reports_the_gap_never_corrupt() {
             "--drop", "2e-5", "--flip", "2e-5", "--insert", "1e-5", "--seed", "7",
         ],
     );
-    let site = Site::serial(&line.tx, &line.rx, FAST, &[], &[]);
+    // a noisy line: the operator raises parity from the serial default of 8 to 24
+    let site = Site::serial(
+        &line.tx,
+        &line.rx,
+        FAST,
+        &[("parity_shards", 24.into())],
+        &[],
+    );
     let mut r = site.start("recv");
     let _s = site.start("send");
     site.wait_session(Duration::from_secs(10));
