@@ -136,6 +136,20 @@ pub struct View {
     pub approvals: u32,
 }
 
+impl View {
+    /// Who has approved so far, with their roles ("none yet" before the first), for messages.
+    pub fn approvals_text(&self) -> String {
+        if self.votes.is_empty() {
+            return "none yet".to_string();
+        }
+        self.votes
+            .iter()
+            .map(|x| format!("{} ({})", x.name, x.roles.join("/")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 pub struct Engine {
     policy: Policy,
     store: Mutex<Store>,
@@ -703,6 +717,31 @@ impl Engine {
             rule,
             approvals,
         }))
+    }
+
+    /// Take a Teams outgoing-webhook activity id once (persisted: a replay after a restart is refused).
+    pub fn take_activity(&self, id: &str, keep: u64) -> Result<bool> {
+        self.store().take_activity(id, self.clock.now(), keep)
+    }
+
+    pub fn teams_card(&self, request: &str, via: &str) -> Result<Option<(Option<String>, String)>> {
+        self.store().teams_card(request, via)
+    }
+
+    pub fn set_teams_card(
+        &self,
+        request: &str,
+        via: &str,
+        activity_id: Option<&str>,
+        shown: &str,
+    ) -> Result<()> {
+        self.store()
+            .set_teams_card(request, via, activity_id, shown)
+    }
+
+    /// Have the next tick bring this request's messages up to date again (a chat call failed).
+    pub fn mark_dirty(&self, id: &str) -> Result<()> {
+        self.store().mark_dirty(id)
     }
 
     pub fn set_posted(&self, id: &str, ts: &str) -> Result<()> {
