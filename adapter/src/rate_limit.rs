@@ -9,7 +9,7 @@ use std::time::Duration;
 pub const MAX_RETRY_AFTER: u64 = 60;
 
 /// Send the request `build` makes (built again for each attempt) until the answer is not 429.
-/// `what` names the call in errors and logs.
+/// `what` names the call in errors and logs; the URL is never in them unless `what` has it.
 pub async fn send(
     build: impl Fn() -> reqwest::RequestBuilder,
     what: &str,
@@ -17,9 +17,12 @@ pub async fn send(
 ) -> Result<reqwest::Response> {
     let mut attempt = 0;
     loop {
+        // Without the URL: a Workflows webhook URL carries its signature, a secret, and errors end up
+        // in logs and the audit log. `what` says where, for URLs that may be shown.
         let resp = build()
             .send()
             .await
+            .map_err(|e| e.without_url())
             .with_context(|| format!("{what}: cannot reach the service"))?;
         if resp.status().as_u16() != 429 {
             return Ok(resp);
@@ -37,5 +40,21 @@ pub async fn send(
         attempt += 1;
         tracing::warn!("{what}: rate limited, retrying in {wait} s");
         tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn a_failed_call_does_not_show_the_url() {
+        // nothing listens on port 9 of loopback: refused at once
+        let url = "http://127.0.0.1:9/workflows/x/invoke?sig=the-secret-signature";
+        let http = reqwest::Client::new();
+        let e = super::send(|| http.post(url), "Teams workflow webhook", 0)
+            .await
+            .unwrap_err();
+        let text = format!("{e:#}");
+        assert!(text.contains("Teams workflow webhook"), "{text}");
+        assert!(!text.contains("the-secret-signature"), "{text}");
     }
 }

@@ -258,6 +258,15 @@ async fn carry_out(app: Arc<App>, mut rx: mpsc::UnboundedReceiver<Effect>) {
             Effect::Ephemeral { .. } => None,
         };
         let card = matches!(e, Effect::Post { .. } | Effect::Update { .. });
+        if let (Effect::Thread { text, notify, .. }, Some(cards), Some(id)) =
+            (&e, &app.teams_cards, &request)
+        {
+            // said once: a failed reply is recorded, not retried (the next reminder follows)
+            if let Err(err) = cards.thread(&app.engine, id, text, notify).await {
+                tracing::warn!("Teams: {err:#}");
+                app.engine.chat_failed("teams", Some(id), &err);
+            }
+        }
         if let Err(err) = effect(&app, e).await {
             tracing::warn!("chat: {err:#}");
             app.engine.chat_failed("slack", request.as_deref(), &err);

@@ -163,6 +163,52 @@ impl Cards {
         Ok(())
     }
 
+    /// A reminder or escalation as a reply under the request's card (the Bot Connector addresses a
+    /// channel thread as `{conversationId};messageid={activityId}`), with a Teams mention of each
+    /// person in `notify` who has a Teams id. Nothing before the card is posted, nor for a workflow.
+    pub async fn thread(
+        &self,
+        engine: &Engine,
+        request: &str,
+        text: &str,
+        notify: &[String],
+    ) -> Result<()> {
+        let Some(v) = engine.view(request)? else {
+            return Ok(());
+        };
+        let Some(conv) = self
+            .targets
+            .get(&v.request.environment)
+            .and_then(|t| t.conversation.as_ref())
+        else {
+            return Ok(());
+        };
+        let (Some(c), Some((Some(activity), _))) =
+            (&self.connector, engine.teams_card(request, "bot")?)
+        else {
+            return Ok(());
+        };
+        let mut mentions = Vec::new();
+        let mut tags = Vec::new();
+        for p in notify.iter().filter_map(|k| engine.policy().people.get(k)) {
+            if let Some(id) = &p.teams {
+                let tag = format!("<at>{}</at>", p.name);
+                mentions.push(json!({"type": "mention", "text": tag,
+                                     "mentioned": {"id": id, "name": p.name}}));
+                tags.push(tag);
+            }
+        }
+        let text = if tags.is_empty() {
+            text.to_string()
+        } else {
+            format!("{} {text}", tags.join(" "))
+        };
+        let reply = json!({"type": "message", "text": text, "entities": mentions});
+        let url = Self::activities_url(c, &format!("{conv};messageid={activity}"))?;
+        self.call(c, reqwest::Method::POST, url, &reply).await?;
+        Ok(())
+    }
+
     /// A bearer token for the Bot Connector, from the cache or the token endpoint.
     async fn token(&self, c: &Connector) -> Result<Secret> {
         let mut cached = c.token.lock().await;

@@ -1474,6 +1474,17 @@ async fn fake_teams(
     if auth != format!("Bearer {TEAMS_ACCESS_TOKEN}") {
         return StatusCode::UNAUTHORIZED.into_response();
     }
+    // a reply in a card's thread: a text message
+    if path.contains(";messageid=") {
+        if method != axum::http::Method::POST
+            || parsed["type"] != "message"
+            || !parsed["text"].is_string()
+        {
+            return StatusCode::BAD_REQUEST.into_response();
+        }
+        let n = s.next_id.fetch_add(1, Ordering::SeqCst) + 1;
+        return Json(json!({"id": format!("1:reply-{n}")})).into_response();
+    }
     let card_ok = parsed["type"] == "message"
         && parsed["attachments"][0]["contentType"] == "application/vnd.microsoft.card.adaptive"
         && parsed["attachments"][0]["content"]["type"] == "AdaptiveCard";
@@ -1660,6 +1671,50 @@ async fn teams_cards_posted_through_the_bot_connector_and_a_workflow_and_updated
         "{text}"
     );
     assert_eq!(executes(&put.body).len(), 2, "still pending: buttons stay");
+
+    // two hours on: the reminders and the escalation are replies under the card, the escalation
+    // mentioning Ada (release-manager, the one of tier 1 with a Teams id) as Teams mentions are made
+    site.clock.advance(2 * 3600 + 1);
+    site.tick();
+    let thread = activities.replace("/activities", ";messageid=1:activity-1/activities");
+    let replies = teams
+        .wait("the escalation under the card", |c| {
+            let r: Vec<TeamsCall> = c.iter().filter(|c| c.path == thread).cloned().collect();
+            r.iter()
+                .any(|c| {
+                    c.body["text"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("Escalation tier 1")
+                })
+                .then_some(r)
+        })
+        .await;
+    let esc = replies
+        .iter()
+        .find(|c| {
+            c.body["text"]
+                .as_str()
+                .unwrap()
+                .contains("Escalation tier 1")
+        })
+        .unwrap();
+    assert!(esc.body["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("<at>Ada Lovelace</at> "));
+    assert_eq!(
+        esc.body["entities"],
+        json!([{"type": "mention", "text": "<at>Ada Lovelace</at>",
+                "mentioned": {"id": "29:ada", "name": "Ada Lovelace"}}])
+    );
+    assert!(
+        replies
+            .iter()
+            .any(|c| c.body["text"].as_str().unwrap().starts_with("Reminder ")),
+        "{replies:#?}"
+    );
+    println!("Teams escalation reply: {}", esc.body["text"]);
 
     // Bob completes it from Slack: the card loses its buttons and names approvers and envelope
     site.click("U0BOB", "approve", &id).await;
