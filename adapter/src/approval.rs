@@ -719,6 +719,19 @@ impl Engine {
         }))
     }
 
+    /// Requests pending, or decided within the last `secs` (adapter clock), for bringing chat messages
+    /// that missed a change up to date.
+    pub fn recent(&self, secs: u64) -> Result<Vec<View>> {
+        let ids = self.store().recent(self.clock.now().saturating_sub(secs))?;
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(v) = self.view(&id)? {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
     /// Take a Teams outgoing-webhook activity id once (persisted: a replay after a restart is refused).
     pub fn take_activity(&self, id: &str, keep: u64) -> Result<bool> {
         self.store().take_activity(id, self.clock.now(), keep)
@@ -737,11 +750,6 @@ impl Engine {
     ) -> Result<()> {
         self.store()
             .set_teams_card(request, via, activity_id, shown)
-    }
-
-    /// Have the next tick bring this request's messages up to date again (a chat call failed).
-    pub fn mark_dirty(&self, id: &str) -> Result<()> {
-        self.store().mark_dirty(id)
     }
 
     pub fn set_posted(&self, id: &str, ts: &str) -> Result<()> {

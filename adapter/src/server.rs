@@ -58,7 +58,7 @@ pub struct Running {
 impl Running {
     /// Run the clock once now (tests call this after moving a manual clock).
     pub fn tick(&self) -> Result<()> {
-        for e in self.app.engine.tick()? {
+        for e in timers(&self.app)? {
             self.app.push(e);
         }
         Ok(())
@@ -192,7 +192,7 @@ pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Running> {
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
-                match app.engine.tick() {
+                match timers(&app) {
                     Ok(effects) => effects.into_iter().for_each(|e| app.push(e)),
                     Err(e) => tracing::error!("timers: {e:#}"),
                 }
@@ -214,6 +214,21 @@ pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Running> {
     // the HTTP server stays last: `wait` waits for it
     tasks.push(server);
     Ok(Running { addr, app, tasks })
+}
+
+/// What the clock brings: reminders, escalations and deadlines from the engine, and an Update for each
+/// request whose Teams card is out of step.
+fn timers(app: &App) -> Result<Vec<Effect>> {
+    let mut effects = app.engine.tick()?;
+    if let Some(cards) = &app.teams_cards {
+        for id in cards.out_of_step(&app.engine)? {
+            let e = Effect::Update { request: id };
+            if !effects.contains(&e) {
+                effects.push(e);
+            }
+        }
+    }
+    Ok(effects)
 }
 
 /// Ship the audit log's new records through the diode: at start (anything not shipped before a
@@ -274,11 +289,8 @@ async fn carry_out(app: Arc<App>, mut rx: mpsc::UnboundedReceiver<Effect>) {
         if let (true, Some(cards), Some(id)) = (card, &app.teams_cards, &request) {
             if let Err(err) = cards.sync(&app.engine, id).await {
                 tracing::warn!("Teams: {err:#}");
+                // the next tick finds the card out of step and tries again
                 app.engine.chat_failed("teams", Some(id), &err);
-                // the next tick sends an Update for it, which tries Teams again
-                if let Err(e) = app.engine.mark_dirty(id) {
-                    tracing::error!("{e:#}");
-                }
             }
         }
     }

@@ -181,6 +181,15 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Ids of requests pending, or decided at or after `since`.
+    pub fn recent(&self, since: u64) -> Result<Vec<String>> {
+        let mut st = self.db.prepare(
+            "SELECT id FROM requests WHERE status = 'pending' OR decided_at >= ?1 ORDER BY created_at, id",
+        )?;
+        let rows = st.query_map([since as i64], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Requests whose message needs posting or updating.
     pub fn unsynced(&self) -> Result<Vec<Request>> {
         let mut st = self.db.prepare(&format!(

@@ -13,7 +13,8 @@
 //!   a workflow gets a card without buttons when the request is made and another when it is decided.
 //!
 //! 429 answers are retried after Retry-After (`rate_limit`). What each card last showed is kept in
-//! SQLite, so a restart neither posts twice nor misses an update.
+//! SQLite, so a restart neither posts twice nor misses an update: each tick, a card that does not show
+//! its request's state (a call failed, or the adapter stopped in between) is brought up to date.
 
 use crate::approval::{rfc3339, Engine, View};
 use crate::config::Config;
@@ -25,6 +26,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 pub const CARD_TYPE: &str = "application/vnd.microsoft.card.adaptive";
+/// Cards of requests decided longer ago than this are no longer brought up to date.
+const CATCH_UP_SECS: u64 = 24 * 3600;
 /// A cached token is renewed this long before it expires.
 const TOKEN_MARGIN: Duration = Duration::from_secs(300);
 
@@ -117,7 +120,32 @@ impl Cards {
         }))
     }
 
-    /// Bring the request's Teams cards up to date (post, or update in place).
+    /// Requests whose Teams cards do not show their state (a call failed, or the adapter stopped
+    /// between a change and its card): the ticker sends an Update for each.
+    pub fn out_of_step(&self, engine: &Engine) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for v in engine.recent(CATCH_UP_SECS)? {
+            let Some(t) = self.targets.get(&v.request.environment) else {
+                continue;
+            };
+            let mut lagging = false;
+            if t.conversation.is_some() && self.connector.is_some() {
+                let shown = engine.teams_card(&v.request.id, "bot")?.map(|c| c.1);
+                lagging |= shown.as_deref() != Some(bot_shows(&v).as_str());
+            }
+            if t.workflow.is_some() {
+                let shown = engine.teams_card(&v.request.id, "workflow")?.map(|c| c.1);
+                lagging |= shown.as_deref() != Some(v.request.status.word());
+            }
+            if lagging {
+                out.push(v.request.id.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bring the request's Teams cards up to date (post, or update in place). The bot's card and the
+    /// workflow's are tried independently; the first failure is returned.
     pub async fn sync(&self, engine: &Engine, request: &str) -> Result<()> {
         let Some(v) = engine.view(request)? else {
             return Ok(());
@@ -125,42 +153,56 @@ impl Cards {
         let Some(target) = self.targets.get(&v.request.environment) else {
             return Ok(());
         };
-        if let (Some(conv), Some(c)) = (&target.conversation, &self.connector) {
-            let shown = format!("{}:{}", v.request.status.word(), v.votes.len());
-            let card = engine.teams_card(request, "bot")?;
-            if card.as_ref().map(|(_, s)| s) != Some(&shown) {
-                let activity = message(render(&v, true));
-                let id = match card.and_then(|(id, _)| id) {
-                    None => Some(self.post_activity(c, conv, &activity).await?),
-                    Some(id) => {
-                        self.put_activity(c, conv, &id, &activity).await?;
-                        None
-                    }
-                };
-                engine.set_teams_card(request, "bot", id.as_deref(), &shown)?;
-            }
+        let bot = match (&target.conversation, &self.connector) {
+            (Some(conv), Some(c)) => self.sync_bot(engine, &v, c, conv).await,
+            _ => Ok(()),
+        };
+        let workflow = match &target.workflow {
+            Some(url) => self.sync_workflow(engine, &v, url).await,
+            None => Ok(()),
+        };
+        bot.and(workflow)
+    }
+
+    async fn sync_bot(&self, engine: &Engine, v: &View, c: &Connector, conv: &str) -> Result<()> {
+        let request = &v.request.id;
+        let shown = bot_shows(v);
+        let card = engine.teams_card(request, "bot")?;
+        if card.as_ref().map(|(_, s)| s) == Some(&shown) {
+            return Ok(());
         }
-        if let Some(url) = &target.workflow {
-            // one card when asked, one when decided
-            let shown = v.request.status.word().to_string();
-            let card = engine.teams_card(request, "workflow")?;
-            if card.as_ref().map(|(_, s)| s) != Some(&shown) {
-                let activity = message(render(&v, false));
-                let resp = crate::rate_limit::send(
-                    || self.http.post(url.expose_str()).json(&activity),
-                    "Teams workflow webhook",
-                    self.max_retries,
-                )
-                .await?;
-                let status = resp.status();
-                if !status.is_success() {
-                    // the URL is a secret: never in the message
-                    bail!("the Teams workflow webhook answered {status}");
-                }
-                engine.set_teams_card(request, "workflow", None, &shown)?;
+        let activity = message(render(v, true));
+        let id = match card.and_then(|(id, _)| id) {
+            None => Some(self.post_activity(c, conv, &activity).await?),
+            Some(id) => {
+                self.put_activity(c, conv, &id, &activity).await?;
+                None
             }
+        };
+        engine.set_teams_card(request, "bot", id.as_deref(), &shown)
+    }
+
+    /// One card when asked, one when decided.
+    async fn sync_workflow(&self, engine: &Engine, v: &View, url: &Secret) -> Result<()> {
+        let request = &v.request.id;
+        let shown = v.request.status.word().to_string();
+        let card = engine.teams_card(request, "workflow")?;
+        if card.as_ref().map(|(_, s)| s) == Some(&shown) {
+            return Ok(());
         }
-        Ok(())
+        let activity = message(render(v, false));
+        let resp = crate::rate_limit::send(
+            || self.http.post(url.expose_str()).json(&activity),
+            "Teams workflow webhook",
+            self.max_retries,
+        )
+        .await?;
+        let status = resp.status();
+        if !status.is_success() {
+            // the URL is a secret: never in the message
+            bail!("the Teams workflow webhook answered {status}");
+        }
+        engine.set_teams_card(request, "workflow", None, &shown)
     }
 
     /// A reminder or escalation as a reply under the request's card (the Bot Connector addresses a
@@ -317,6 +359,11 @@ impl Cards {
         self.call(c, reqwest::Method::PUT, url, &a).await?;
         Ok(())
     }
+}
+
+/// What a bot card shows, as remembered: it changes with every vote and the decision.
+fn bot_shows(v: &View) -> String {
+    format!("{}:{}", v.request.status.word(), v.votes.len())
 }
 
 /// A message activity carrying one Adaptive Card.

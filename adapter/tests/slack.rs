@@ -1411,6 +1411,8 @@ struct FakeTeams {
     throttle: Arc<AtomicU32>,
     next_id: Arc<AtomicU32>,
     jwks: Arc<Mutex<Value>>,
+    /// Answer every Bot Connector call with 503.
+    down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 async fn fake_teams(
@@ -1473,6 +1475,9 @@ async fn fake_teams(
     // the Bot Connector: a bearer token from the token endpoint, a message with an Adaptive Card
     if auth != format!("Bearer {TEAMS_ACCESS_TOKEN}") {
         return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if s.down.load(Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     // a reply in a card's thread: a text message
     if path.contains(";messageid=") {
@@ -1558,12 +1563,11 @@ fn executes(v: &Value) -> Vec<Value> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn teams_cards_posted_through_the_bot_connector_and_a_workflow_and_updated_on_decision() {
+/// A Teams server and a site whose prod environment posts cards through the Bot Connector (to it)
+/// and a Workflows webhook (on it too).
+async fn cards_site() -> (FakeTeams, Site) {
     let (teams, base) = FakeTeams::start().await;
-    teams.throttle.store(1, Ordering::SeqCst);
     let workflow = format!("{base}/workflows/prod/triggers/manual/paths/invoke?sig=wf-secret-sig");
-    let b = base.clone();
     let site = Site::with_secrets(
         move |cfg| {
             bot_site_edit(cfg);
@@ -1572,8 +1576,11 @@ async fn teams_cards_posted_through_the_bot_connector_and_a_workflow_and_updated
                 "app_password".into(),
                 "file:secrets/teams-app-password".into(),
             );
-            t.insert("token_url".into(), format!("{b}/oauth2/v2.0/token").into());
-            t.insert("service_url".into(), format!("{b}/amer/").into());
+            t.insert(
+                "token_url".into(),
+                format!("{base}/oauth2/v2.0/token").into(),
+            );
+            t.insert("service_url".into(), format!("{base}/amer/").into());
             let prod = cfg["environments"]["prod"].as_table_mut().unwrap();
             prod.insert("teams_conversation".into(), PROD_CONVERSATION.into());
             prod.insert(
@@ -1587,8 +1594,10 @@ async fn teams_cards_posted_through_the_bot_connector_and_a_workflow_and_updated
         ],
     )
     .await;
+    (teams, site)
+}
 
-    // a pipeline request: posted to Teams as a card with Approve / Reject (after one 429)
+async fn pipeline_request(site: &Site) {
     let (code, v) = site
         .pipeline(
             CI_TOKEN,
@@ -1597,6 +1606,67 @@ async fn teams_cards_posted_through_the_bot_connector_and_a_workflow_and_updated
         )
         .await;
     assert_eq!(code, 201, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_teams_did_not_take_is_posted_on_the_next_tick_and_never_twice_after_a_restart() {
+    let (teams, mut site) = cards_site().await;
+    teams.down.store(true, Ordering::SeqCst);
+    let activities = format!("/amer/v3/conversations/{PROD_CONVERSATION}/activities");
+    let posts = |teams: &FakeTeams| {
+        teams
+            .calls()
+            .iter()
+            .filter(|c| c.method == "POST" && c.path == activities)
+            .count()
+    };
+    pipeline_request(&site).await;
+    let end = Instant::now() + Duration::from_secs(15);
+    while !site
+        .audit()
+        .iter()
+        .any(|r| r["event"] == "chat_failed" && r["what"] == "teams")
+    {
+        assert!(Instant::now() < end, "the failure is not audited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(posts(&teams), 1, "tried once, refused with 503");
+    // the workflow's card does not wait for the bot's
+    assert!(teams
+        .calls()
+        .iter()
+        .any(|c| c.path.starts_with("/workflows/")));
+
+    // Teams is back: the next tick finds the card out of step and posts it
+    teams.down.store(false, Ordering::SeqCst);
+    site.tick();
+    teams
+        .wait("the card posted by the tick", |c| {
+            c.iter()
+                .filter(|c| c.method == "POST" && c.path == activities)
+                .nth(1)
+                .cloned()
+        })
+        .await;
+
+    // killed and started again: the card is remembered, nothing is posted twice
+    site.restart().await;
+    site.tick();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(posts(&teams), 2, "posted once only");
+    println!(
+        "Teams card posted by the tick after a 503: {} POSTs in all, none after the restart",
+        posts(&teams)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teams_cards_posted_through_the_bot_connector_and_a_workflow_and_updated_on_decision() {
+    let (teams, site) = cards_site().await;
+    teams.throttle.store(1, Ordering::SeqCst);
+
+    // a pipeline request: posted to Teams as a card with Approve / Reject (after one 429)
+    pipeline_request(&site).await;
     let activities = format!("/amer/v3/conversations/{PROD_CONVERSATION}/activities");
     let posts = teams
         .wait("the card, posted after the 429", |c| {
