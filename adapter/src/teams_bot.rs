@@ -198,10 +198,12 @@ impl Bot {
         let data =
             jsonwebtoken::decode::<Claims>(token, &key, &v).context("the token is refused")?;
         let c = data.claims;
-        if now > c.exp + LEEWAY_SECS {
+        if now > c.exp.saturating_add(LEEWAY_SECS) {
             bail!("the token expired at {}", c.exp);
         }
-        if c.nbf.is_some_and(|nbf| now + LEEWAY_SECS < nbf) {
+        if c.nbf
+            .is_some_and(|nbf| now.saturating_add(LEEWAY_SECS) < nbf)
+        {
             bail!("the token is not valid yet");
         }
         match c.service_url {

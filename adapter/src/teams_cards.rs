@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 pub const CARD_TYPE: &str = "application/vnd.microsoft.card.adaptive";
 /// Cards of requests decided longer ago than this are no longer brought up to date.
 const CATCH_UP_SECS: u64 = 24 * 3600;
+/// Longest token life believed from the token endpoint.
+const MAX_TOKEN_LIFE_SECS: u64 = 24 * 3600;
 /// A cached token is renewed this long before it expires.
 const TOKEN_MARGIN: Duration = Duration::from_secs(300);
 
@@ -285,7 +287,12 @@ impl Cards {
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty())
             .context("the token endpoint answered without access_token")?;
-        let life = v.get("expires_in").and_then(Value::as_u64).unwrap_or(0);
+        // from the wire: bounded (tokens live about an hour), so the sum cannot overflow
+        let life = v
+            .get("expires_in")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            .min(MAX_TOKEN_LIFE_SECS);
         let until = Instant::now() + Duration::from_secs(life).saturating_sub(TOKEN_MARGIN);
         let t = Secret::from_bytes(token.as_bytes());
         *cached = Some((t.clone(), until));
