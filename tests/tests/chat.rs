@@ -341,6 +341,14 @@ fn chat_approval_survives_a_kill_and_is_accepted_by_the_real_receiver() {
         c.arg("--config").arg(site.path("adapter.toml"));
         c
     };
+    // the high side has no adapter.toml: the segments are all it needs
+    let high_verify = |dir: &Path| {
+        Command::new(bin("diode-chat"))
+            .args(["audit", "verify", "--segments"])
+            .arg(dir)
+            .current_dir(site.inbox())
+            .output()
+    };
     let segments = site.inbox().join("audit");
     let verified = wait_for(
         "the audit segments on the high side",
@@ -354,11 +362,7 @@ fn chat_approval_survives_a_kill_and_is_accepted_by_the_real_receiver() {
                 .next()?
                 .parse()
                 .ok()?;
-            let o = chat_cmd()
-                .args(["audit", "verify", "--segments"])
-                .arg(&segments)
-                .output()
-                .ok()?;
+            let o = high_verify(&segments).ok()?;
             let high = String::from_utf8_lossy(&o.stdout).into_owned();
             high.starts_with(&format!("ok: {n} records of diode-chat"))
                 .then_some(high)
@@ -394,11 +398,7 @@ fn chat_approval_survives_a_kill_and_is_accepted_by_the_real_receiver() {
         .expect("Cat's vote in a segment");
     let t = fs::read_to_string(copy.join(&file)).unwrap();
     fs::write(copy.join(&file), t.replacen("U0CAT", "U0EVE", 1)).unwrap();
-    let o = chat_cmd()
-        .args(["audit", "verify", "--segments"])
-        .arg(&copy)
-        .output()
-        .unwrap();
+    let o = high_verify(&copy).unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(
