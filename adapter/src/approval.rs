@@ -136,6 +136,20 @@ pub struct View {
     pub approvals: u32,
 }
 
+impl View {
+    /// Who has approved so far, with their roles ("none yet" before the first), for messages.
+    pub fn approvals_text(&self) -> String {
+        if self.votes.is_empty() {
+            return "none yet".to_string();
+        }
+        self.votes
+            .iter()
+            .map(|x| format!("{} ({})", x.name, x.roles.join("/")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 pub struct Engine {
     policy: Policy,
     store: Mutex<Store>,
@@ -703,6 +717,39 @@ impl Engine {
             rule,
             approvals,
         }))
+    }
+
+    /// Requests pending, or decided within the last `secs` (adapter clock), for bringing chat messages
+    /// that missed a change up to date.
+    pub fn recent(&self, secs: u64) -> Result<Vec<View>> {
+        let ids = self.store().recent(self.clock.now().saturating_sub(secs))?;
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(v) = self.view(&id)? {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Take a Teams outgoing-webhook activity id once (persisted: a replay after a restart is refused).
+    pub fn take_activity(&self, id: &str, keep: u64) -> Result<bool> {
+        self.store().take_activity(id, self.clock.now(), keep)
+    }
+
+    pub fn teams_card(&self, request: &str, via: &str) -> Result<Option<(Option<String>, String)>> {
+        self.store().teams_card(request, via)
+    }
+
+    pub fn set_teams_card(
+        &self,
+        request: &str,
+        via: &str,
+        activity_id: Option<&str>,
+        shown: &str,
+    ) -> Result<()> {
+        self.store()
+            .set_teams_card(request, via, activity_id, shown)
     }
 
     pub fn set_posted(&self, id: &str, ts: &str) -> Result<()> {

@@ -31,6 +31,9 @@ pub struct Config {
     pub teams: Option<Teams>,
     #[serde(default)]
     pub pipeline: Pipeline,
+    /// The audit log's journey through the diode (`audit_ship`).
+    #[serde(default)]
+    pub audit_shipping: crate::audit_ship::Shipping,
     /// The people who may request, approve or reject, by a short key (e.g. `ada`).
     #[serde(default)]
     pub people: BTreeMap<String, PersonConfig>,
@@ -88,6 +91,25 @@ pub struct Teams {
     /// JWKS file with the Bot Framework's signing keys (relative to the config file).
     #[serde(default)]
     pub jwks_file: Option<std::path::PathBuf>,
+    /// Or the URL of the JWKS (fetched, cached, fetched again for an unknown kid at most once a minute).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// The bot's client secret, `file:PATH` or `env:NAME`: with it, requests are posted as Adaptive
+    /// Cards through the Bot Connector to each environment's `teams_conversation`.
+    #[serde(default)]
+    pub app_password: Option<String>,
+    /// OAuth 2.0 token endpoint for the client-credentials grant.
+    #[serde(default = "d_token_url")]
+    pub token_url: String,
+    /// Scope asked for in the token request.
+    #[serde(default = "d_token_scope")]
+    pub token_scope: String,
+    /// The Bot Connector's base URL for the tenant's region (an activity's `serviceUrl`).
+    #[serde(default = "d_service_url")]
+    pub service_url: String,
+    /// How many times a call answered with 429 is tried again (after Retry-After).
+    #[serde(default = "d_retries")]
+    pub max_retries: u32,
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]
@@ -141,6 +163,13 @@ pub struct EnvironmentConfig {
     /// How long a signed approval is valid once the rule is met.
     #[serde(default = "d_validity")]
     pub validity: String,
+    /// Teams channel (conversation id) where the Bot Connector posts this environment's cards.
+    #[serde(default)]
+    pub teams_conversation: Option<String>,
+    /// Workflows (Power Automate) webhook URL that posts this environment's cards, `file:PATH` or
+    /// `env:NAME` (the URL carries its own signature, so it is a secret).
+    #[serde(default)]
+    pub teams_workflow_url: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -161,6 +190,15 @@ fn d_tick() -> String {
 }
 fn d_api_base() -> String {
     "https://slack.com/api".into()
+}
+fn d_token_url() -> String {
+    "https://login.microsoftonline.com/botframework.com/oauth2/v2.0/token".into()
+}
+fn d_token_scope() -> String {
+    "https://api.botframework.com/.default".into()
+}
+fn d_service_url() -> String {
+    "https://smba.trafficmanager.net/teams/".into()
 }
 fn d_retries() -> u32 {
     3
@@ -191,6 +229,9 @@ impl Config {
         }
         parse_validity(&c.default_validity)
             .with_context(|| format!("default_validity in {}", path.display()))?;
+        c.audit_shipping
+            .check()
+            .with_context(|| format!("config {}", path.display()))?;
         c.base = base;
         Ok(c)
     }

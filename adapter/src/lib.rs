@@ -3,15 +3,18 @@
 #![forbid(unsafe_code)]
 
 pub mod approval;
+pub mod audit_ship;
 pub mod breakglass;
 pub mod clock;
 pub mod config;
 pub mod emit;
 pub mod pipeline;
 pub mod policy;
+pub mod rate_limit;
 pub mod secret;
 pub mod server;
 pub mod slack;
 pub mod store;
 pub mod teams;
 pub mod teams_bot;
+pub mod teams_cards;

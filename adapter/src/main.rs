@@ -3,7 +3,7 @@
 //! version has the break-glass path (`sign`, from flags); the Slack and Teams adapter builds on it.
 #![forbid(unsafe_code)]
 
-use diode_chat::{breakglass, clock, config, emit, server};
+use diode_chat::{audit_ship, breakglass, clock, config, emit, server};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -87,8 +87,14 @@ struct SignArgs {
 
 #[derive(Subcommand)]
 enum AuditCmd {
-    /// Check the hash chain of the whole log; names the first broken record
-    Verify,
+    /// Check the hash chain of the whole log; names the first broken record. With --segments, check
+    /// the segments that crossed the diode instead (on the high side; no config needed)
+    Verify {
+        /// A folder of shipped segments (`<name>-<first>-<last>.jsonl`), e.g. the receiver's
+        /// inbox/audit: the chain is checked across them, from record 1, and a broken line is named
+        #[arg(long)]
+        segments: Option<PathBuf>,
+    },
 }
 
 fn main() {
@@ -113,7 +119,23 @@ fn run(cli: Cli) -> Result<()> {
             })
         }
         Cmd::Audit {
-            cmd: AuditCmd::Verify,
+            cmd: AuditCmd::Verify {
+                segments: Some(dir),
+            },
+        } => {
+            for c in audit_ship::verify_segments(&dir)? {
+                println!(
+                    "ok: {} records of {} in {} segment(s) in {}",
+                    c.records,
+                    c.name,
+                    c.segments,
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+        Cmd::Audit {
+            cmd: AuditCmd::Verify { segments: None },
         } => {
             let cfg = Config::load(&cli.config)?;
             let n = AuditLog::new(&cfg.audit).verify()?;
@@ -185,7 +207,13 @@ fn sign(cfg: &Config, a: SignArgs) -> Result<()> {
     extra.insert("via".into(), Value::from("break-glass"));
     extra.insert("reason".into(), Value::from(req.reason.trim()));
     extra.insert("operator".into(), Value::from(operator()));
-    let path = emit::emit(&cfg.outbox, &AuditLog::new(&cfg.audit), &signed, extra)?;
+    let log = AuditLog::new(&cfg.audit);
+    let path = emit::emit(&cfg.outbox, &log, &signed, extra)?;
+    // the envelope is out; its audit record follows it across the diode (a failure here is retried
+    // by the next `sign` or by `serve`, which ship whatever is not shipped yet)
+    if let Err(e) = audit_ship::ship(&log, &cfg.outbox, &cfg.audit_shipping) {
+        eprintln!("diode-chat: warning: the audit log was not shipped this time: {e:#}");
+    }
 
     let e = &signed.envelope;
     let expires = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(e.expires_at));

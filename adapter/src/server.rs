@@ -35,6 +35,7 @@ pub struct App {
     pub slack: Option<SlackSide>,
     pub teams_webhook: Option<crate::teams::Webhook>,
     pub teams_bot: Option<crate::teams_bot::Bot>,
+    pub teams_cards: Option<crate::teams_cards::Cards>,
     pub tokens: Vec<Token>,
     effects: mpsc::UnboundedSender<Effect>,
 }
@@ -57,7 +58,7 @@ pub struct Running {
 impl Running {
     /// Run the clock once now (tests call this after moving a manual clock).
     pub fn tick(&self) -> Result<()> {
-        for e in self.app.engine.tick()? {
+        for e in timers(&self.app)? {
             self.app.push(e);
         }
         Ok(())
@@ -124,13 +125,26 @@ pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Running> {
             Some(crate::teams::Webhook::new(token.expose_str())?)
         }
     };
-    let teams_bot = match cfg.teams.as_ref().map(|t| (&t.app_id, &t.jwks_file)) {
-        Some((Some(id), Some(jwks))) => {
+    let teams_bot = match cfg
+        .teams
+        .as_ref()
+        .map(|t| (&t.app_id, &t.jwks_file, &t.jwks_url))
+    {
+        Some((Some(_), Some(_), Some(_))) => {
+            bail!("[teams] has both jwks_file and jwks_url: keep one")
+        }
+        Some((Some(id), Some(jwks), None)) => {
             Some(crate::teams_bot::Bot::load(id, &cfg.base.join(jwks))?)
         }
-        Some((None, None)) | None => None,
-        Some(_) => bail!("[teams] needs both app_id and jwks_file for the bot endpoint"),
+        Some((Some(id), None, Some(url))) => {
+            Some(crate::teams_bot::Bot::from_url(id, url, clock.now()).await?)
+        }
+        Some((_, None, None)) | None => None,
+        Some(_) => bail!(
+            "[teams] needs app_id with jwks_file or jwks_url for the bot endpoint (POST /teams/messages)"
+        ),
     };
+    let teams_cards = crate::teams_cards::Cards::from_config(cfg)?;
     let mut tokens = Vec::new();
     for t in &cfg.pipeline.tokens {
         tokens.push(Token {
@@ -153,6 +167,7 @@ pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Running> {
         slack,
         teams_webhook,
         teams_bot,
+        teams_cards,
         tokens,
         effects: tx,
     });
@@ -177,7 +192,7 @@ pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Running> {
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
-                match app.engine.tick() {
+                match timers(&app) {
                     Ok(effects) => effects.into_iter().for_each(|e| app.push(e)),
                     Err(e) => tracing::error!("timers: {e:#}"),
                 }
@@ -190,12 +205,63 @@ pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Running> {
         }
     });
     let mut tasks = vec![exec, ticker];
+    if cfg.audit_shipping.enabled {
+        tasks.push(tokio::spawn(ship_audit(cfg.clone())));
+    }
     if let Some(api) = socket {
         tasks.push(tokio::spawn(crate::slack::socket::run(app.clone(), api)));
     }
     // the HTTP server stays last: `wait` waits for it
     tasks.push(server);
     Ok(Running { addr, app, tasks })
+}
+
+/// What the clock brings: reminders, escalations and deadlines from the engine, and an Update for each
+/// request whose Teams card is out of step.
+fn timers(app: &App) -> Result<Vec<Effect>> {
+    let mut effects = app.engine.tick()?;
+    if let Some(cards) = &app.teams_cards {
+        for id in cards.out_of_step(&app.engine)? {
+            let e = Effect::Update { request: id };
+            if !effects.contains(&e) {
+                effects.push(e);
+            }
+        }
+    }
+    Ok(effects)
+}
+
+/// Ship the audit log's new records through the diode: at start (anything not shipped before a
+/// stop), then whenever records were appended. Looking is one `stat` of the log.
+async fn ship_audit(cfg: Config) {
+    let every = humantime::parse_duration(&cfg.audit_shipping.every)
+        .unwrap_or(Duration::from_secs(1))
+        .max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let c = cfg.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            crate::audit_ship::ship(&AuditLog::new(&c.audit), &c.outbox, &c.audit_shipping)
+        })
+        .await;
+        match r {
+            Ok(Ok(Some(seg))) => {
+                failing = false;
+                tracing::info!("audit records shipped in {}", seg.display());
+            }
+            Ok(Ok(None)) => failing = false,
+            // said once per failure streak, not every second
+            Ok(Err(e)) if !failing => {
+                failing = true;
+                tracing::error!("audit shipping: {e:#}");
+            }
+            Ok(Err(_)) => {}
+            Err(e) => tracing::error!("audit shipping: {e}"),
+        }
+    }
 }
 
 async fn carry_out(app: Arc<App>, mut rx: mpsc::UnboundedReceiver<Effect>) {
@@ -206,9 +272,26 @@ async fn carry_out(app: Arc<App>, mut rx: mpsc::UnboundedReceiver<Effect>) {
             | Effect::Thread { request, .. } => Some(request.clone()),
             Effect::Ephemeral { .. } => None,
         };
+        let card = matches!(e, Effect::Post { .. } | Effect::Update { .. });
+        if let (Effect::Thread { text, notify, .. }, Some(cards), Some(id)) =
+            (&e, &app.teams_cards, &request)
+        {
+            // said once: a failed reply is recorded, not retried (the next reminder follows)
+            if let Err(err) = cards.thread(&app.engine, id, text, notify).await {
+                tracing::warn!("Teams: {err:#}");
+                app.engine.chat_failed("teams", Some(id), &err);
+            }
+        }
         if let Err(err) = effect(&app, e).await {
             tracing::warn!("chat: {err:#}");
             app.engine.chat_failed("slack", request.as_deref(), &err);
+        }
+        if let (true, Some(cards), Some(id)) = (card, &app.teams_cards, &request) {
+            if let Err(err) = cards.sync(&app.engine, id).await {
+                tracing::warn!("Teams: {err:#}");
+                // the next tick finds the card out of step and tries again
+                app.engine.chat_failed("teams", Some(id), &err);
+            }
         }
     }
 }

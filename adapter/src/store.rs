@@ -97,6 +97,12 @@ CREATE TABLE IF NOT EXISTS votes (
     PRIMARY KEY (request_id, person)
 );
 CREATE INDEX IF NOT EXISTS requests_status ON requests(status);
+CREATE TABLE IF NOT EXISTS teams_activities (id TEXT PRIMARY KEY, at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS teams_cards (
+    request_id TEXT NOT NULL REFERENCES requests(id), via TEXT NOT NULL,
+    activity_id TEXT, shown TEXT NOT NULL,
+    PRIMARY KEY (request_id, via)
+);
 ";
 
 const COLUMNS: &str = "id, app, version, environment, digest, requester, requester_person, requester_name, \
@@ -172,6 +178,15 @@ impl Store {
             "SELECT {COLUMNS} FROM requests WHERE status = 'pending' ORDER BY created_at, id"
         ))?;
         let rows = st.query_map([], row_request)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Ids of requests pending, or decided at or after `since`.
+    pub fn recent(&self, since: u64) -> Result<Vec<String>> {
+        let mut st = self.db.prepare(
+            "SELECT id FROM requests WHERE status = 'pending' OR decided_at >= ?1 ORDER BY created_at, id",
+        )?;
+        let rows = st.query_map([since as i64], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -264,6 +279,48 @@ impl Store {
         self.db.execute(
             "UPDATE requests SET dirty = 0 WHERE id = ?1 AND status = ?2 AND (SELECT count(*) FROM votes WHERE request_id = ?1) = ?3",
             params![id, status.word(), votes as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Take a Teams activity id once: false if it was taken within `keep` seconds before `now` (a
+    /// replay). Older ids are forgotten; the activity's own timestamp window refuses them anyway.
+    pub fn take_activity(&self, id: &str, now: u64, keep: u64) -> Result<bool> {
+        self.db.execute(
+            "DELETE FROM teams_activities WHERE at < ?1",
+            [now.saturating_sub(keep) as i64],
+        )?;
+        let n = self.db.execute(
+            "INSERT OR IGNORE INTO teams_activities (id, at) VALUES (?1, ?2)",
+            params![id, now as i64],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// The Teams card of a request posted `via` the Bot Connector or a Workflow: (activity id, once the
+    /// Bot Connector gave one; what the card last posted shows).
+    pub fn teams_card(&self, request: &str, via: &str) -> Result<Option<(Option<String>, String)>> {
+        Ok(self
+            .db
+            .query_row(
+                "SELECT activity_id, shown FROM teams_cards WHERE request_id = ?1 AND via = ?2",
+                [request, via],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    pub fn set_teams_card(
+        &self,
+        request: &str,
+        via: &str,
+        activity_id: Option<&str>,
+        shown: &str,
+    ) -> Result<()> {
+        self.db.execute(
+            "INSERT INTO teams_cards (request_id, via, activity_id, shown) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(request_id, via) DO UPDATE SET activity_id = coalesce(?3, activity_id), shown = ?4",
+            params![request, via, activity_id, shown],
         )?;
         Ok(())
     }

@@ -8,8 +8,8 @@
 //! <digest>`, the mention stripped) is a deployment request by the Teams user (`from.aadObjectId`, else
 //! `from.id`) and goes to the same engine as a Slack slash command; the answer is a message activity.
 //!
-//! Replay ids are remembered in memory, for the window: after a restart an activity seen before it is
-//! only refused by its timestamp.
+//! Replay ids are kept in the SQLite state for twice the window, so a replay after a restart is
+//! refused by its id too.
 
 use crate::approval::{Actor, Effect, NewRequest, Requester};
 use crate::policy::Source;
@@ -25,8 +25,7 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::Sha256;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Five minutes either way, as for Slack.
 pub const WINDOW_SECS: u64 = 300;
@@ -51,10 +50,9 @@ pub enum WebhookError {
     Replayed(String),
 }
 
-/// The outgoing webhook's key (the security token, base64-decoded) and the ids taken in the window.
+/// The outgoing webhook's key (the security token, base64-decoded).
 pub struct Webhook {
     key: Vec<u8>,
-    seen: Mutex<HashMap<String, u64>>,
 }
 
 impl Webhook {
@@ -66,10 +64,7 @@ impl Webhook {
         if key.is_empty() {
             anyhow::bail!("teams.webhook_token is empty");
         }
-        Ok(Webhook {
-            key,
-            seen: Mutex::new(HashMap::new()),
-        })
+        Ok(Webhook { key })
     }
 
     /// Check the HMAC on the raw body (constant-time).
@@ -90,7 +85,8 @@ impl Webhook {
         m.verify_slice(&given).map_err(|_| WebhookError::Mismatch)
     }
 
-    /// The whole check: HMAC, then (only then parsing) the timestamp window and the replay guard.
+    /// HMAC, then (only then parsing) the timestamp window. The replay guard (the id) is the caller's,
+    /// against the persisted ids (`Engine::take_activity`).
     pub fn verify(
         &self,
         authorization: Option<&str>,
@@ -108,12 +104,6 @@ impl Webhook {
         if off > WINDOW_SECS {
             return Err(WebhookError::OutsideWindow(off));
         }
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.retain(|_, at| now.abs_diff(*at) <= 2 * WINDOW_SECS);
-        if seen.contains_key(&a.id) {
-            return Err(WebhookError::Replayed(a.id));
-        }
-        seen.insert(a.id.clone(), now);
         Ok(a)
     }
 }
@@ -172,17 +162,30 @@ fn strip_mentions(text: &str) -> String {
     out
 }
 
+fn refused(e: WebhookError) -> Response {
+    tracing::warn!("refused a request to /teams/webhook: {e}");
+    (StatusCode::UNAUTHORIZED, format!("refused: {e}")).into_response()
+}
+
 pub async fn webhook(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(hook) = app.teams_webhook.as_ref() else {
         return (StatusCode::NOT_FOUND, "the Teams webhook is not configured").into_response();
     };
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
     let a = match hook.verify(auth, &body, app.engine.now()) {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::warn!("refused a request to /teams/webhook: {e}");
-            return (StatusCode::UNAUTHORIZED, format!("refused: {e}")).into_response();
-        }
+        Ok(a) => match app.engine.take_activity(&a.id, 2 * WINDOW_SECS) {
+            Ok(true) => a,
+            Ok(false) => return refused(WebhookError::Replayed(a.id)),
+            Err(e) => {
+                tracing::error!("{e:#}");
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the adapter could not record this; see its log",
+                )
+                    .into_response();
+            }
+        },
+        Err(e) => return refused(e),
     };
     let text = strip_mentions(&a.text).replace("&nbsp;", " ");
     let words: Vec<&str> = text.split_whitespace().collect();

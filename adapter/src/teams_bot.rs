@@ -5,7 +5,8 @@
 //!
 //! Before anything in the activity is acted on, the Bot Framework JWT in `Authorization: Bearer` is
 //! validated with `jsonwebtoken`: RS256 only, signature against the key of its `kid` from the
-//! configured JWKS file, issuer `https://api.botframework.com`, audience the configured app id, expiry
+//! configured JWKS file or URL (cached; fetched again for an unknown `kid`, at most once a
+//! minute), issuer `https://api.botframework.com`, audience the configured app id, expiry
 //! (against the adapter's clock, 5 minutes leeway), and the `serviceUrl` claim equal to the activity's
 //! `serviceUrl`. The Teams user (`from.aadObjectId` if a person has it, else `from.id`) is matched
 //! against the policy and the click goes through the engine as a Slack click does. Action.Execute is
@@ -31,10 +32,34 @@ use std::sync::Arc;
 pub const ISSUER: &str = "https://api.botframework.com";
 const LEEWAY_SECS: u64 = 300;
 
+/// Where the Bot Framework's signing keys come from.
+enum KeySource {
+    File,
+    /// Fetched at start, again when a token names a key not in the cache (at most once a minute of
+    /// the adapter's clock, so forged kids cannot make the adapter hammer the URL) or when the cache is
+    /// a day old.
+    Url {
+        url: String,
+        http: reqwest::Client,
+    },
+}
+
+struct KeyCache {
+    keys: JwkSet,
+    /// Adapter clock time of the last fetch (tried, whether or not it worked).
+    fetched_at: Option<u64>,
+}
+
 pub struct Bot {
     app_id: String,
-    keys: JwkSet,
+    source: KeySource,
+    cache: tokio::sync::Mutex<KeyCache>,
 }
+
+/// Shortest time between two fetches of the JWKS URL.
+pub const JWKS_MIN_REFRESH_SECS: u64 = 60;
+/// Age after which the JWKS is fetched again even if every kid is known.
+pub const JWKS_MAX_AGE_SECS: u64 = 24 * 3600;
 
 #[derive(Deserialize)]
 struct Claims {
@@ -45,23 +70,114 @@ struct Claims {
     service_url: Option<String>,
 }
 
+fn parse_jwks(text: &str, from: &str) -> Result<JwkSet> {
+    let keys: JwkSet =
+        serde_json::from_str(text).with_context(|| format!("{from} is not a JWKS"))?;
+    if keys.keys.is_empty() {
+        bail!("{from} holds no keys");
+    }
+    Ok(keys)
+}
+
 impl Bot {
     pub fn load(app_id: &str, jwks: &Path) -> Result<Bot> {
         let text = std::fs::read_to_string(jwks)
             .with_context(|| format!("cannot read the JWKS {}", jwks.display()))?;
-        let keys: JwkSet = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a JWKS", jwks.display()))?;
-        if keys.keys.is_empty() {
-            bail!("{} holds no keys", jwks.display());
-        }
+        let keys = parse_jwks(&text, &jwks.display().to_string())?;
         Ok(Bot {
             app_id: app_id.to_string(),
-            keys,
+            source: KeySource::File,
+            cache: tokio::sync::Mutex::new(KeyCache {
+                keys,
+                fetched_at: None,
+            }),
         })
     }
 
+    /// Keys from `url`, fetched now (a failure is logged, and the fetch is tried again when a token
+    /// arrives: Slack keeps working while the key URL is unreachable).
+    pub async fn from_url(app_id: &str, url: &str, now: u64) -> Result<Bot> {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .context("cannot set up the HTTP client")?;
+        let bot = Bot {
+            app_id: app_id.to_string(),
+            source: KeySource::Url {
+                url: url.to_string(),
+                http,
+            },
+            cache: tokio::sync::Mutex::new(KeyCache {
+                keys: JwkSet { keys: Vec::new() },
+                fetched_at: None,
+            }),
+        };
+        {
+            let mut cache = bot.cache.lock().await;
+            bot.refresh(&mut cache, now).await;
+        }
+        Ok(bot)
+    }
+
+    async fn refresh(&self, cache: &mut KeyCache, now: u64) {
+        let KeySource::Url { url, http } = &self.source else {
+            return;
+        };
+        cache.fetched_at = Some(now);
+        let got = async {
+            let resp = http
+                .get(url)
+                .send()
+                .await
+                .with_context(|| format!("cannot fetch the JWKS from {url}"))?;
+            let status = resp.status();
+            if !status.is_success() {
+                bail!("the JWKS URL {url} answered {status}");
+            }
+            let text = resp
+                .text()
+                .await
+                .with_context(|| format!("cannot read the JWKS from {url}"))?;
+            parse_jwks(&text, url)
+        }
+        .await;
+        match got {
+            Ok(keys) => {
+                tracing::info!(
+                    "{} Bot Framework key(s) fetched from {url}",
+                    keys.keys.len()
+                );
+                cache.keys = keys;
+            }
+            Err(e) => tracing::error!("{e:#}"),
+        }
+    }
+
+    /// The key `kid`, refreshing the cache from the URL when it lacks it (rate-limited) or is old.
+    async fn key(&self, kid: &str, now: u64) -> Result<DecodingKey> {
+        let mut cache = self.cache.lock().await;
+        if matches!(self.source, KeySource::Url { .. }) {
+            let since = cache.fetched_at.map(|t| now.saturating_sub(t));
+            let may_fetch = since.is_none_or(|s| s >= JWKS_MIN_REFRESH_SECS);
+            let stale = since.is_none_or(|s| s >= JWKS_MAX_AGE_SECS);
+            if may_fetch && (stale || cache.keys.find(kid).is_none()) {
+                self.refresh(&mut cache, now).await;
+            }
+        }
+        let jwk = cache
+            .keys
+            .find(kid)
+            .with_context(|| format!("key {kid} is not in the JWKS"))?;
+        DecodingKey::from_jwk(jwk).context("the JWKS key is not usable")
+    }
+
     /// Validate the bearer token for an activity from `service_url`, at `now`.
-    pub fn validate(&self, authorization: Option<&str>, service_url: &str, now: u64) -> Result<()> {
+    pub async fn validate(
+        &self,
+        authorization: Option<&str>,
+        service_url: &str,
+        now: u64,
+    ) -> Result<()> {
         let token = authorization
             .and_then(|h| h.strip_prefix("Bearer "))
             .context("no Authorization: Bearer token")?
@@ -71,11 +187,7 @@ impl Bot {
             bail!("the token is signed with {:?}, not RS256", header.alg);
         }
         let kid = header.kid.context("the token names no key (kid)")?;
-        let jwk = self
-            .keys
-            .find(&kid)
-            .with_context(|| format!("key {kid} is not in the JWKS"))?;
-        let key = DecodingKey::from_jwk(jwk).context("the JWKS key is not usable")?;
+        let key = self.key(&kid, now).await?;
         let mut v = Validation::new(Algorithm::RS256);
         v.set_issuer(&[ISSUER]);
         v.set_audience(&[&self.app_id]);
@@ -86,10 +198,12 @@ impl Bot {
         let data =
             jsonwebtoken::decode::<Claims>(token, &key, &v).context("the token is refused")?;
         let c = data.claims;
-        if now > c.exp + LEEWAY_SECS {
+        if now > c.exp.saturating_add(LEEWAY_SECS) {
             bail!("the token expired at {}", c.exp);
         }
-        if c.nbf.is_some_and(|nbf| now + LEEWAY_SECS < nbf) {
+        if c.nbf
+            .is_some_and(|nbf| now.saturating_add(LEEWAY_SECS) < nbf)
+        {
             bail!("the token is not valid yet");
         }
         match c.service_url {
@@ -120,7 +234,7 @@ pub async fn messages(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
     };
     let service_url = a.get("serviceUrl").and_then(Value::as_str).unwrap_or("");
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
-    if let Err(e) = bot.validate(auth, service_url, app.engine.now()) {
+    if let Err(e) = bot.validate(auth, service_url, app.engine.now()).await {
         tracing::warn!("refused a request to /teams/messages: {e:#}");
         return (StatusCode::UNAUTHORIZED, format!("refused: {e:#}")).into_response();
     }

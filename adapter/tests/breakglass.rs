@@ -74,11 +74,12 @@ impl Site {
         chat(&self.dir, &args)
     }
 
-    /// Every entry of the outbox, hidden ones included.
+    /// Every entry of the outbox, hidden ones included, but the folder of shipped audit segments.
     fn outbox(&self) -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(self.dir.join("outbox"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "audit")
             .collect();
         v.sort();
         v
@@ -175,6 +176,17 @@ fn sign_writes_exactly_one_envelope_that_the_high_side_accepts() {
     );
     let path = site.dir.join("outbox").join(&name);
     assert!(out(&o).contains(&path.display().to_string()), "{}", out(&o));
+    // its audit record follows it across the diode: one segment holding record 1, the emit
+    let segs: Vec<String> = fs::read_dir(site.dir.join("outbox/audit"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(segs, vec!["diode-chat-0000000001-0000000001.jsonl"]);
+    let seg = fs::read_to_string(site.dir.join("outbox/audit").join(&segs[0])).unwrap();
+    assert!(
+        seg.contains("\"event\":\"emit\"") && seg.contains(&id),
+        "{seg}"
+    );
 
     let signed = SignedEnvelope::parse(&fs::read(&path).unwrap()).unwrap();
     envelope::verify(&signed, &[site.public()], &prod_rule(), now(), 60).unwrap();

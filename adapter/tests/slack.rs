@@ -166,6 +166,11 @@ impl Site {
 
     /// A site whose adapter.toml is the example with `edit` applied on top of the test's own changes.
     async fn with(edit: impl FnOnce(&mut toml::Table)) -> Site {
+        Site::with_secrets(edit, &[]).await
+    }
+
+    /// As `with`, and these extra files under secrets/ (name, content).
+    async fn with_secrets(edit: impl FnOnce(&mut toml::Table), secrets: &[(&str, &str)]) -> Site {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let (slack, api) = FakeSlack::start().await;
@@ -185,6 +190,9 @@ impl Site {
         secret_file(&dir, "slack-app-token", APP_TOKEN);
         secret_file(&dir, "teams-webhook-token", TEAMS_TOKEN);
         secret_file(&dir, "pipeline-ci.token", &format!("{CI_TOKEN}\n"));
+        for (name, value) in secrets {
+            secret_file(&dir, name, value);
+        }
         fs::create_dir(dir.join("outbox")).unwrap();
         diode_host::keyfile::generate_signing(&dir.join("keys"), SignerRole::Adapter).unwrap();
         let mut site = Site {
@@ -297,6 +305,7 @@ impl Site {
         let mut v: Vec<SignedEnvelope> = fs::read_dir(self.dir.join("outbox"))
             .unwrap()
             .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "envelope"))
             .map(|e| SignedEnvelope::parse(&fs::read(e.path()).unwrap()).unwrap())
             .collect();
         v.sort_by_key(|e| e.envelope.issued_at);
@@ -986,7 +995,9 @@ async fn socket_mode_two_of_three_with_retry_deduplicated_and_reconnect() {
     assert!(text_of(&upd[0]).contains("(1 of 2)"));
     assert!(site.envelopes().is_empty());
 
-    // Slack asks for a new connection: the adapter opens one and carries on there
+    // Slack asks for a new connection: the adapter opens one and carries on there. (Counted from here:
+    // the adapter may have asked once before the test server had its WebSocket URL, and retried.)
+    let opened = site.slack.of("apps.connections.open").len();
     ws_send(
         &mut ws,
         json!({"type": "disconnect", "reason": "refresh_requested",
@@ -997,7 +1008,7 @@ async fn socket_mode_two_of_three_with_retry_deduplicated_and_reconnect() {
         .await
         .expect("the adapter did not reconnect")
         .unwrap();
-    assert_eq!(site.slack.of("apps.connections.open").len(), 2);
+    assert_eq!(site.slack.of("apps.connections.open").len(), opened + 1);
     ws_send(&mut ws2, hello()).await;
     // the retry of an envelope handled on the old connection is still a duplicate
     ws_send(&mut ws2, click_envelope("env-ada", 2, "U0ADA", &id)).await;
@@ -1066,8 +1077,9 @@ fn teams_hmac(key_b64: &str, body: &[u8]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn teams_webhook_hmac_accepted_then_tampered_wrong_key_stale_and_replayed_refused() {
-    let site = Site::new().await;
+async fn teams_webhook_hmac_accepted_then_tampered_wrong_key_stale_and_replayed_refused_even_after_a_restart(
+) {
+    let mut site = Site::new().await;
     let now = site.clock.now_secs();
     let post = |body: String, auth: Option<String>| {
         let mut r = site
@@ -1147,6 +1159,29 @@ async fn teams_webhook_hmac_accepted_then_tampered_wrong_key_stale_and_replayed_
     .await
     .unwrap();
     assert_eq!(r.status(), 200);
+    let requests = site
+        .audit()
+        .iter()
+        .filter(|r| r["event"] == "request")
+        .count();
+    assert_eq!(requests, 2);
+
+    // the adapter is killed and started again; act-1, still inside its 5-minute window, is replayed:
+    // the id taken before the restart is remembered (SQLite), so it is refused by its id
+    site.restart().await;
+    let r = site
+        .http
+        .post(site.url("/teams/webhook"))
+        .header("content-type", "application/json")
+        .header("authorization", teams_hmac(TEAMS_TOKEN, body.as_bytes()))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let t = r.text().await.unwrap();
+    assert!(t.contains("act-1 was already taken"), "{t}");
+    println!("after a restart, the replay is refused: {t}");
     let requests = site
         .audit()
         .iter()
@@ -1269,4 +1304,605 @@ async fn teams_action_execute_with_bot_jwt_votes_and_bad_tokens_are_refused() {
         60,
     )
     .unwrap();
+}
+
+fn submit_activity(from: &str, action: &str, request: &str) -> Value {
+    json!({
+        "type": "message", "id": "f:sub-1", "channelId": "msteams", "serviceUrl": SERVICE_URL,
+        "from": {"id": from, "name": "Ada Lovelace", "aadObjectId": "00000000-0000-0000-0000-00000000ada0"},
+        "conversation": {"id": "19:prod@thread.skype"},
+        "recipient": {"id": format!("28:{BOT_APP_ID}")},
+        "text": "",
+        "value": {"action": action, "request": request}
+    })
+}
+
+fn bot_site_edit(cfg: &mut toml::Table) {
+    let t = cfg["teams"].as_table_mut().unwrap();
+    t.insert("app_id".into(), BOT_APP_ID.into());
+    t.insert(
+        "jwks_file".into(),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/teams-test-jwks.json").into(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teams_action_submit_click_votes_and_an_unsigned_one_is_refused() {
+    let site = Site::with(bot_site_edit).await;
+    site.command("U0DAN", &format!("request billing 1.4.2 prod {DIGEST}"))
+        .await;
+    let id = request_id_of(&site.slack.wait_count("chat.postMessage", 1).await[0]);
+    let now = site.clock.now_secs();
+    let submit = submit_activity("29:ada", "approve", &id);
+
+    // an Action.Submit without a valid token: refused before it is read, nothing counted
+    let forged = bot_jwt("some-other-bot", now + 600, SERVICE_URL);
+    let r = site
+        .http
+        .post(site.url("/teams/messages"))
+        .bearer_auth(forged)
+        .json(&submit)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(site.audit().iter().all(|r| r["event"] != "vote"));
+
+    // Ada's Action.Submit (a message activity whose value carries action and request): counted
+    let r = site
+        .http
+        .post(site.url("/teams/messages"))
+        .bearer_auth(bot_jwt(BOT_APP_ID, now + 600, SERVICE_URL))
+        .json(&submit)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let votes: Vec<Value> = site
+        .audit()
+        .into_iter()
+        .filter(|r| r["event"] == "vote")
+        .collect();
+    assert_eq!(votes.len(), 1);
+    assert_eq!(votes[0]["person"], "ada");
+    assert_eq!(votes[0]["who"]["source"], "teams", "{}", votes[0]);
+    println!("Action.Submit vote: {}", votes[0]);
+
+    // Bob completes it from Slack; the envelope names Ada as a Teams approver
+    site.click("U0BOB", "approve", &id).await;
+    site.slack
+        .wait("the approval", |c| {
+            c.iter()
+                .rfind(|c| c.method == "chat.update" && !has_buttons(c))
+                .cloned()
+        })
+        .await;
+    let envs = site.envelopes();
+    assert_eq!(envs.len(), 1);
+    let ada = envs[0]
+        .envelope
+        .approvers
+        .iter()
+        .find(|a| a.name == "Ada Lovelace")
+        .expect("Ada approved");
+    assert_eq!(ada.source, "teams");
+}
+
+// ---- a local server speaking the Bot Connector, the identity platform's token endpoint, a Workflows
+// ---- webhook and a JWKS URL -------------------------------------------------------------------------
+
+const TEAMS_APP_PASSWORD: &str = "teams-app-password-s3cr3t";
+const TEAMS_ACCESS_TOKEN: &str = "teams-access-token-1";
+const PROD_CONVERSATION: &str = "19:prod0123456789abcdef@thread.tacv2";
+
+#[derive(Clone, Debug)]
+struct TeamsCall {
+    method: String,
+    path: String,
+    auth: String,
+    body: Value,
+    at: Instant,
+}
+
+#[derive(Clone, Default)]
+struct FakeTeams {
+    calls: Arc<Mutex<Vec<TeamsCall>>>,
+    /// Answer this many of the next activity POSTs with 429 + Retry-After: 1.
+    throttle: Arc<AtomicU32>,
+    next_id: Arc<AtomicU32>,
+    jwks: Arc<Mutex<Value>>,
+    /// Answer every Bot Connector call with 503.
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn fake_teams(
+    State(s): State<FakeTeams>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let path = uri.path().to_string();
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let ctype = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let parsed = if ctype.starts_with("application/x-www-form-urlencoded") {
+        let form: BTreeMap<String, String> = serde_urlencoded::from_bytes(&body).unwrap();
+        json!(form)
+    } else {
+        serde_json::from_slice(&body).unwrap_or(Value::Null)
+    };
+    s.calls.lock().unwrap().push(TeamsCall {
+        method: method.to_string(),
+        path: path.clone(),
+        auth: auth.clone(),
+        body: parsed.clone(),
+        at: Instant::now(),
+    });
+    if path == "/keys" {
+        return Json(s.jwks.lock().unwrap().clone()).into_response();
+    }
+    if path == "/oauth2/v2.0/token" {
+        let f = &parsed;
+        let ok = ctype.starts_with("application/x-www-form-urlencoded")
+            && f["grant_type"] == "client_credentials"
+            && f["client_id"] == BOT_APP_ID
+            && f["client_secret"] == TEAMS_APP_PASSWORD
+            && f["scope"] == "https://api.botframework.com/.default";
+        if !ok {
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"error": "invalid_client"})),
+            )
+                .into_response();
+        }
+        return Json(
+            json!({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599,
+                           "access_token": TEAMS_ACCESS_TOKEN}),
+        )
+        .into_response();
+    }
+    if path.starts_with("/workflows/") {
+        return StatusCode::ACCEPTED.into_response();
+    }
+    // the Bot Connector: a bearer token from the token endpoint, a message with an Adaptive Card
+    if auth != format!("Bearer {TEAMS_ACCESS_TOKEN}") {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if s.down.load(Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    // a reply in a card's thread: a text message
+    if path.contains(";messageid=") {
+        if method != axum::http::Method::POST
+            || parsed["type"] != "message"
+            || !parsed["text"].is_string()
+        {
+            return StatusCode::BAD_REQUEST.into_response();
+        }
+        let n = s.next_id.fetch_add(1, Ordering::SeqCst) + 1;
+        return Json(json!({"id": format!("1:reply-{n}")})).into_response();
+    }
+    let card_ok = parsed["type"] == "message"
+        && parsed["attachments"][0]["contentType"] == "application/vnd.microsoft.card.adaptive"
+        && parsed["attachments"][0]["content"]["type"] == "AdaptiveCard";
+    if !card_ok || !ctype.starts_with("application/json") {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    if method == axum::http::Method::POST && path.ends_with("/activities") {
+        if s.throttle
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")]).into_response();
+        }
+        let n = s.next_id.fetch_add(1, Ordering::SeqCst) + 1;
+        return Json(json!({"id": format!("1:activity-{n}")})).into_response();
+    }
+    if method == axum::http::Method::PUT {
+        let id = path.rsplit('/').next().unwrap_or("").to_string();
+        return Json(json!({"id": id})).into_response();
+    }
+    StatusCode::NOT_FOUND.into_response()
+}
+
+impl FakeTeams {
+    async fn start() -> (FakeTeams, String) {
+        let s = FakeTeams::default();
+        let app = axum::Router::new()
+            .fallback(fake_teams)
+            .with_state(s.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        (s, url)
+    }
+
+    fn calls(&self) -> Vec<TeamsCall> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn count(&self, path: &str) -> usize {
+        self.calls().iter().filter(|c| c.path == path).count()
+    }
+
+    async fn wait<T>(&self, what: &str, probe: impl Fn(&[TeamsCall]) -> Option<T>) -> T {
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(t) = probe(&self.calls()) {
+                return t;
+            }
+            if Instant::now() > end {
+                panic!("timed out waiting for {what}; calls: {:#?}", self.calls());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Every Action.Execute in a card, wherever it is (the buttons sit behind a confirmation card).
+fn executes(v: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    match v {
+        Value::Object(m) => {
+            if m.get("type") == Some(&json!("Action.Execute")) {
+                out.push(v.clone());
+            }
+            m.values().for_each(|x| out.extend(executes(x)));
+        }
+        Value::Array(a) => a.iter().for_each(|x| out.extend(executes(x))),
+        _ => {}
+    }
+    out
+}
+
+/// A Teams server and a site whose prod environment posts cards through the Bot Connector (to it)
+/// and a Workflows webhook (on it too).
+async fn cards_site() -> (FakeTeams, Site) {
+    let (teams, base) = FakeTeams::start().await;
+    let workflow = format!("{base}/workflows/prod/triggers/manual/paths/invoke?sig=wf-secret-sig");
+    let site = Site::with_secrets(
+        move |cfg| {
+            bot_site_edit(cfg);
+            let t = cfg["teams"].as_table_mut().unwrap();
+            t.insert(
+                "app_password".into(),
+                "file:secrets/teams-app-password".into(),
+            );
+            t.insert(
+                "token_url".into(),
+                format!("{base}/oauth2/v2.0/token").into(),
+            );
+            t.insert("service_url".into(), format!("{base}/amer/").into());
+            let prod = cfg["environments"]["prod"].as_table_mut().unwrap();
+            prod.insert("teams_conversation".into(), PROD_CONVERSATION.into());
+            prod.insert(
+                "teams_workflow_url".into(),
+                "file:secrets/teams-workflow-url".into(),
+            );
+        },
+        &[
+            ("teams-app-password", TEAMS_APP_PASSWORD),
+            ("teams-workflow-url", &workflow),
+        ],
+    )
+    .await;
+    (teams, site)
+}
+
+async fn pipeline_request(site: &Site) {
+    let (code, v) = site
+        .pipeline(
+            CI_TOKEN,
+            json!({"app": "billing", "version": "1.4.2", "environment": "prod", "digest": DIGEST,
+                   "on_behalf_of": "dan"}),
+        )
+        .await;
+    assert_eq!(code, 201, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_teams_did_not_take_is_posted_on_the_next_tick_and_never_twice_after_a_restart() {
+    let (teams, mut site) = cards_site().await;
+    teams.down.store(true, Ordering::SeqCst);
+    let activities = format!("/amer/v3/conversations/{PROD_CONVERSATION}/activities");
+    let posts = |teams: &FakeTeams| {
+        teams
+            .calls()
+            .iter()
+            .filter(|c| c.method == "POST" && c.path == activities)
+            .count()
+    };
+    pipeline_request(&site).await;
+    let end = Instant::now() + Duration::from_secs(15);
+    while !site
+        .audit()
+        .iter()
+        .any(|r| r["event"] == "chat_failed" && r["what"] == "teams")
+    {
+        assert!(Instant::now() < end, "the failure is not audited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(posts(&teams), 1, "tried once, refused with 503");
+    // the workflow's card does not wait for the bot's
+    assert!(teams
+        .calls()
+        .iter()
+        .any(|c| c.path.starts_with("/workflows/")));
+
+    // Teams is back: the next tick finds the card out of step and posts it
+    teams.down.store(false, Ordering::SeqCst);
+    site.tick();
+    teams
+        .wait("the card posted by the tick", |c| {
+            c.iter()
+                .filter(|c| c.method == "POST" && c.path == activities)
+                .nth(1)
+                .cloned()
+        })
+        .await;
+
+    // killed and started again: the card is remembered, nothing is posted twice
+    site.restart().await;
+    site.tick();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(posts(&teams), 2, "posted once only");
+    println!(
+        "Teams card posted by the tick after a 503: {} POSTs in all, none after the restart",
+        posts(&teams)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teams_cards_posted_through_the_bot_connector_and_a_workflow_and_updated_on_decision() {
+    let (teams, site) = cards_site().await;
+    teams.throttle.store(1, Ordering::SeqCst);
+
+    // a pipeline request: posted to Teams as a card with Approve / Reject (after one 429)
+    pipeline_request(&site).await;
+    let activities = format!("/amer/v3/conversations/{PROD_CONVERSATION}/activities");
+    let posts = teams
+        .wait("the card, posted after the 429", |c| {
+            let p: Vec<TeamsCall> = c
+                .iter()
+                .filter(|c| c.method == "POST" && c.path == activities)
+                .cloned()
+                .collect();
+            (p.len() >= 2).then_some(p)
+        })
+        .await;
+    assert!(
+        posts[1].at - posts[0].at >= Duration::from_millis(900),
+        "Retry-After: 1 was not honoured"
+    );
+    let card = &posts[1].body["attachments"][0]["content"];
+    assert_eq!(card["version"], "1.4");
+    let buttons = executes(card);
+    let verbs: Vec<&str> = buttons
+        .iter()
+        .map(|b| b["verb"].as_str().unwrap())
+        .collect();
+    assert_eq!(verbs, ["approve", "reject"]);
+    let id = buttons[0]["data"]["request"].as_str().unwrap().to_string();
+    assert!(card.to_string().contains(DIGEST));
+    assert_eq!(posts[1].auth, format!("Bearer {TEAMS_ACCESS_TOKEN}"));
+    let wf = teams
+        .wait("the workflow card", |c| {
+            c.iter()
+                .find(|c| c.path.starts_with("/workflows/"))
+                .cloned()
+        })
+        .await;
+    assert_eq!(wf.method, "POST");
+    assert_eq!(wf.body["type"], "message");
+    assert_eq!(
+        wf.body["attachments"][0]["contentType"],
+        "application/vnd.microsoft.card.adaptive"
+    );
+    assert!(wf.body["attachments"][0]["content"]
+        .to_string()
+        .contains(&id));
+    assert!(
+        executes(&wf.body).is_empty(),
+        "a workflow card has no buttons"
+    );
+
+    // Ada approves with the card's Action.Execute: the card is replaced in place (PUT), 1 of 2
+    let now = site.clock.now_secs();
+    let act = buttons[0].clone();
+    let invoke = execute_activity("29:ada", act["verb"].as_str().unwrap(), &id, SERVICE_URL);
+    let r = site
+        .http
+        .post(site.url("/teams/messages"))
+        .bearer_auth(bot_jwt(BOT_APP_ID, now + 600, SERVICE_URL))
+        .json(&invoke)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["value"], "Recorded.");
+    let put_path = format!("{activities}/1:activity-1");
+    let put = teams
+        .wait("the card updated with Ada's vote", |c| {
+            c.iter().find(|c| c.method == "PUT").cloned()
+        })
+        .await;
+    assert_eq!(put.path, put_path);
+    assert_eq!(put.body["id"], "1:activity-1");
+    let text = put.body.to_string();
+    assert!(
+        text.contains("1 of 2") && text.contains("Ada Lovelace"),
+        "{text}"
+    );
+    assert_eq!(executes(&put.body).len(), 2, "still pending: buttons stay");
+
+    // two hours on: the reminders and the escalation are replies under the card, the escalation
+    // mentioning Ada (release-manager, the one of tier 1 with a Teams id) as Teams mentions are made
+    site.clock.advance(2 * 3600 + 1);
+    site.tick();
+    let thread = activities.replace("/activities", ";messageid=1:activity-1/activities");
+    let replies = teams
+        .wait("the escalation under the card", |c| {
+            let r: Vec<TeamsCall> = c.iter().filter(|c| c.path == thread).cloned().collect();
+            r.iter()
+                .any(|c| {
+                    c.body["text"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("Escalation tier 1")
+                })
+                .then_some(r)
+        })
+        .await;
+    let esc = replies
+        .iter()
+        .find(|c| {
+            c.body["text"]
+                .as_str()
+                .unwrap()
+                .contains("Escalation tier 1")
+        })
+        .unwrap();
+    assert!(esc.body["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("<at>Ada Lovelace</at> "));
+    assert_eq!(
+        esc.body["entities"],
+        json!([{"type": "mention", "text": "<at>Ada Lovelace</at>",
+                "mentioned": {"id": "29:ada", "name": "Ada Lovelace"}}])
+    );
+    assert!(
+        replies
+            .iter()
+            .any(|c| c.body["text"].as_str().unwrap().starts_with("Reminder ")),
+        "{replies:#?}"
+    );
+    println!("Teams escalation reply: {}", esc.body["text"]);
+
+    // Bob completes it from Slack: the card loses its buttons and names approvers and envelope
+    site.click("U0BOB", "approve", &id).await;
+    let done = teams
+        .wait("the decided card", |c| {
+            c.iter()
+                .filter(|c| c.method == "PUT")
+                .find(|c| c.body.to_string().contains("Approved by"))
+                .cloned()
+        })
+        .await;
+    let envs = site.envelopes();
+    assert_eq!(envs.len(), 1);
+    let text = done.body["attachments"][0]["content"].to_string();
+    assert!(executes(&done.body).is_empty(), "buttons removed: {text}");
+    assert!(text.contains(&envs[0].envelope.id), "{text}");
+    assert!(
+        text.contains("Ada Lovelace") && text.contains("Bob Kahn"),
+        "{text}"
+    );
+    println!(
+        "Teams card after the decision: {}",
+        done.body["attachments"][0]["content"]["body"][2]["text"]
+    );
+    let wf2 = teams
+        .wait("the workflow's decided card", |c| {
+            let w: Vec<TeamsCall> = c
+                .iter()
+                .filter(|c| c.path.starts_with("/workflows/"))
+                .cloned()
+                .collect();
+            (w.len() >= 2).then_some(w)
+        })
+        .await;
+    assert!(wf2[1].body.to_string().contains("Approved by"));
+    // one token for all of it (cached), asked with the client-credentials grant
+    assert_eq!(teams.count("/oauth2/v2.0/token"), 1);
+    // exactly one card posted; no more workflow posts than the two states
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        teams
+            .calls()
+            .iter()
+            .filter(|c| c.method == "POST" && c.path == activities)
+            .count(),
+        2,
+        "one 429 and one post"
+    );
+    assert_eq!(
+        teams
+            .calls()
+            .iter()
+            .filter(|c| c.path.starts_with("/workflows/"))
+            .count(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teams_jwks_by_url_is_cached_and_fetched_again_for_a_new_kid_at_most_once_a_minute() {
+    let (teams, base) = FakeTeams::start().await;
+    let jwks: Value = serde_json::from_str(include_str!("teams-test-jwks.json")).unwrap();
+    *teams.jwks.lock().unwrap() = jwks.clone();
+    let b = base.clone();
+    let site = Site::with(move |cfg| {
+        let t = cfg["teams"].as_table_mut().unwrap();
+        t.insert("app_id".into(), BOT_APP_ID.into());
+        t.insert("jwks_url".into(), format!("{b}/keys").into());
+    })
+    .await;
+    assert_eq!(teams.count("/keys"), 1, "fetched at start");
+    site.command("U0DAN", &format!("request billing 1.4.2 prod {DIGEST}"))
+        .await;
+    let id = request_id_of(&site.slack.wait_count("chat.postMessage", 1).await[0]);
+    let token = |kid: &str, now: u64| {
+        let key = jsonwebtoken::EncodingKey::from_rsa_der(include_bytes!("teams-test-key.der"));
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        h.kid = Some(kid.into());
+        let claims = json!({"iss": "https://api.botframework.com", "aud": BOT_APP_ID,
+                            "exp": now + 600, "serviceUrl": SERVICE_URL});
+        jsonwebtoken::encode(&h, &claims, &key).unwrap()
+    };
+    let send = |t: String, who: &str| {
+        site.http
+            .post(site.url("/teams/messages"))
+            .bearer_auth(t)
+            .json(&execute_activity(who, "approve", &id, SERVICE_URL))
+            .send()
+    };
+    let now = site.clock.now_secs();
+
+    // a known kid: from the cache, no fetch
+    let r = send(token("test-key-1", now), "29:ada").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(teams.count("/keys"), 1);
+
+    // the keys rotate: the same key now published as test-key-2
+    let mut rotated = jwks.clone();
+    rotated["keys"][0]["kid"] = "test-key-2".into();
+    *teams.jwks.lock().unwrap() = rotated;
+    // an unknown kid within a minute of the last fetch: no fetch, refused
+    let r = send(token("test-key-2", now), "29:ada").await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("not in the JWKS"));
+    assert_eq!(teams.count("/keys"), 1, "at most once a minute");
+
+    // a minute later (adapter clock): the unknown kid makes one fetch, and the token is taken
+    site.clock.advance(61);
+    let now = site.clock.now_secs();
+    let r = send(token("test-key-2", now), "29:ada").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(teams.count("/keys"), 2);
+    // a forged kid right after: refused without another fetch
+    let r = send(token("made-up-kid", now), "29:ada").await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(teams.count("/keys"), 2);
+    println!(
+        "JWKS fetches: {} (start, one after the rotation)",
+        teams.count("/keys")
+    );
 }

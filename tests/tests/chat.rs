@@ -3,7 +3,8 @@
 //! Web API wire format, is killed with SIGKILL after the first approval and started again, completes the
 //! 2-of-3 rule with the vote it kept, and writes the signed envelope into the outbox, from where
 //! `diode-send` carries it to `diode-recv`, which verifies it against the high side's own rules and
-//! publishes it in approvals/.
+//! publishes it in approvals/. The adapter's audit log follows the same way, in segments that the high
+//! side verifies as one chain.
 //!
 //! HTTP here is plain std sockets on purpose: the test shares no HTTP code with the adapter.
 
@@ -332,4 +333,77 @@ fn chat_approval_survives_a_kill_and_is_accepted_by_the_real_receiver() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), envelope_id);
+
+    // the adapter's audit log crossed the diode too: its segments in the receiver's inbox hold every
+    // record the low side has, and the chain verifies across them on the high side
+    let chat_cmd = || {
+        let mut c = Command::new(bin("diode-chat"));
+        c.arg("--config").arg(site.path("adapter.toml"));
+        c
+    };
+    // the high side has no adapter.toml: the segments are all it needs
+    let high_verify = |dir: &Path| {
+        Command::new(bin("diode-chat"))
+            .args(["audit", "verify", "--segments"])
+            .arg(dir)
+            .current_dir(site.inbox())
+            .output()
+    };
+    let segments = site.inbox().join("audit");
+    let verified = wait_for(
+        "the audit segments on the high side",
+        Duration::from_secs(30),
+        || {
+            let low = String::from_utf8(chat_cmd().args(["audit", "verify"]).output().ok()?.stdout)
+                .ok()?;
+            let n: u64 = low
+                .strip_prefix("ok: ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            let o = high_verify(&segments).ok()?;
+            let high = String::from_utf8_lossy(&o.stdout).into_owned();
+            high.starts_with(&format!("ok: {n} records of diode-chat"))
+                .then_some(high)
+        },
+    );
+    println!("high side: {}", verified.trim());
+    let mut names: Vec<String> = fs::read_dir(&segments)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    println!("segments in the receiver's inbox: {names:?}");
+    let all: String = names
+        .iter()
+        .map(|n| fs::read_to_string(segments.join(n)).unwrap())
+        .collect();
+    assert!(all.contains(&envelope_id) && all.contains("\"event\":\"vote\""));
+
+    // an operator copies the segments and someone edits one vote: the verifier names file and line
+    let copy = site.path("audit-copy");
+    fs::create_dir(&copy).unwrap();
+    for n in &names {
+        fs::copy(segments.join(n), copy.join(n)).unwrap();
+    }
+    let (file, line) = names
+        .iter()
+        .find_map(|n| {
+            let t = fs::read_to_string(copy.join(n)).unwrap();
+            t.lines()
+                .position(|l| l.contains("\"event\":\"vote\"") && l.contains("U0CAT"))
+                .map(|i| (n.clone(), i + 1))
+        })
+        .expect("Cat's vote in a segment");
+    let t = fs::read_to_string(copy.join(&file)).unwrap();
+    fs::write(copy.join(&file), t.replacen("U0CAT", "U0EVE", 1)).unwrap();
+    let o = high_verify(&copy).unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains(&format!("{file} line {line} ")) && err.contains("the record was edited"),
+        "{err}"
+    );
+    println!("tampered copy: {}", err.trim());
 }

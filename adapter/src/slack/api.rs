@@ -4,12 +4,9 @@
 //! times.
 
 use crate::secret::Secret;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
 use std::time::Duration;
-
-/// Longest wait honoured from one Retry-After (a larger value is capped, then retried).
-const MAX_RETRY_AFTER: u64 = 60;
 
 pub struct SlackApi {
     http: reqwest::Client,
@@ -35,45 +32,29 @@ impl SlackApi {
     /// Call `method` with a JSON body; returns Slack's answer when `ok` is true.
     pub async fn call(&self, method: &str, body: &Value) -> Result<Value> {
         let url = format!("{}/{method}", self.base);
-        let mut attempt = 0;
-        loop {
-            let resp = self
-                .http
-                .post(&url)
-                .bearer_auth(self.token.expose_str())
-                .json(body)
-                .send()
-                .await
-                .with_context(|| format!("Slack {method}: cannot reach {url}"))?;
-            if resp.status().as_u16() == 429 {
-                let wait = resp
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .unwrap_or(1)
-                    .min(MAX_RETRY_AFTER);
-                if attempt >= self.max_retries {
-                    bail!("Slack {method}: still rate limited after {attempt} retries");
-                }
-                attempt += 1;
-                tracing::warn!("Slack {method}: rate limited, retrying in {wait} s");
-                tokio::time::sleep(Duration::from_secs(wait)).await;
-                continue;
-            }
-            let status = resp.status();
-            let v: Value = resp
-                .json()
-                .await
-                .with_context(|| format!("Slack {method}: answer ({status}) is not JSON"))?;
-            if v.get("ok") != Some(&Value::Bool(true)) {
-                let err = v
-                    .get("error")
-                    .and_then(Value::as_str)
-                    .unwrap_or("no error given");
-                return Err(anyhow!("Slack {method} failed ({status}): {err}"));
-            }
-            return Ok(v);
+        let resp = crate::rate_limit::send(
+            || {
+                self.http
+                    .post(&url)
+                    .bearer_auth(self.token.expose_str())
+                    .json(body)
+            },
+            &format!("Slack {method} ({url})"),
+            self.max_retries,
+        )
+        .await?;
+        let status = resp.status();
+        let v: Value = resp
+            .json()
+            .await
+            .with_context(|| format!("Slack {method}: answer ({status}) is not JSON"))?;
+        if v.get("ok") != Some(&Value::Bool(true)) {
+            let err = v
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("no error given");
+            return Err(anyhow!("Slack {method} failed ({status}): {err}"));
         }
+        Ok(v)
     }
 }

@@ -50,15 +50,7 @@ pub fn render(v: &View) -> (String, Vec<Value>) {
     } else {
         format!("{} ({}) via {}", r.requester_name, r.requester, r.source)
     };
-    let approvals = if v.votes.is_empty() {
-        "none yet".to_string()
-    } else {
-        v.votes
-            .iter()
-            .map(|x| format!("{} ({})", x.name, x.roles.join("/")))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let approvals = v.approvals_text();
     let mut blocks = vec![
         json!({"type": "header", "text": {"type": "plain_text", "text": title}}),
         json!({"type": "section", "fields": [
