@@ -6,6 +6,7 @@ mod config;
 mod receive;
 mod status;
 mod store;
+mod wait;
 mod writer;
 
 use anyhow::{Context, Result};
@@ -83,6 +84,21 @@ enum ApprovalsCmd {
         /// A particular envelope id (otherwise the newest valid one)
         #[arg(long)]
         id: Option<String>,
+    },
+    /// Block until the answer to a request made with `diode-send request` comes back (an envelope whose
+    /// request_id is ID). Exit 0 approved (prints the envelope id), 2 rejected, 3 expired (no decision
+    /// by the low side's deadline, or the approval ran out before use), 4 no answer within --timeout,
+    /// 5 the approval was already used, 1 error.
+    Wait {
+        /// The request id `diode-send request` printed
+        #[arg(long)]
+        request: String,
+        /// How long to wait, e.g. 30m, 2h
+        #[arg(long, default_value = "30m")]
+        timeout: humantime::Duration,
+        /// Consume the approval (exactly once) as soon as it is there
+        #[arg(long)]
+        consume: bool,
     },
 }
 
@@ -177,6 +193,29 @@ fn run(cli: Cli) -> Result<()> {
                 ApprovalsCmd::Check { artifact, env } => {
                     let found = approvals::find(&cfg, &artifact, &env, None)?;
                     print_or_exit(found, &artifact, &env)
+                }
+                ApprovalsCmd::Wait {
+                    request,
+                    timeout,
+                    consume,
+                } => {
+                    let answer = wait::wait(&cfg, &request, timeout.into(), consume)?;
+                    match &answer {
+                        wait::Answer::Approved(id) => println!("{id}"),
+                        wait::Answer::Rejected(what) => {
+                            eprintln!("request {request} was rejected: {what}")
+                        }
+                        wait::Answer::Expired(what) => {
+                            eprintln!("request {request} expired: {what}")
+                        }
+                        wait::Answer::Consumed(id) => {
+                            eprintln!("request {request}: approval {id} was already used")
+                        }
+                        wait::Answer::TimedOut => {
+                            eprintln!("request {request}: no answer within {timeout}")
+                        }
+                    }
+                    std::process::exit(answer.code());
                 }
                 ApprovalsCmd::Consume { artifact, env, id } => {
                     let found = approvals::consume(&cfg, &artifact, &env, id.as_deref())?;

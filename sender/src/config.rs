@@ -47,6 +47,11 @@ pub struct Config {
     pub rekey_secs: u64,
     #[serde(default = "d_settle")]
     pub settle_secs: u64,
+    #[serde(default)]
+    pub envelope_only: bool,
+    #[serde(default = "d_envelope_max")]
+    pub max_envelope_bytes: usize,
+    pub pipeline_key: Option<PathBuf>,
     #[serde(default = "d_days")]
     pub retention_days: u64,
     #[serde(default = "d_gb")]
@@ -57,6 +62,9 @@ pub struct Config {
 const SMALL_OBJECT: u64 = 8 << 10;
 const SMALL_SHARD: usize = 256;
 
+fn d_envelope_max() -> usize {
+    16 << 10
+}
 fn d_data_bits() -> u8 {
     8
 }
@@ -119,10 +127,20 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
-        if let Some(d) = c.device.as_mut() {
-            if d.is_relative() {
-                *d = base.join(&*d);
+        for p in [c.device.as_mut(), c.pipeline_key.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
             }
+        }
+        if !(256..=diode_proto::envelope::MAX_ENVELOPE_BYTES).contains(&c.max_envelope_bytes) {
+            bail!(
+                "max_envelope_bytes = {}: use 256 to {}",
+                c.max_envelope_bytes,
+                diode_proto::envelope::MAX_ENVELOPE_BYTES
+            );
         }
         c.serial_line()?;
         if c.link == LinkKind::Udp {

@@ -5,12 +5,14 @@ mod config;
 mod encoding;
 mod journal;
 mod outbox;
+mod requests;
 mod transmit;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use config::Config;
 use diode_host::keyfile;
+use diode_proto::envelope::SignerRole;
 use diode_proto::journal::{format_id, parse_id};
 use diode_proto::object::{kind_for_name, ObjectKind};
 use diode_proto::Role;
@@ -40,10 +42,19 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Write a new sender key pair: DIR/sender.key (mode 0600) and DIR/sender.pub (give it to the high side)
+    ///
+    /// With --pipeline: a pipeline signing key pair instead, DIR/pipeline.key (0600) and DIR/pipeline.pub,
+    /// for `diode-send request` on the high side (pipeline.pub goes to the low side's diode-chat).
     Keygen {
         #[arg(long)]
         dir: PathBuf,
+        #[arg(long)]
+        pipeline: bool,
     },
+    /// Ask for a deployment approval from inside the air gap: write a request envelope, signed with
+    /// `pipeline_key`, into the outbox (of the reverse link's sender) and print its id. Wait for the
+    /// answer with `diode-recv approvals wait --request ID`.
+    Request(requests::NewRequest),
     /// Send files or folders once, with a progress bar, and exit when the last frame is out
     File {
         #[arg(required = true)]
@@ -76,7 +87,37 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Some(Cmd::Keygen { dir }) => {
+        Some(Cmd::Keygen {
+            dir,
+            pipeline: true,
+        }) => {
+            let (k, p) = keyfile::generate_signing(&dir, SignerRole::Pipeline)?;
+            println!(
+                "wrote {} (secret, mode 0600) and {}",
+                k.display(),
+                p.display()
+            );
+            println!(
+                "set pipeline_key = \"{}\" in the reverse link's send.toml; copy {} to the low side and list it in diode-chat's [reverse] pipeline_keys",
+                k.display(),
+                p.display()
+            );
+            Ok(())
+        }
+        Some(Cmd::Request(new)) => {
+            let cfg = Config::load(&cli.config)?;
+            let (id, path) = requests::write_request(&cfg, new)?;
+            eprintln!(
+                "request {id} written to {}; wait for the answer with: diode-recv approvals wait --request {id}",
+                path.display()
+            );
+            println!("{id}");
+            Ok(())
+        }
+        Some(Cmd::Keygen {
+            dir,
+            pipeline: false,
+        }) => {
             let (k, p) = keyfile::generate(&dir, Role::Sender)?;
             println!(
                 "wrote {} (secret, mode 0600) and {}",
@@ -149,11 +190,16 @@ impl Intake<'_> {
         for p in self.outbox.poll(wait) {
             match outbox::wire_name(&self.cfg.outbox, &p) {
                 Some(name) if diode_proto::object::safe_name(&name).is_ok() => {
+                    if let Some(why) = requests::envelope_only_refusal(self.cfg, &p, &name) {
+                        requests::set_aside(self.cfg, &p, &name, &why);
+                        self.outbox.forget(&p);
+                        continue;
+                    }
                     match self.journal.claim(&p, &name) {
                         Ok((id, path)) => {
-                            let envelope = kind_for_name(&name) == ObjectKind::Envelope;
+                            let urgent = requests::is_urgent(&name);
                             let job = Job::New { id, name, path };
-                            if envelope {
+                            if urgent {
                                 self.urgent.push_back(job);
                             } else {
                                 self.bulk.push_back(job);
@@ -196,7 +242,7 @@ impl Intake<'_> {
     fn repeat(&mut self, meta: diode_proto::ObjectMeta, path: PathBuf) {
         let now = Instant::now();
         for d in REPEATS {
-            let job = if meta.kind == ObjectKind::Envelope {
+            let job = if requests::is_urgent(&meta.name) {
                 Job::Replay {
                     meta: meta.clone(),
                     path: path.clone(),
@@ -240,7 +286,7 @@ fn daemon(cfg: &Config) -> Result<()> {
                 name: e.name.clone(),
                 path: e.path,
             };
-            if kind_for_name(&e.name) == ObjectKind::Envelope {
+            if requests::is_urgent(&e.name) {
                 intake.urgent.push_back(job);
             } else {
                 intake.bulk.push_back(job);
@@ -514,6 +560,9 @@ fn send_files(cfg: &Config, paths: &[PathBuf]) -> Result<()> {
             let name = outbox::wire_name(&base, &f)
                 .with_context(|| format!("{} has a name that is not UTF-8", f.display()))?;
             diode_proto::object::safe_name(&name)?;
+            if let Some(why) = requests::envelope_only_refusal(cfg, &f, &name) {
+                bail!("{} refused: {why}", f.display());
+            }
             files.push((f, name));
         }
     }
