@@ -6,6 +6,7 @@
 //! The binaries are taken from `DIODE_BIN_DIR`, or `target/release` of this workspace (`tests/run.sh`
 //! builds them first).
 
+pub mod chat;
 pub mod envelopes;
 pub mod link;
 pub mod serial;
