@@ -38,6 +38,7 @@ pub struct Config {
     pub expire_hours: u64,
     #[serde(default = "d_replay_config")]
     pub replay_config: String,
+    pub metrics_file: Option<PathBuf>,
     /// Approval envelopes: absent means envelopes are not accepted (each stays a partial object with an
     /// error that status shows, until the section is configured and the receiver restarted).
     pub approvals: Option<ApprovalsConfig>,
@@ -122,6 +123,7 @@ impl Config {
             .into_iter()
             .chain(c.senders.iter_mut())
             .chain(c.device.as_mut())
+            .chain(c.metrics_file.as_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);

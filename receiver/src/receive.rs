@@ -754,6 +754,11 @@ impl Receiver {
             received_bytes: self.received_bytes,
             objects,
         };
+        if let Some(m) = &self.cfg.metrics_file {
+            if let Err(e) = write_atomic(m, s.prometheus().as_bytes(), 0o644) {
+                tracing::warn!(error = %format!("{e:#}"), "cannot write the metrics file");
+            }
+        }
         write_atomic(
             &self.cfg.status_path(),
             &serde_json::to_vec_pretty(&s)?,

@@ -45,6 +45,94 @@ pub struct ObjectStatus {
     pub replay: Option<String>,
 }
 
+impl Status {
+    /// The same figures in Prometheus' text exposition format, for node_exporter's textfile collector
+    /// (`metrics_file` in recv.toml). Label values are hex key ids and fixed reason words: nothing to
+    /// escape.
+    pub fn prometheus(&self) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
+            let _ = writeln!(
+                o,
+                "# HELP diode_recv_{name} {help}\n# TYPE diode_recv_{name} {kind}"
+            );
+            for (labels, v) in rows {
+                let _ = writeln!(o, "diode_recv_{name}{labels} {v}");
+            }
+        };
+        metric(
+            "updated_timestamp_seconds",
+            "gauge",
+            "When the receiver last wrote these figures (Unix time); stale means it is not running.",
+            vec![(String::new(), self.updated as f64)],
+        );
+        metric(
+            "received_files_total",
+            "counter",
+            "Files published in the inbox since the receiver started.",
+            vec![(String::new(), self.received_files as f64)],
+        );
+        metric(
+            "received_bytes_total",
+            "counter",
+            "Bytes of files published in the inbox since the receiver started.",
+            vec![(String::new(), self.received_bytes as f64)],
+        );
+        metric(
+            "dropped_frames_total",
+            "counter",
+            "Frames dropped before use, by reason (docs/protocol.md 11.1).",
+            self.drops
+                .iter()
+                .map(|(k, v)| (format!("{{reason=\"{k}\"}}"), *v as f64))
+                .collect(),
+        );
+        // one row per sender: its newest session (sessions are sorted newest first)
+        let mut seen = std::collections::BTreeSet::new();
+        let newest: Vec<&SessionStatus> = self
+            .sessions
+            .iter()
+            .filter(|s| seen.insert(s.sender.clone()))
+            .collect();
+        let per_sender = |f: &dyn Fn(&SessionStatus) -> f64| -> Vec<(String, f64)> {
+            newest
+                .iter()
+                .map(|s| (format!("{{sender=\"{}\"}}", s.sender), f(s)))
+                .collect()
+        };
+        metric(
+            "link_up",
+            "gauge",
+            "1 while frames or heartbeats arrive from the sender, 0 when the link is down.",
+            per_sender(&|s| f64::from(u8::from(s.link == "up"))),
+        );
+        metric(
+            "link_last_seen_seconds",
+            "gauge",
+            "Seconds since the last frame from the sender.",
+            per_sender(&|s| s.last_seen_secs),
+        );
+        metric(
+            "link_loss_percent",
+            "gauge",
+            "Frames lost on the link in the current session, percent.",
+            per_sender(&|s| s.loss_percent),
+        );
+        let count = |state: &str| self.objects.iter().filter(|o| o.state == state).count() as f64;
+        metric(
+            "objects",
+            "gauge",
+            "Objects being received, and incomplete ones (frames stopped with blocks missing: see status for the replay line).",
+            vec![
+                ("{state=\"receiving\"}".into(), count("receiving")),
+                ("{state=\"incomplete\"}".into(), count("incomplete")),
+            ],
+        );
+        o
+    }
+}
+
 pub fn replay_line(replay_config: &str, id: u64, missing: &str, all: bool) -> String {
     if all {
         format!(
