@@ -14,6 +14,13 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const MAX_NAME: usize = 1024;
 /// Largest object accepted: 16 TiB.
 pub const MAX_SIZE: u64 = 1 << 44;
+/// Most blocks an object may have: the receiver keeps a flag per block, so this bounds that memory
+/// (8 MiB) and the per-tick walk over it. At the default geometry (180 KiB a block) it is 1.4 TiB.
+pub const MAX_BLOCKS: u64 = 1 << 23;
+/// Most bytes one block may span, data and parity (the receiver allocates a block's buffer when its first
+/// shard arrives): 16 MiB, against 214 KiB at the default 128 + 24 shards of 1408 bytes and 1.4 MiB for
+/// jumbo frames.
+pub const MAX_BLOCK_BYTES: u64 = 16 << 20;
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ObjectKind {
@@ -65,6 +72,10 @@ pub enum MetaError {
     Name(String, &'static str),
     #[error("object of {0} bytes is larger than allowed")]
     Size(u64),
+    #[error("{0} blocks: at most {MAX_BLOCKS} (the shards are too small for the size)")]
+    Blocks(u64),
+    #[error("blocks of {0} bytes: at most {MAX_BLOCK_BYTES}")]
+    BlockBytes(u64),
     #[error(transparent)]
     Fec(#[from] FecError),
 }
@@ -88,8 +99,15 @@ impl ObjectMeta {
             return Err(MetaError::Size(self.size));
         }
         let g = self.geometry()?;
-        if g.block_count(self.size) > u32::MAX as u64 {
-            return Err(MetaError::Size(self.size));
+        // bounds on what one authenticated metadata frame can make the receiver allocate (found by the
+        // object_meta fuzz target: 64 x (2^32 - 1) bytes in 64-byte shards asked for a 4 GiB flag vector)
+        let blocks = g.block_count(self.size);
+        if blocks > MAX_BLOCKS {
+            return Err(MetaError::Blocks(blocks));
+        }
+        let block_bytes = ((g.data_shards + g.parity_shards) * g.shard_size) as u64;
+        if block_bytes > MAX_BLOCK_BYTES {
+            return Err(MetaError::BlockBytes(block_bytes));
         }
         Ok(())
     }
@@ -557,5 +575,44 @@ mod tests {
     fn interleaving_spreads_blocks() {
         let order: Vec<_> = interleave(&[3, 1, 2]).collect();
         assert_eq!(order, vec![(0, 0), (1, 0), (2, 0), (0, 1), (2, 1), (0, 2)]);
+    }
+
+    #[test]
+    fn metadata_that_would_make_the_receiver_allocate_gigabytes_is_refused() {
+        // the fuzzer's finding: 64 x (2^32 - 1) bytes in 64-byte shards, one data shard a block
+        let m = ObjectMeta {
+            id: 1,
+            name: "big.bin".into(),
+            size: 64 * (u32::MAX as u64),
+            sha256: [1; 32],
+            kind: ObjectKind::File,
+            shard_size: 64,
+            data_shards: 1,
+            parity_shards: 0,
+            mtime: 0,
+        };
+        assert!(matches!(m.check(), Err(MetaError::Blocks(_))));
+        assert!(matches!(
+            ObjectMeta::decode(&m.encode()),
+            Err(MetaError::Blocks(_))
+        ));
+        // 32768 + 32768 shards of 8960 bytes: 560 MiB for one block
+        let huge = ObjectMeta {
+            size: 1 << 20,
+            shard_size: 8960,
+            data_shards: 32768,
+            parity_shards: 32768,
+            ..m.clone()
+        };
+        assert!(matches!(huge.check(), Err(MetaError::BlockBytes(_))));
+        // the defaults and jumbo frames pass, up to a terabyte
+        let ok = ObjectMeta {
+            size: 1 << 40,
+            shard_size: 1408,
+            data_shards: 128,
+            parity_shards: 24,
+            ..m
+        };
+        assert_eq!(ok.check(), Ok(()));
     }
 }
