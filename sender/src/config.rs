@@ -204,6 +204,14 @@ impl Config {
         let parity = self
             .parity_shards
             .unwrap_or_else(|| default_parity(self.link));
+        let bytes = ((self.data_shards + parity) * shard) as u64;
+        if bytes > diode_proto::object::MAX_BLOCK_BYTES {
+            bail!(
+                "data_shards + parity_shards = {} shards of {shard} bytes make {bytes}-byte blocks: at most {} (the receiver holds a block in memory)",
+                self.data_shards + parity,
+                diode_proto::object::MAX_BLOCK_BYTES
+            );
+        }
         Geometry::new(shard, self.data_shards, parity).context("data_shards / parity_shards")
     }
 
