@@ -337,3 +337,32 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_from_before_reasons_gets_the_column_and_keeps_its_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("chat.sqlite");
+        {
+            let db = Connection::open(&path).unwrap();
+            db.execute_batch(&SCHEMA.replace(", reason TEXT", ""))
+                .unwrap();
+            db.execute(
+                "INSERT INTO requests (id, app, version, environment, digest, requester, requester_name, \
+                 source, created_at, deadline_at, status, envelope_id, channel) \
+                 VALUES ('req-1', 'a', '1', 'prod', 'd', 'U1', 'U', 'slack', 1, 2, 'pending', 'e1', 'C')",
+                [],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let r = store.get("req-1").unwrap().unwrap();
+        assert_eq!((r.app.as_str(), r.reason), ("a", None));
+        // and again: the column is there now
+        drop(store);
+        Store::open(&path).unwrap();
+    }
+}
