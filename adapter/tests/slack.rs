@@ -2290,3 +2290,24 @@ async fn an_unanswered_request_from_inside_is_rejected_at_the_deadline_under_its
     );
     println!("expired: {} request_id {}", e.decision, e.request_id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_named_as_the_requester_of_a_signed_request_may_not_approve_it() {
+    let pipeline = Pipeline::new();
+    let site = reverse_site(&pipeline).await;
+    let mut r = pipeline.request(RID, "prod", T0).request;
+    r.requester = "ada".into();
+    let signed = r.sign(&pipeline.key);
+    site.arrive("", &signed.file_name(), signed.to_json().as_bytes());
+    let post = site.slack.wait_count("chat.postMessage", 1).await.remove(0);
+    assert!(
+        text_of(&post).contains("Ada Lovelace"),
+        "{}",
+        text_of(&post)
+    );
+    site.click("U0ADA", "approve", RID).await;
+    let eph = site.slack.wait_count("chat.postEphemeral", 1).await;
+    assert!(text_of(&eph[0]).contains("own request"));
+    assert_eq!(site.refusals(), ["self_approval"]);
+    assert!(site.envelopes().is_empty());
+}
