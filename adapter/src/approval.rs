@@ -11,8 +11,10 @@ use crate::store::{Request, Status, Store, Vote};
 use anyhow::{anyhow, Context, Result};
 use diode_host::audit::AuditLog;
 use diode_proto::envelope::{
-    digest_ok, Approver, Artifact, Decision, Envelope, SignedEnvelope, SigningKey,
+    digest_ok, Approver, Artifact, Decision, Envelope, Reject, SignedEnvelope, SigningKey,
+    VerifyingKey,
 };
+use diode_proto::request::SignedRequest;
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -62,6 +64,30 @@ pub enum Requester {
         scope: Vec<String>,
         on_behalf_of: Option<String>,
     },
+    /// A pipeline inside the air gap, by the `requester` its signed request names (a person's key or
+    /// chat id, who then may not approve, or the pipeline's own name), signed by pipeline key `signer`.
+    Signed {
+        requester: String,
+        signer: String,
+    },
+}
+
+/// The pipeline keys that signed requests from the reverse diode are checked against, and how old or
+/// how far ahead such a request may be (seconds).
+#[derive(Debug, Clone)]
+pub struct PipelineKeys {
+    pub keys: Vec<VerifyingKey>,
+    pub skew: u64,
+    pub max_age: u64,
+}
+
+/// A signed request that was not refused.
+#[derive(Debug, Clone)]
+pub enum Taken {
+    /// A new request, under the signed request's id.
+    New(Box<Request>),
+    /// That id was taken before (the reverse link repeats small objects): nothing more happens.
+    Repeat(String),
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +125,10 @@ pub enum Refusal {
     TokenScope(String, String),
     #[error("{0} cannot be approved without the requester: too few other approvers hold the roles needed")]
     Unapprovable(String),
+    #[error("signed request refused: {0}")]
+    Signed(Reject),
+    #[error("request {0} was already taken with a different artifact or environment")]
+    Conflict(String),
 }
 
 impl Refusal {
@@ -116,6 +146,8 @@ impl Refusal {
             Refusal::BadRequest(_) => "bad_request",
             Refusal::TokenScope(..) => "token_scope",
             Refusal::Unapprovable(_) => "unapprovable",
+            Refusal::Signed(r) => r.code(),
+            Refusal::Conflict(_) => "conflicting_request",
         }
     }
 }
@@ -242,6 +274,83 @@ impl Engine {
 
     /// A new deployment request. Outer error: the adapter failed (disk, database); inner: refused.
     pub fn request(&self, who: Requester, new: NewRequest) -> Result<Result<Request, Refusal>> {
+        let id = format!("req-{}", &random_hex()[..16]);
+        self.create(who, new, id, None, Map::new())
+    }
+
+    /// A signed request from a pipeline inside the air gap, as read from the reverse receiver's inbox
+    /// (at most `MAX_REQUEST_BYTES` + 1 bytes of it). Taken under its own id, which is the approval's
+    /// `request_id`, with its digest; then under the policy like any other request. Its signature and
+    /// shape are checked before anything else, its id against those already taken next (a repeat is
+    /// no event, however old), its age last. Outer error: the adapter failed; inner: refused.
+    pub fn request_signed(
+        &self,
+        bytes: &[u8],
+        trust: &PipelineKeys,
+    ) -> Result<Result<Taken, Refusal>> {
+        let now = self.clock.now();
+        let refused =
+            |id: Option<&str>, who: Value, r: Refusal| -> Result<Result<Taken, Refusal>> {
+                Ok(Err(self.refuse("signed_request", id, who, r)?))
+            };
+        let s = match SignedRequest::parse(bytes) {
+            Ok(s) => s,
+            Err(r) => {
+                let who = json!({"source": "reverse", "bytes": bytes.len()});
+                return refused(None, who, Refusal::Signed(r));
+            }
+        };
+        let r = &s.request;
+        let who = json!({"source": "reverse", "signer": s.signer, "requester": r.requester});
+        let id = Some(r.id.as_str());
+        // signer and signature whatever the age, so that a repeat is recognised only if it is genuine
+        if let Err(e) = s.verify(&trust.keys, now, trust.skew, u64::MAX) {
+            return refused(id, who, Refusal::Signed(e));
+        }
+        if let Some(prev) = self.store().get(&r.id)? {
+            if (&prev.app, &prev.version, &prev.digest, &prev.environment)
+                == (
+                    &r.artifact.name,
+                    &r.artifact.version,
+                    &r.artifact.digest,
+                    &r.environment,
+                )
+            {
+                return Ok(Ok(Taken::Repeat(prev.id)));
+            }
+            return refused(id, who, Refusal::Conflict(r.id.clone()));
+        }
+        if let Err(e) = s.verify(&trust.keys, now, trust.skew, trust.max_age) {
+            return refused(id, who, Refusal::Signed(e));
+        }
+        let mut extra = Map::new();
+        extra.insert("via".into(), "reverse".into());
+        extra.insert("signer".into(), s.signer.clone().into());
+        extra.insert("created_at".into(), r.created_at.into());
+        extra.insert("reason".into(), r.reason.clone().into());
+        let requester = Requester::Signed {
+            requester: r.requester.clone(),
+            signer: s.signer.clone(),
+        };
+        let new = NewRequest {
+            app: r.artifact.name.clone(),
+            version: r.artifact.version.clone(),
+            environment: r.environment.clone(),
+            digest: r.artifact.digest.clone(),
+        };
+        Ok(self
+            .create(requester, new, r.id.clone(), Some(r.reason.clone()), extra)?
+            .map(|r| Taken::New(Box::new(r))))
+    }
+
+    fn create(
+        &self,
+        who: Requester,
+        new: NewRequest,
+        id: String,
+        reason: Option<String>,
+        extra: Map<String, Value>,
+    ) -> Result<Result<Request, Refusal>> {
         let who_json = match &who {
             Requester::Chat(a) => {
                 json!({"source": a.source.word(), "user": a.user_id, "name": a.name})
@@ -251,12 +360,15 @@ impl Engine {
                 on_behalf_of,
                 ..
             } => json!({"source": "pipeline", "token": token, "on_behalf_of": on_behalf_of}),
+            Requester::Signed { requester, signer } => {
+                json!({"source": "reverse", "signer": signer, "requester": requester})
+            }
         };
         match self.check_request(&who, &new) {
             Ok((env, requester, person, name, source)) => {
                 let now = self.clock.now();
                 let req = Request {
-                    id: format!("req-{}", &random_hex()[..16]),
+                    id,
                     app: new.app,
                     version: new.version,
                     environment: env.name.clone(),
@@ -276,6 +388,7 @@ impl Engine {
                     channel: env.channel.clone(),
                     ts: None,
                     dirty: true,
+                    reason,
                 };
                 let mut f = Map::new();
                 f.insert("request_id".into(), req.id.clone().into());
@@ -289,12 +402,16 @@ impl Engine {
                 f.insert("rule".into(), env.describe().into());
                 f.insert("deadline_at".into(), req.deadline_at.into());
                 f.insert("envelope_id".into(), req.envelope_id.clone().into());
+                f.extend(extra);
                 let store = self.store();
                 self.audit("request", f)?;
                 store.insert(&req).context("cannot store the request")?;
                 Ok(Ok(req))
             }
-            Err(r) => Ok(Err(self.refuse("request", None, who_json, r)?)),
+            Err(r) => {
+                let id = reason.is_some().then_some(id);
+                Ok(Err(self.refuse("request", id.as_deref(), who_json, r)?))
+            }
         }
     }
 
@@ -361,6 +478,24 @@ impl Engine {
                     format!("pipeline {token}"),
                     "pipeline",
                 ),
+            },
+            Requester::Signed { requester, signer } => match self.policy.by_any_id(requester) {
+                // a person named as the requester may not approve what they asked for
+                Some(p) => (
+                    requester.clone(),
+                    Some(p.key.clone()),
+                    format!("{} (signed by pipeline key {signer})", p.name),
+                    "reverse diode",
+                ),
+                None => {
+                    let name = requester.strip_prefix("pipeline:").unwrap_or(requester);
+                    (
+                        format!("pipeline:{name}"),
+                        None,
+                        format!("pipeline {name} (signed by pipeline key {signer})"),
+                        "reverse diode",
+                    )
+                }
             },
         };
         // Refuse now a request that could only ever be approved by its own requester.

@@ -31,6 +31,8 @@ pub struct Config {
     pub teams: Option<Teams>,
     #[serde(default)]
     pub pipeline: Pipeline,
+    /// Signed requests from pipelines inside the air gap, through the reverse diode (`reverse`).
+    pub reverse: Option<Reverse>,
     /// The audit log's journey through the diode (`audit_ship`).
     #[serde(default)]
     pub audit_shipping: crate::audit_ship::Shipping,
@@ -121,6 +123,30 @@ pub struct Pipeline {
 
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
+pub struct Reverse {
+    /// The reverse receiver's inbox, where `<id>.request` files arrive (in subfolders too).
+    pub inbox: PathBuf,
+    /// `pipeline.pub` files of the pipeline keys whose requests are taken.
+    pub pipeline_keys: Vec<PathBuf>,
+    /// Oldest request taken, from its created_at (humantime).
+    #[serde(default = "d_max_age")]
+    pub max_age: String,
+    /// How far in the future a request's created_at may be (clocks disagree).
+    #[serde(default = "d_skew")]
+    pub skew: String,
+    /// Where taken request files are moved.
+    #[serde(default = "d_processed")]
+    pub processed: PathBuf,
+    /// Where refused request files are moved, with the reason in their name.
+    #[serde(default = "d_quarantine")]
+    pub quarantine: PathBuf,
+    /// How often the inbox is looked at.
+    #[serde(default = "d_poll")]
+    pub poll: String,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
 pub struct PipelineToken {
     pub name: String,
     /// `file:PATH` or `env:NAME`.
@@ -182,6 +208,21 @@ pub struct EscalationConfig {
 fn d_state() -> PathBuf {
     "state/chat.sqlite".into()
 }
+fn d_max_age() -> String {
+    "1h".into()
+}
+fn d_skew() -> String {
+    "2m".into()
+}
+fn d_processed() -> PathBuf {
+    "state/reverse/processed".into()
+}
+fn d_quarantine() -> PathBuf {
+    "state/reverse/quarantine".into()
+}
+fn d_poll() -> String {
+    "1s".into()
+}
 fn d_listen() -> String {
     "127.0.0.1:8080".into()
 }
@@ -225,6 +266,26 @@ impl Config {
         for p in [&mut c.key, &mut c.outbox, &mut c.audit, &mut c.state] {
             if p.is_relative() {
                 *p = base.join(&*p);
+            }
+        }
+        if let Some(r) = &mut c.reverse {
+            let paths = [&mut r.inbox, &mut r.processed, &mut r.quarantine];
+            for p in paths.into_iter().chain(r.pipeline_keys.iter_mut()) {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+            for (k, v) in [
+                ("max_age", &r.max_age),
+                ("skew", &r.skew),
+                ("poll", &r.poll),
+            ] {
+                humantime::parse_duration(v).with_context(|| {
+                    format!(
+                        "reverse.{k} = {v:?} in {} is not a duration",
+                        path.display()
+                    )
+                })?;
             }
         }
         parse_validity(&c.default_validity)

@@ -34,10 +34,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Write a new adapter signing key pair: DIR/adapter.key (mode 0600) and DIR/adapter.pub (give it to
-    /// the high side)
+    /// the high side). With --pipeline, a pipeline key pair instead: DIR/pipeline.key (mode 0600, for
+    /// `diode-send request` on the high side) and DIR/pipeline.pub (for [reverse] pipeline_keys here)
     Keygen {
         #[arg(long)]
         dir: PathBuf,
+        /// A pipeline key (signs requests sent out through the reverse diode), not an adapter key
+        #[arg(long)]
+        pipeline: bool,
     },
     /// Break-glass: sign an envelope from these flags (for a pipeline, or when chat is down), record it
     /// in the audit log and write it into the sender's outbox
@@ -107,7 +111,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Keygen { dir } => keygen(&dir),
+        Cmd::Keygen { dir, pipeline } => keygen(&dir, pipeline),
         Cmd::Sign(args) => sign(&Config::load(&cli.config)?, args),
         Cmd::Serve => {
             let cfg = Config::load(&cli.config)?;
@@ -145,8 +149,13 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn keygen(dir: &std::path::Path) -> Result<()> {
-    let (k, p) = keyfile::generate_signing(dir, SignerRole::Adapter)?;
+fn keygen(dir: &std::path::Path, pipeline: bool) -> Result<()> {
+    let role = if pipeline {
+        SignerRole::Pipeline
+    } else {
+        SignerRole::Adapter
+    };
+    let (k, p) = keyfile::generate_signing(dir, role)?;
     let line =
         std::fs::read_to_string(&p).with_context(|| format!("cannot read back {}", p.display()))?;
     println!(
@@ -155,6 +164,16 @@ fn keygen(dir: &std::path::Path) -> Result<()> {
         p.display()
     );
     println!("{}", line.trim_end());
+    if pipeline {
+        println!(
+            "keep {} on the high side for `diode-send request` (pipeline key); list {} in the \
+             adapter's adapter.toml ([reverse] pipeline_keys); requests signed by any other key are \
+             refused there",
+            k.display(),
+            p.display()
+        );
+        return Ok(());
+    }
     println!(
         "install {} on the high side as a trusted adapter key in recv.toml ([approvals] adapters); \
          envelopes signed by any other key are refused there",

@@ -145,6 +145,14 @@ pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Running> {
         ),
     };
     let teams_cards = crate::teams_cards::Cards::from_config(cfg)?;
+    let reverse = match &cfg.reverse {
+        Some(r) => Some((
+            crate::reverse::Inbox::from_config(r)?,
+            humantime::parse_duration(&r.poll)
+                .with_context(|| format!("reverse.poll = {:?} is not a duration", r.poll))?,
+        )),
+        None => None,
+    };
     let mut tokens = Vec::new();
     for t in &cfg.pipeline.tokens {
         tokens.push(Token {
@@ -208,6 +216,9 @@ pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Running> {
     if cfg.audit_shipping.enabled {
         tasks.push(tokio::spawn(ship_audit(cfg.clone())));
     }
+    if let Some((inbox, every)) = reverse {
+        tasks.push(tokio::spawn(watch_reverse(app.clone(), inbox, every)));
+    }
     if let Some(api) = socket {
         tasks.push(tokio::spawn(crate::slack::socket::run(app.clone(), api)));
     }
@@ -260,6 +271,33 @@ async fn ship_audit(cfg: Config) {
             }
             Ok(Err(_)) => {}
             Err(e) => tracing::error!("audit shipping: {e}"),
+        }
+    }
+}
+
+/// Look at the reverse receiver's inbox every `every`; post each request taken.
+async fn watch_reverse(app: Arc<App>, inbox: crate::reverse::Inbox, every: Duration) {
+    let inbox = Arc::new(inbox);
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let (engine, inbox) = (app.engine.clone(), inbox.clone());
+        match tokio::task::spawn_blocking(move || inbox.scan(&engine)).await {
+            Ok(Ok(ids)) => {
+                failing = false;
+                for request in ids {
+                    app.push(Effect::Post { request });
+                }
+            }
+            // said once per failure streak
+            Ok(Err(e)) if !failing => {
+                failing = true;
+                tracing::error!("reverse inbox: {e:#}");
+            }
+            Ok(Err(_)) => {}
+            Err(e) => tracing::error!("reverse inbox: {e}"),
         }
     }
 }

@@ -63,6 +63,8 @@ pub struct Request {
     pub ts: Option<String>,
     /// The message does not yet show the current state.
     pub dirty: bool,
+    /// Why, as the requester put it (signed requests from the reverse diode carry one).
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,7 +90,7 @@ CREATE TABLE IF NOT EXISTS requests (
     created_at INTEGER NOT NULL, deadline_at INTEGER NOT NULL,
     status TEXT NOT NULL, envelope_id TEXT NOT NULL UNIQUE, decided_at INTEGER, decided_by TEXT,
     reminders INTEGER NOT NULL DEFAULT 0, tier INTEGER NOT NULL DEFAULT 0,
-    channel TEXT NOT NULL, ts TEXT, dirty INTEGER NOT NULL DEFAULT 0
+    channel TEXT NOT NULL, ts TEXT, dirty INTEGER NOT NULL DEFAULT 0, reason TEXT
 );
 CREATE TABLE IF NOT EXISTS votes (
     request_id TEXT NOT NULL REFERENCES requests(id),
@@ -106,7 +108,7 @@ CREATE TABLE IF NOT EXISTS teams_cards (
 ";
 
 const COLUMNS: &str = "id, app, version, environment, digest, requester, requester_person, requester_name, \
-    source, created_at, deadline_at, status, envelope_id, decided_at, decided_by, reminders, tier, channel, ts, dirty";
+    source, created_at, deadline_at, status, envelope_id, decided_at, decided_by, reminders, tier, channel, ts, dirty, reason";
 
 fn row_request(r: &rusqlite::Row<'_>) -> rusqlite::Result<Request> {
     Ok(Request {
@@ -130,6 +132,7 @@ fn row_request(r: &rusqlite::Row<'_>) -> rusqlite::Result<Request> {
         channel: r.get(17)?,
         ts: r.get(18)?,
         dirty: r.get::<_, i64>(19)? != 0,
+        reason: r.get(20)?,
     })
 }
 
@@ -146,17 +149,26 @@ impl Store {
             .and_then(|_| db.pragma_update(None, "synchronous", "FULL"))
             .and_then(|_| db.execute_batch(SCHEMA))
             .with_context(|| format!("cannot set up the state database {}", path.display()))?;
+        // a database from before requests had a reason
+        let has_reason = db
+            .prepare("SELECT 1 FROM pragma_table_info('requests') WHERE name = 'reason'")
+            .and_then(|mut st| st.exists([]))
+            .with_context(|| format!("cannot read the schema of {}", path.display()))?;
+        if !has_reason {
+            db.execute_batch("ALTER TABLE requests ADD COLUMN reason TEXT")
+                .with_context(|| format!("cannot add requests.reason to {}", path.display()))?;
+        }
         Ok(Store { db })
     }
 
     pub fn insert(&self, r: &Request) -> Result<()> {
         self.db.execute(
-            &format!("INSERT INTO requests ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20)"),
+            &format!("INSERT INTO requests ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21)"),
             params![
                 r.id, r.app, r.version, r.environment, r.digest, r.requester, r.requester_person,
                 r.requester_name, r.source, r.created_at as i64, r.deadline_at as i64, r.status.word(),
                 r.envelope_id, r.decided_at.map(|v| v as i64), r.decided_by, r.reminders as i64,
-                r.tier as i64, r.channel, r.ts, r.dirty as i64
+                r.tier as i64, r.channel, r.ts, r.dirty as i64, r.reason
             ],
         )?;
         Ok(())
@@ -323,5 +335,34 @@ impl Store {
             params![request, via, activity_id, shown],
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_from_before_reasons_gets_the_column_and_keeps_its_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("chat.sqlite");
+        {
+            let db = Connection::open(&path).unwrap();
+            db.execute_batch(&SCHEMA.replace(", reason TEXT", ""))
+                .unwrap();
+            db.execute(
+                "INSERT INTO requests (id, app, version, environment, digest, requester, requester_name, \
+                 source, created_at, deadline_at, status, envelope_id, channel) \
+                 VALUES ('req-1', 'a', '1', 'prod', 'd', 'U1', 'U', 'slack', 1, 2, 'pending', 'e1', 'C')",
+                [],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let r = store.get("req-1").unwrap().unwrap();
+        assert_eq!((r.app.as_str(), r.reason), ("a", None));
+        // and again: the column is there now
+        drop(store);
+        Store::open(&path).unwrap();
     }
 }

@@ -418,6 +418,9 @@ pub fn render(v: &View, buttons: bool) -> Value {
             fact("Request", r.id.clone()),
         ]}),
     ];
+    if let Some(reason) = &r.reason {
+        body.push(json!({"type": "TextBlock", "wrap": true, "text": format!("Reason: {reason}")}));
+    }
     let status = match r.status {
         Status::Pending => None,
         Status::Approved => Some(format!(

@@ -1,7 +1,7 @@
 //! The real `diode-chat` binary on a real folder built from `adapter.example.toml`: keygen, break-glass
 //! signing into an outbox, refusals that leave nothing behind, and the audit log.
 
-use diode_proto::envelope::{self, Rule, SignedEnvelope, SignerRole, VerifyingKey};
+use diode_proto::envelope::{self, Rule, SignedEnvelope, SignerRole, SigningKey, VerifyingKey};
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -160,6 +160,35 @@ fn keygen_writes_a_private_key_and_a_one_line_public_key_and_never_overwrites() 
     assert!(!o.status.success());
     assert!(err(&o).contains("already exists"), "{}", err(&o));
     assert_eq!(fs::read(&key).unwrap(), before);
+}
+
+#[test]
+fn keygen_pipeline_writes_a_pipeline_key_pair_beside_the_adapter_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(chat(tmp.path(), &["keygen", "--dir", "k"]).status.success());
+    let o = chat(tmp.path(), &["keygen", "--pipeline", "--dir", "k"]);
+    assert!(o.status.success(), "{}", err(&o));
+    println!("{}", out(&o));
+    let key = tmp.path().join("k/pipeline.key");
+    assert_eq!(
+        fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // as `diode-send request` loads it; a pipeline key is never an adapter key
+    let text = fs::read_to_string(&key).unwrap();
+    let sk = SigningKey::from_text(&text, SignerRole::Pipeline).unwrap();
+    assert!(SigningKey::from_text(&text, SignerRole::Adapter).is_err());
+    let public = fs::read_to_string(tmp.path().join("k/pipeline.pub")).unwrap();
+    assert_eq!(
+        VerifyingKey::from_text(&public, SignerRole::Pipeline)
+            .unwrap()
+            .id_hex(),
+        sk.public().id_hex()
+    );
+    assert!(out(&o).contains("pipeline_keys"), "{}", out(&o));
+    let again = chat(tmp.path(), &["keygen", "--pipeline", "--dir", "k"]);
+    assert!(err(&again).contains("already exists"), "{}", err(&again));
+    assert_eq!(fs::read_to_string(&key).unwrap(), text);
 }
 
 #[test]

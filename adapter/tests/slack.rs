@@ -13,7 +13,10 @@ use diode_chat::clock::ManualClock;
 use diode_chat::config::Config;
 use diode_chat::server::{self, Running};
 use diode_host::audit::AuditLog;
-use diode_proto::envelope::{self, Decision, Rule, SignedEnvelope, SignerRole, VerifyingKey};
+use diode_proto::envelope::{
+    self, Artifact, Decision, Rule, SignedEnvelope, SignerRole, SigningKey, VerifyingKey,
+};
+use diode_proto::request::{Request, SignedRequest, MAX_REQUEST_BYTES};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -130,6 +133,16 @@ impl FakeSlack {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Wait for a chat.update whose body contains `needle`.
+    async fn update_with(&self, needle: &str) -> Call {
+        self.wait(&format!("a chat.update with {needle:?}"), |c| {
+            c.iter()
+                .find(|c| c.method == "chat.update" && text_of(c).contains(needle))
+                .cloned()
+        })
+        .await
     }
 
     async fn wait_count(&self, method: &str, n: usize) -> Vec<Call> {
@@ -310,6 +323,11 @@ impl Site {
             .collect();
         v.sort_by_key(|e| e.envelope.issued_at);
         v
+    }
+
+    /// Check an envelope as the high side does, under its rule for prod.
+    fn high_side_verify(&self, e: &SignedEnvelope, now: u64) {
+        envelope::verify(e, &[self.adapter_pub()], &high_side_rules(), now, 60).unwrap();
     }
 
     fn adapter_pub(&self) -> VerifyingKey {
@@ -697,13 +715,7 @@ async fn killed_mid_flow_and_restarted_keeps_votes_and_timers() {
     site.click("U0ADA", "approve", &id).await;
     site.slack.wait_count("chat.postEphemeral", 1).await;
     site.click("U0CAT", "approve", &id).await;
-    site.slack
-        .wait("the approval after the restart", |c| {
-            c.iter()
-                .find(|c| c.method == "chat.update" && text_of(c).contains("Approved"))
-                .cloned()
-        })
-        .await;
+    site.slack.update_with("Approved").await;
     let envs = site.envelopes();
     assert_eq!(envs.len(), 1);
     let who: Vec<&str> = envs[0]
@@ -1296,14 +1308,7 @@ async fn teams_action_execute_with_bot_jwt_votes_and_bad_tokens_are_refused() {
         .map(|a| a.id.as_str())
         .collect();
     assert_eq!(who.len(), 2);
-    envelope::verify(
-        &envs[0],
-        &[site.adapter_pub()],
-        &high_side_rules(),
-        T0 + 10,
-        60,
-    )
-    .unwrap();
+    site.high_side_verify(&envs[0], T0 + 10);
 }
 
 fn submit_activity(from: &str, action: &str, request: &str) -> Value {
@@ -1905,4 +1910,404 @@ async fn teams_jwks_by_url_is_cached_and_fetched_again_for_a_new_kid_at_most_onc
         "JWKS fetches: {} (start, one after the rotation)",
         teams.count("/keys")
     );
+}
+
+// ---- requests from inside the air gap, through the reverse diode ---------------------------------------
+
+/// The high side of the loop: a pipeline key pair made by `keygen --pipeline`'s function, in a folder of
+/// its own, and the signed request files a pipeline would send out.
+struct Pipeline {
+    _keys: tempfile::TempDir,
+    key: SigningKey,
+    public: PathBuf,
+}
+
+impl Pipeline {
+    fn new() -> Pipeline {
+        let keys = tempfile::tempdir().unwrap();
+        let (k, p) =
+            diode_host::keyfile::generate_signing(keys.path(), SignerRole::Pipeline).unwrap();
+        assert_eq!(k.file_name().unwrap(), "pipeline.key");
+        assert_eq!(
+            fs::metadata(&k).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // loaded the way `diode-send request` loads it
+        let key =
+            SigningKey::from_text(&fs::read_to_string(&k).unwrap(), SignerRole::Pipeline).unwrap();
+        Pipeline {
+            _keys: keys,
+            key,
+            public: p,
+        }
+    }
+
+    fn request(&self, id: &str, env: &str, created_at: u64) -> SignedRequest {
+        Request {
+            id: id.into(),
+            artifact: Artifact {
+                name: "billing".into(),
+                version: "3.1.0".into(),
+                digest: DIGEST.into(),
+            },
+            environment: env.into(),
+            requester: "release".into(),
+            reason: "quarterly release from the build farm".into(),
+            created_at,
+        }
+        .sign(&self.key)
+    }
+}
+
+/// The `[reverse]` block of adapter.example.toml, uncommented, so that the documented keys are the
+/// ones tested.
+fn example_reverse() -> toml::Table {
+    let example =
+        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/adapter.example.toml")).unwrap();
+    let block: String = example
+        .lines()
+        .skip_while(|l| *l != "# [reverse]")
+        .skip(1)
+        .take_while(|l| l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let t: toml::Table = toml::from_str(&block).unwrap();
+    for k in [
+        "inbox",
+        "pipeline_keys",
+        "max_age",
+        "skew",
+        "processed",
+        "quarantine",
+        "poll",
+    ] {
+        assert!(t.contains_key(k), "{k} is not documented in [reverse]");
+    }
+    t
+}
+
+async fn reverse_site(pipeline: &Pipeline) -> Site {
+    let public = pipeline.public.to_str().unwrap().to_string();
+    Site::with(move |cfg| {
+        let mut r = example_reverse();
+        r["pipeline_keys"] = toml::Value::Array(vec![public.into()]);
+        r["poll"] = "20ms".into();
+        cfg.insert("reverse".into(), r.into());
+    })
+    .await
+}
+
+impl Site {
+    /// A file arriving in the reverse receiver's inbox (under `sub`), complete at once as a receiver
+    /// writes it: a hidden temporary file, then a rename.
+    fn arrive(&self, sub: &str, name: &str, bytes: &[u8]) {
+        let dir = self.dir.join("reverse-inbox").join(sub);
+        fs::create_dir_all(&dir).unwrap();
+        let tmp = dir.join(format!(".{name}.tmp"));
+        fs::write(&tmp, bytes).unwrap();
+        fs::rename(tmp, dir.join(name)).unwrap();
+    }
+
+    fn inbox_files(&self) -> usize {
+        fn count(d: &Path) -> usize {
+            fs::read_dir(d).map_or(0, |r| {
+                r.flatten()
+                    .map(|e| {
+                        if e.path().is_dir() {
+                            count(&e.path())
+                        } else {
+                            1
+                        }
+                    })
+                    .sum()
+            })
+        }
+        count(&self.dir.join("reverse-inbox"))
+    }
+
+    fn names_in(&self, sub: &str) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.dir.join(sub))
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    async fn until(&self, what: &str, done: impl Fn(&Site) -> bool) {
+        let end = Instant::now() + Duration::from_secs(15);
+        while !done(self) {
+            assert!(Instant::now() < end, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn events(&self, event: &str) -> Vec<Value> {
+        self.audit()
+            .into_iter()
+            .filter(|r| r["event"] == event)
+            .collect()
+    }
+}
+
+const RID: &str = "5f0c2a9e7b3d41c8a6e0f1b2c3d4e5f6";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_from_inside_the_air_gap_is_posted_and_its_approval_carries_its_id_and_digest() {
+    let pipeline = Pipeline::new();
+    let site = reverse_site(&pipeline).await;
+    let signed = pipeline.request(RID, "prod", T0 - 30);
+    site.arrive(
+        "reverse/2027",
+        &signed.file_name(),
+        signed.to_json().as_bytes(),
+    );
+
+    let post = site.slack.wait_count("chat.postMessage", 1).await.remove(0);
+    assert_eq!(post.body["channel"], "C0PROD");
+    assert_eq!(request_id_of(&post), RID, "posted under the high side's id");
+    let text = text_of(&post);
+    for want in [
+        DIGEST,
+        "pipeline:release",
+        "via reverse diode",
+        "quarterly release from the build farm",
+        "2 approval(s) from release-manager, security",
+    ] {
+        assert!(text.contains(want), "message lacks {want}: {text}");
+    }
+    println!("posted: {}", post.body["text"]);
+    site.until("the file to leave the inbox", |s| s.inbox_files() == 0)
+        .await;
+    assert_eq!(
+        site.names_in("state/reverse/processed"),
+        [signed.file_name()]
+    );
+
+    site.click("U0ADA", "approve", RID).await;
+    site.click("U0BOB", "approve", RID).await;
+    site.slack.update_with("Approved").await;
+    let envs = site.envelopes();
+    assert_eq!(envs.len(), 1);
+    let e = &envs[0].envelope;
+    assert_eq!(e.decision, Decision::Approve);
+    assert_eq!(e.request_id, RID);
+    assert_eq!(e.artifact.digest, DIGEST);
+    assert_eq!(
+        (e.artifact.name.as_str(), e.artifact.version.as_str()),
+        ("billing", "3.1.0")
+    );
+    assert_eq!(e.requester, "pipeline:release");
+    println!(
+        "envelope {} request_id {} digest {} requester {}",
+        e.id, e.request_id, e.artifact.digest, e.requester
+    );
+    site.high_side_verify(&envs[0], T0 + 10);
+    let req = &site.events("request")[0];
+    assert_eq!(
+        (&req["request_id"], &req["via"], &req["signer"]),
+        (
+            &json!(RID),
+            &json!("reverse"),
+            &json!(signed.signer.as_str())
+        )
+    );
+    assert!(site.refusals().is_empty(), "{:?}", site.refusals());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_request_is_taken_once_even_after_a_restart() {
+    let pipeline = Pipeline::new();
+    let mut site = reverse_site(&pipeline).await;
+    let signed = pipeline.request(RID, "prod", T0);
+    let (name, json) = (signed.file_name(), signed.to_json());
+    site.arrive("", &name, json.as_bytes());
+    site.slack.wait_count("chat.postMessage", 1).await;
+    site.until("the file to leave the inbox", |s| s.inbox_files() == 0)
+        .await;
+    // the reverse link sends it again, in another folder, then once more after a restart of the
+    // adapter, and again once it is old
+    site.arrive("again", &name, json.as_bytes());
+    site.until("the repeat to leave the inbox", |s| s.inbox_files() == 0)
+        .await;
+    site.restart().await;
+    site.arrive("", &name, json.as_bytes());
+    site.until("the repeat to leave the inbox", |s| s.inbox_files() == 0)
+        .await;
+    site.clock.set(T0 + 2 * 3600 - 1);
+    site.arrive("late", &name, json.as_bytes());
+    site.until("the late repeat to leave the inbox", |s| {
+        s.inbox_files() == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let posts: Vec<Call> = site
+        .slack
+        .of("chat.postMessage")
+        .into_iter()
+        .filter(has_buttons)
+        .collect();
+    assert_eq!(posts.len(), 1, "posted once");
+    assert_eq!(site.events("request").len(), 1, "taken once");
+    assert!(site.refusals().is_empty(), "{:?}", site.refusals());
+    assert_eq!(site.names_in("state/reverse/processed"), [name.as_str()]);
+    println!(
+        "4 arrivals of {name}: {} post, {} request record",
+        posts.len(),
+        site.events("request").len()
+    );
+
+    // the same id with another artifact is no repeat: refused, and the first request stands
+    let mut other = pipeline.request(RID, "prod", T0 + 2 * 3600 - 10).request;
+    other.artifact.version = "6.6.6".into();
+    let other = other.sign(&pipeline.key);
+    site.arrive("", &other.file_name(), other.to_json().as_bytes());
+    site.until("the conflict to be refused", |s| {
+        s.refusals() == ["conflicting_request"]
+    })
+    .await;
+    assert_eq!(site.slack.of("chat.postMessage").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_key_altered_byte_expired_and_malformed_requests_are_refused_audited_and_never_posted(
+) {
+    let pipeline = Pipeline::new();
+    let site = reverse_site(&pipeline).await;
+    let stranger = SigningKey::from_seed(&[9; 32]);
+    let id = |n: u8| format!("{:032x}", n);
+
+    // signed by a key not in pipeline_keys
+    let unknown = pipeline.request(&id(1), "prod", T0).request.sign(&stranger);
+    // one byte of the reason altered after signing
+    let good = pipeline.request(&id(2), "prod", T0);
+    let altered = good
+        .to_json()
+        .replace("build farm", "build farn")
+        .into_bytes();
+    assert_ne!(altered, good.to_json().into_bytes());
+    let cases: Vec<(String, Vec<u8>, &str)> = vec![
+        (
+            unknown.file_name(),
+            unknown.to_json().into_bytes(),
+            "unknown_key",
+        ),
+        (good.file_name(), altered, "bad_signature"),
+        {
+            let s = pipeline.request(&id(3), "prod", T0 - 3601);
+            (s.file_name(), s.to_json().into_bytes(), "expired")
+        },
+        {
+            let s = pipeline.request(&id(4), "prod", T0 + 600);
+            (s.file_name(), s.to_json().into_bytes(), "future")
+        },
+        {
+            let s = pipeline.request(&id(5), "moon", T0);
+            (
+                s.file_name(),
+                s.to_json().into_bytes(),
+                "unknown_environment",
+            )
+        },
+        (
+            format!("{}.request", id(6)),
+            b"{\"request\": 1}".to_vec(),
+            "malformed",
+        ),
+        (
+            format!("{}.request", id(7)),
+            vec![b' '; MAX_REQUEST_BYTES + 1],
+            "malformed",
+        ),
+    ];
+    for (name, bytes, _) in &cases {
+        site.arrive("in", name, bytes);
+    }
+    site.until("every file to be refused", |s| {
+        s.names_in("state/reverse/quarantine").len() == cases.len()
+    })
+    .await;
+    let mut want: Vec<String> = cases
+        .iter()
+        .map(|(name, _, code)| format!("{name}.{code}"))
+        .collect();
+    want.sort();
+    assert_eq!(site.names_in("state/reverse/quarantine"), want);
+    assert_eq!(site.inbox_files(), 0);
+    let mut codes = site.refusals();
+    codes.sort();
+    let mut expected: Vec<String> = cases.iter().map(|c| c.2.to_string()).collect();
+    expected.sort();
+    assert_eq!(codes, expected);
+    for r in site.events("refused") {
+        println!("refused: {} {}", r["reason"], r["message"]);
+    }
+    // the refusal of the unknown key names the request and the key
+    let r = site
+        .events("refused")
+        .into_iter()
+        .find(|r| r["reason"] == "unknown_key")
+        .unwrap();
+    assert_eq!(r["request_id"], json!(id(1)));
+    assert_eq!(r["who"]["signer"], json!(stranger.public().id_hex()));
+
+    // none was posted or recorded as a request; the genuine one (same id as the altered) still is
+    assert!(site.slack.calls().is_empty(), "{:#?}", site.slack.calls());
+    assert!(site.events("request").is_empty());
+    site.arrive("in", &good.file_name(), good.to_json().as_bytes());
+    let post = site.slack.wait_count("chat.postMessage", 1).await.remove(0);
+    assert_eq!(request_id_of(&post), id(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_request_from_inside_is_rejected_at_the_deadline_under_its_id() {
+    let pipeline = Pipeline::new();
+    let site = reverse_site(&pipeline).await;
+    let signed = pipeline.request(RID, "prod", T0);
+    site.arrive("", &signed.file_name(), signed.to_json().as_bytes());
+    site.slack.wait_count("chat.postMessage", 1).await;
+    // Cat approves: one of two
+    site.click("U0CAT", "approve", RID).await;
+    site.slack.wait_count("chat.update", 1).await;
+    site.clock.set(T0 + 4 * 3600);
+    site.tick();
+    site.slack.update_with("no decision by the deadline").await;
+    let envs = site.envelopes();
+    assert_eq!(envs.len(), 1);
+    let e = &envs[0].envelope;
+    assert_eq!(
+        (
+            e.decision,
+            e.request_id.as_str(),
+            e.artifact.digest.as_str()
+        ),
+        (Decision::Reject, RID, DIGEST)
+    );
+    println!("expired: {} request_id {}", e.decision, e.request_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_named_as_the_requester_of_a_signed_request_may_not_approve_it() {
+    let pipeline = Pipeline::new();
+    let site = reverse_site(&pipeline).await;
+    let mut r = pipeline.request(RID, "prod", T0).request;
+    r.requester = "ada".into();
+    let signed = r.sign(&pipeline.key);
+    site.arrive("", &signed.file_name(), signed.to_json().as_bytes());
+    let post = site.slack.wait_count("chat.postMessage", 1).await.remove(0);
+    assert!(
+        text_of(&post).contains("Ada Lovelace"),
+        "{}",
+        text_of(&post)
+    );
+    site.click("U0ADA", "approve", RID).await;
+    let eph = site.slack.wait_count("chat.postEphemeral", 1).await;
+    assert!(text_of(&eph[0]).contains("own request"));
+    assert_eq!(site.refusals(), ["self_approval"]);
+    assert!(site.envelopes().is_empty());
 }

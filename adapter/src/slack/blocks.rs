@@ -60,10 +60,15 @@ pub fn render(v: &View) -> (String, Vec<Value>) {
             mrkdwn(format!("*Deadline*\n{}", when(r.deadline_at))),
         ]}),
         json!({"type": "section", "text": mrkdwn(format!("*Digest*\n`{}`", r.digest))}),
+    ];
+    if let Some(reason) = &r.reason {
+        blocks.push(json!({"type": "section", "text": mrkdwn(format!("*Reason*\n{reason}"))}));
+    }
+    blocks.extend([
         json!({"type": "section", "text": mrkdwn(format!("*Rule*\n{}", v.rule))}),
         json!({"type": "section", "text": mrkdwn(format!(
             "*Approvals* ({} of {})\n{approvals}", v.votes.len(), v.approvals))}),
-    ];
+    ]);
     let status = match r.status {
         Status::Pending => {
             let confirm = format!(
