@@ -16,7 +16,7 @@ use diode_tests::{run_ok, wait_for, Site};
 use serde_json::Value;
 use std::fs;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 fn request(reverse: &Site, env: &str, seed: u8) -> String {
@@ -51,6 +51,7 @@ fn wait(forward: &Site, id: &str) -> Child {
             "90s",
             "--consume",
         ])
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap()
 }
