@@ -38,6 +38,9 @@ pub struct Config {
     pub expire_hours: u64,
     #[serde(default = "d_replay_config")]
     pub replay_config: String,
+    /// The kernel sandbox (seccomp + Landlock) after setup; off only for debugging.
+    #[serde(default = "d_sandbox")]
+    pub sandbox: bool,
     /// Approval envelopes: absent means envelopes are not accepted (each stays a partial object with an
     /// error that status shows, until the section is configured and the receiver restarted).
     pub approvals: Option<ApprovalsConfig>,
@@ -67,6 +70,9 @@ pub struct ApprovalsConfig {
     pub rules: BTreeMap<String, Rule>,
 }
 
+fn d_sandbox() -> bool {
+    true
+}
 fn d_data_bits() -> u8 {
     8
 }
