@@ -66,6 +66,7 @@ pub fn forbid_receiving(link: RawFd) -> Result<String> {
     install(NO_RECEIVING, READS, Some(link))
 }
 
+#[allow(clippy::unnecessary_cast)] // c_long is i64 here but i32 on 32-bit targets
 fn install(
     always: &[(&str, libc::c_long)],
     on_fd: &[(&str, libc::c_long)],
