@@ -63,6 +63,9 @@ fn the_sandboxed_receiver_cannot_send_nor_write_outside_its_folders_and_still_re
     let site = Site::new(&[]);
     let (r, ear, outside, lines) = probe_receiver(&site);
     let log = r.log_text();
+    for l in log.lines().filter(|l| l.contains("sandbox:")) {
+        println!("{l}");
+    }
     assert!(
         log.contains("seccomp filter on every thread"),
         "no seccomp: {log}"
