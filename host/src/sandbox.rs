@@ -17,8 +17,9 @@ use std::os::fd::RawFd;
 use std::path::Path;
 
 /// What the receiver may never do once set up: open, connect or bind a socket, send on any socket,
-/// run another program (the approval hook runs in a helper started before the sandbox), or use io_uring
-/// (whose submissions seccomp cannot see). Writing with write(2) to the link socket needs a destination,
+/// run another program (the approval hook runs in a helper started before the sandbox), use io_uring
+/// (whose submissions seccomp cannot see), or reach into another process (the unsandboxed hook runner is
+/// its child) through ptrace, process_vm_* or pidfd_getfd. Writing with write(2) to the link socket needs a destination,
 /// and without `connect` it has none.
 const NO_SENDING: &[(&str, libc::c_long)] = &[
     ("socket", libc::SYS_socket),
@@ -36,6 +37,10 @@ const NO_SENDING: &[(&str, libc::c_long)] = &[
     ("io_uring_setup", libc::SYS_io_uring_setup),
     ("io_uring_enter", libc::SYS_io_uring_enter),
     ("io_uring_register", libc::SYS_io_uring_register),
+    ("ptrace", libc::SYS_ptrace),
+    ("process_vm_readv", libc::SYS_process_vm_readv),
+    ("process_vm_writev", libc::SYS_process_vm_writev),
+    ("pidfd_getfd", libc::SYS_pidfd_getfd),
 ];
 
 /// What the sender may never do: receive from any socket, or read its link (socket or tty) by fd.
