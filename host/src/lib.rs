@@ -6,6 +6,7 @@ pub mod atomic;
 pub mod audit;
 pub mod keyfile;
 pub mod pace;
+pub mod sandbox;
 pub mod serial;
 pub mod udp;
 

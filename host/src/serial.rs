@@ -131,6 +131,13 @@ impl SerialTx {
     }
 }
 
+/// The tty, for the sandbox's filter on it.
+impl std::os::fd::AsRawFd for SerialTx {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.port)
+    }
+}
+
 pub struct SerialRx {
     line: Line,
     port: Option<TTYPort>,

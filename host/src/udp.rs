@@ -70,6 +70,13 @@ impl UdpTx {
     }
 }
 
+/// The socket, for the sandbox's filter on it.
+impl std::os::fd::AsRawFd for UdpTx {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.sock)
+    }
+}
+
 pub struct UdpRx {
     sock: UdpSocket,
     state: UdpSocketState,
@@ -126,6 +133,13 @@ impl UdpRx {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// The socket, for the sandbox's probe of it.
+impl std::os::fd::AsFd for UdpRx {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.sock)
     }
 }
 

@@ -124,20 +124,9 @@ impl Approvals {
                 )?;
                 tracing::info!(id = %e.id, decision = %e.decision, artifact = %e.artifact.name, digest = %e.artifact.digest,
                     env = %e.environment, path = %path.display(), "approval envelope accepted");
-                if let Some(hook) = self.cfg.hook.clone() {
-                    let (audit, json, id) = (
-                        AuditLog::new(self.audit.path()),
-                        env.to_json(),
-                        e.id.clone(),
-                    );
-                    let (timeout, retries) = (
-                        Duration::from_secs(self.cfg.hook_timeout_secs),
-                        self.cfg.hook_retries,
-                    );
-                    // the hook may be slow or hang: it never holds up reception
-                    std::thread::spawn(move || {
-                        run_hook(&hook, &json, &id, timeout, retries, &audit)
-                    });
+                if self.cfg.hook.is_some() {
+                    // run by the helper outside the sandbox; it never holds up reception
+                    crate::hook_runner::submit(&e.id, &env.to_json());
                 }
                 Ok(path)
             }
@@ -177,8 +166,8 @@ fn sha2_digest(b: &[u8]) -> Vec<u8> {
 }
 
 /// Run the hook with the envelope on stdin, at most `timeout` per attempt, `retries` more times after a
-/// failure (1 s, 2 s, 4 s ... apart); each attempt's outcome is audited.
-fn run_hook(
+/// failure (1 s, 2 s, 4 s ... apart); each attempt's outcome is audited. Runs in the hook runner.
+pub(crate) fn run_hook(
     hook: &[String],
     json: &str,
     id: &str,

@@ -39,6 +39,9 @@ pub struct Config {
     #[serde(default = "d_replay_config")]
     pub replay_config: String,
     pub metrics_file: Option<PathBuf>,
+    /// The kernel sandbox (seccomp + Landlock) after setup; off only for debugging.
+    #[serde(default = "d_sandbox")]
+    pub sandbox: bool,
     /// Approval envelopes: absent means envelopes are not accepted (each stays a partial object with an
     /// error that status shows, until the section is configured and the receiver restarted).
     pub approvals: Option<ApprovalsConfig>,
@@ -68,6 +71,9 @@ pub struct ApprovalsConfig {
     pub rules: BTreeMap<String, Rule>,
 }
 
+fn d_sandbox() -> bool {
+    true
+}
 fn d_data_bits() -> u8 {
     8
 }

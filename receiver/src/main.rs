@@ -3,7 +3,9 @@
 
 mod approvals;
 mod config;
+mod hook_runner;
 mod receive;
+mod sandbox;
 mod status;
 mod store;
 mod wait;
@@ -56,6 +58,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// Internal: runs the approval hook outside the daemon's sandbox (started by the daemon)
+    #[command(hide = true)]
+    HookRunner,
 }
 
 #[derive(Subcommand)]
@@ -232,6 +237,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("ok: {n} records in {}", log.path().display());
             Ok(())
         }
+        Some(Cmd::HookRunner) => hook_runner::serve(&Config::load(&cli.config)?),
         None => {
             let cfg = Config::load(&cli.config)?;
             let me = keyfile::load_secret(&cfg.key, Role::Receiver)?;
@@ -246,7 +252,14 @@ fn run(cli: Cli) -> Result<()> {
             std::fs::create_dir_all(&cfg.state)
                 .with_context(|| format!("cannot create {}", cfg.state.display()))?;
             let table = SessionTable::new(me, trusted, receive::Receiver::load_highest(&cfg));
-            receive::Receiver::new(cfg, table)?.run()
+            // order matters: the hook runner before any sandbox (it must stay outside), Landlock before
+            // the first thread (it covers the calling thread and those it starts), seccomp once the link
+            // is open (it covers every thread)
+            hook_runner::start(&cli.config, &cfg)?;
+            let sandbox = sandbox::restrict_files(&cfg, &cli.config)?;
+            let mut receiver = receive::Receiver::new(cfg, table)?;
+            sandbox.forbid_sending(receiver.link())?;
+            receiver.run()
         }
     }
 }

@@ -142,6 +142,14 @@ impl Receiver {
         })
     }
 
+    /// The UDP link socket before `run` takes it (none on a serial line), for the sandbox's probe.
+    pub fn link(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match &self.rx {
+            Some(LinkRx::Udp(u)) => Some(std::os::fd::AsFd::as_fd(u)),
+            _ => None,
+        }
+    }
+
     pub fn load_highest(cfg: &Config) -> HashMap<KeyId, u64> {
         let Ok(text) = std::fs::read_to_string(senders_path(cfg)) else {
             return HashMap::new();

@@ -28,6 +28,9 @@ pub struct Config {
     #[serde(default = "d_stop_bits")]
     pub stop_bits: u8,
     pub rate: Option<String>,
+    /// The kernel's filter against receiving on the link; off only for debugging.
+    #[serde(default = "d_sandbox")]
+    pub sandbox: bool,
     #[serde(default = "d_gso")]
     pub gso: String,
     #[serde(default = "d_mtu")]
@@ -64,6 +67,9 @@ const SMALL_SHARD: usize = 256;
 
 fn d_envelope_max() -> usize {
     16 << 10
+}
+fn d_sandbox() -> bool {
+    true
 }
 fn d_data_bits() -> u8 {
     8

@@ -36,6 +36,31 @@ impl Link {
     }
 }
 
+/// The link is only ever written: from here on the kernel refuses, on every thread, recvfrom, recvmsg
+/// and recvmmsg on any socket and read(2) and its variants on the link's descriptor (EPERM). Reading
+/// files, inotify and the journal are unaffected. `sandbox = false` in send.toml skips it (debugging).
+fn forbid_receiving(cfg: &Config, link: &Link) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = match link {
+        Link::Udp(u) => u.as_raw_fd(),
+        Link::Serial(s, _) => s.as_raw_fd(),
+    };
+    if cfg.sandbox {
+        let refused = diode_host::sandbox::forbid_receiving(fd)?;
+        tracing::info!(refused = %refused, "sandbox: seccomp filter on every thread: receiving on the link is refused (EPERM)");
+    } else {
+        tracing::warn!("sandbox = false: the kernel does not stop this process reading its link; for debugging only");
+    }
+    if std::env::var("DIODE_TEST_SANDBOX_PROBE").as_deref() == Ok("recv") {
+        let result = match diode_host::sandbox::probe_receive(fd) {
+            Ok(n) => format!("ALLOWED ({n} bytes)"),
+            Err(e) => format!("refused: {e}"),
+        };
+        tracing::warn!(probe = "receive on the link", result = %result, "sandbox probe");
+    }
+    Ok(())
+}
+
 pub struct Transmitter {
     tx: Link,
     me: SecretKey,
@@ -77,6 +102,7 @@ impl Transmitter {
                 (Link::Udp(u), segments, target.to_string())
             }
         };
+        forbid_receiving(cfg, &tx)?;
         let counter_file = cfg.state.join("session.counter");
         let session = start_session(&me, &receiver, &counter_file)?;
         let now = Instant::now();

@@ -200,6 +200,11 @@ impl Site {
     /// Start a daemon, "recv" or "send" (in its namespace across a link), and wait until it is ready:
     /// the receiver listening, the sender watching its outbox.
     pub fn start(&self, which: &str) -> Daemon {
+        self.start_env(which, &[])
+    }
+
+    /// `start` with extra environment variables for the daemon.
+    pub fn start_env(&self, which: &str, env: &[(&str, &str)]) -> Daemon {
         let (b, cfg, ready, ns) = if which == "recv" {
             (
                 "diode-recv",
@@ -221,6 +226,7 @@ impl Site {
         let child = c
             .arg("--config")
             .arg(self.path(cfg))
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(f)
             .spawn()
