@@ -1,8 +1,10 @@
-//! Writes the seed corpora into `fuzz/seeds/<target>/` from real protocol objects made by the real code
-//! under the fixed keys of `diode_fuzz`: announces and sealed frames of the fixed session, object
-//! metadata, signed envelopes, a partial object's state file, an audit log, journal lines, and Slack and
-//! Teams requests signed as Slack and Teams sign them. Deterministic: running it again writes the same
-//! bytes. `cargo run --example make-seeds` (from `fuzz/`).
+//! Not a fuzz target: run once, it writes the seed corpora into `fuzz/seeds/<target>/` from real protocol
+//! objects made by the real code under the fixed keys of `diode_fuzz`: announces and sealed frames of the
+//! fixed session, object metadata, signed envelopes, a partial object's state file, an audit log, journal
+//! lines, and Slack and Teams requests signed as Slack and Teams sign them. Deterministic: running it again
+//! writes the same bytes. `cargo fuzz run seeds -- -runs=1` (or the built binary with `-runs=1`). It is a
+//! libFuzzer binary only so that it reuses the instrumented build instead of needing one of its own.
+#![no_main]
 
 use diode_fuzz::*;
 use diode_proto::audit::{self, Head};
@@ -17,14 +19,20 @@ use rand::SeedableRng;
 use std::fs;
 use std::path::Path;
 
-fn main() {
+static ONCE: std::sync::Once = std::sync::Once::new();
+
+libfuzzer_sys::fuzz_target!(|_data: &[u8]| ONCE.call_once(write_all));
+
+fn write_all() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
     frames(&root.join("frame"));
     announces(&root.join("announce"));
     metas(&root.join("object_meta"));
     envelopes(&root.join("envelope"));
     state_files(&root.join("state_files"));
+    #[cfg(feature = "chat")]
     slack(&root.join("slack"));
+    #[cfg(feature = "chat")]
     teams(&root.join("teams"));
     println!("seeds written under {}", root.display());
 }
@@ -281,6 +289,7 @@ fn state_files(dir: &Path) {
     }
 }
 
+#[cfg(feature = "chat")]
 fn slack(dir: &Path) {
     let digest = format!("sha256%3A{}", "ab".repeat(32));
     let command = format!(
@@ -308,6 +317,7 @@ fn slack(dir: &Path) {
     );
 }
 
+#[cfg(feature = "chat")]
 fn teams(dir: &Path) {
     use base64::engine::general_purpose::STANDARD as B64;
     use base64::Engine as _;
