@@ -5,7 +5,7 @@
 # in fuzz/long-run.log: executions, seconds, edges covered of those instrumented, features, corpus,
 # peak RSS, the 1-minute load when it started, and the exit status (a crash leaves its input in
 # fuzz/artifacts/<target>/).
-#   fuzz/long-run.sh [SECS] [TARGET...]
+#   [LOAD_WAIT=SECS] fuzz/long-run.sh [SECS] [TARGET...]
 set -euo pipefail
 cd "$(dirname "$0")"
 secs=${1:-600}
@@ -14,8 +14,8 @@ targets=${*:-frame announce object_meta envelope state_files slack teams}
 bin=target/x86_64-unknown-linux-gnu/release
 RUSTC_BOOTSTRAP=1 CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1} nice -n 10 cargo fuzz build -O
 for t in $targets; do
-  # wait up to 5 minutes for the machine to be less than fully busy
-  for _ in $(seq 60); do
+  # wait up to LOAD_WAIT seconds (default 300) for the machine to be less than fully busy
+  for _ in $(seq $((${LOAD_WAIT:-300} / 5))); do
     awk '{exit !($1 < 2.0)}' /proc/loadavg && break
     sleep 5
   done

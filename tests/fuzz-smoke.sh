@@ -7,6 +7,9 @@
 # Only the stable toolchain is needed: the RUSTFLAGS are those `cargo fuzz build --sanitizer none`
 # passes (all stable), so neither cargo-fuzz nor RUSTC_BOOTSTRAP is. Long runs: docs/fuzzing.md.
 #   DIODE_FUZZ_SECS   seconds per target (default 3)
+#   DIODE_FUZZ_CHAT   1: also the slack and teams targets, which build the adapter's whole HTTP/TLS/SQLite
+#                     stack instrumented (about 7 more CPU-minutes; docs/fuzzing.md). Default 0: the
+#                     five protocol targets.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 secs=${DIODE_FUZZ_SECS:-3}
@@ -20,10 +23,19 @@ export CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true CARGO_PROFILE_RELEASE_OVERFLO
 # a target folder of its own: the instrumented build must not replace the workspace's artifacts
 export CARGO_TARGET_DIR=target/smoke
 t0=$SECONDS
-cargo build -q --release --locked --bins --target "$triple"
+features=--no-default-features
+if [ "${DIODE_FUZZ_CHAT:-0}" = 1 ]; then features=; fi
+cargo build -q --release --locked --bins --target "$triple" $features
 echo "fuzz build: $((SECONDS - t0)) s"
 bin=target/smoke/$triple/release
-targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -vx diode-fuzz | grep -vx seeds)
+# every [[bin]] of fuzz/Cargo.toml but `seeds`; those that need the chat feature only when it is built
+targets=$(awk -v chat="${DIODE_FUZZ_CHAT:-0}" '
+  /^\[\[bin\]\]/ { if (name != "") print name, req; name = ""; req = 0; inbin = 1; next }
+  /^\[/ { if (name != "") print name, req; name = ""; inbin = 0; next }
+  inbin && /^name = / { gsub(/"/, "", $3); name = $3 }
+  inbin && /^required-features/ { req = 1 }
+  END { if (name != "") print name, req }' Cargo.toml |
+  awk -v chat="${DIODE_FUZZ_CHAT:-0}" '$1 != "seeds" && ($2 == 0 || chat == 1) { print $1 }')
 failed=0
 for t in $targets; do
   work=$(mktemp -d)
