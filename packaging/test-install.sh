@@ -40,7 +40,9 @@ roles = ["release-manager"]
 channel = "C0PROD"
 approvers = ["release-manager"]
 approvals = 1
+rejecters = ["release-manager"]
 deadline = "1h"
+remind_every = "20m"
 validity = "1h"
 EOT
 '
@@ -50,10 +52,12 @@ log=target/pkgtest/boot.log
 # without systemd as the host's init: no machine registration, no scope unit, and a tmpfs where nspawn
 # keeps its propagation mounts (it refuses to clean them off a disk file system)
 mkdir -p /run/systemd/nspawn
-mountpoint -q /run/systemd/nspawn || mount -t tmpfs tmpfs /run/systemd/nspawn
+mounted=0
+if ! mountpoint -q /run/systemd/nspawn; then mount -t tmpfs tmpfs /run/systemd/nspawn; mounted=1; fi
 systemd-nspawn --quiet --keep-unit --register=no --machine="$machine" -D "$root" --boot >"$log" 2>&1 &
 nspawn=$!
-trap 'kill $nspawn 2>/dev/null || true; wait $nspawn 2>/dev/null || true' EXIT
+trap 'kill $nspawn 2>/dev/null || true; wait $nspawn 2>/dev/null || true
+      if [ $mounted = 1 ]; then umount /run/systemd/nspawn || true; fi' EXIT
 leader=""
 for _ in $(seq 60); do
   leader=$(pgrep -P "$nspawn" -x systemd || true)
