@@ -2,7 +2,7 @@
 # The test command: installs what the tests need (as root, from Debian's packages), checks formatting
 # and lints, builds the release binaries, and runs every test of the workspace: proto's unit and
 # property tests and the end-to-end tests of the real binaries (loopback, and network namespaces with
-# the emulated diode when run as root).
+# the emulated diode when run as root); then a few seconds of every fuzz target (tests/fuzz-smoke.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -35,9 +35,37 @@ stamp "building release binaries"
 cargo build --release -q --bins
 stamp "cargo test"
 cargo test --release --workspace --no-fail-fast 2>&1 | tee target/test.log | grep -E '^(test result|running|test .*(FAILED|ok)$)|panicked|SKIPPED' || true
+stamp "fuzz smoke"
+# every fuzz target for a few seconds from its seeds (tests/fuzz-smoke.sh; docs/fuzzing.md): a line each
+bash tests/fuzz-smoke.sh >target/fuzz-smoke.log 2>&1 || true
+grep -E '^fuzz ' target/fuzz-smoke.log || tail -20 target/fuzz-smoke.log
+stamp "cargo deny"
+# licenses, bans and sources (deny.toml); advisories only with a database carried in (docs/supply-chain.md)
+: >target/deny.log
+if command -v cargo-deny >/dev/null; then
+  checks="licenses bans sources"
+  if [ -n "${DIODE_ADVISORY_DB:-}" ]; then checks+=" advisories"; fi
+  if cargo deny --offline check $checks >target/deny.log 2>&1; then
+    echo "deny: ok ($checks)" | tee -a target/deny.log
+  else
+    echo "deny: FAILED ($checks)" | tee -a target/deny.log
+    grep -E '^error' target/deny.log | head -10
+  fi
+  if [ -z "${DIODE_ADVISORY_DB:-}" ]; then
+    echo "deny: advisories SKIPPED (no RustSec database on this machine; DIODE_ADVISORY_DB, docs/supply-chain.md)"
+  fi
+else
+  echo "deny: SKIPPED (cargo-deny is not installed: cargo install --locked cargo-deny, about 5 CPU-minutes)"
+fi
 # one closing line for CI, and the exit status of the run
 passed=$(grep -oE '[0-9]+ passed' target/test.log | awk '{s+=$1} END {print s+0}')
 failed=$(grep -oE '[0-9]+ failed' target/test.log | awk '{s+=$1} END {print s+0}')
+passed=$((passed + $(grep -cE '^fuzz [a-z_]+: ok' target/fuzz-smoke.log || true)))
+# a target that crashed, or a smoke that did not get as far as running them, fails the run
+if ! grep -q '^fuzz build:' target/fuzz-smoke.log; then failed=$((failed + 1)); fi
+failed=$((failed + $(grep -cE '^fuzz [a-z_]+: FAILED' target/fuzz-smoke.log || true)))
+passed=$((passed + $(grep -c '^deny: ok' target/deny.log || true)))
+failed=$((failed + $(grep -c '^deny: FAILED' target/deny.log || true)))
 echo "$passed passed, $failed failed (in $((SECONDS - t0)) s)"
 if [ "$failed" != 0 ] || ! grep -q 'test result' target/test.log || grep -q '^error' target/test.log; then
   grep -E '^error|panicked|FAILED' target/test.log | head -20 >&2

@@ -146,7 +146,7 @@ fn reply(text: String) -> Response {
 }
 
 /// Text without the `<at>...</at>` mention of the webhook.
-fn strip_mentions(text: &str) -> String {
+pub fn strip_mentions(text: &str) -> String {
     let mut out = String::new();
     let mut rest = text;
     while let Some(i) = rest.find("<at>") {

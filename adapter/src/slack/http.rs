@@ -201,3 +201,13 @@ pub(crate) fn run_interaction(app: &App, p: Payload) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The two endpoints' body parsers, for the fuzz target `fuzz/fuzz_targets/slack.rs`: does `body` decode
+/// as a slash-command form, and as an interactivity form whose `payload` is an interaction?
+#[doc(hidden)]
+pub fn fuzz_parse(body: &[u8]) -> (bool, bool) {
+    let command = serde_urlencoded::from_bytes::<Command>(body).is_ok();
+    let interaction = serde_urlencoded::from_bytes::<Form>(body)
+        .is_ok_and(|f| serde_json::from_str::<Payload>(&f.payload).is_ok());
+    (command, interaction)
+}
