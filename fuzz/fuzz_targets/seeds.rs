@@ -30,6 +30,7 @@ fn write_all() {
     metas(&root.join("object_meta"));
     envelopes(&root.join("envelope"));
     state_files(&root.join("state_files"));
+    serial(&root.join("serial"));
     #[cfg(feature = "chat")]
     slack(&root.join("slack"));
     #[cfg(feature = "chat")]
@@ -57,6 +58,20 @@ fn sealed_mode(kind: u8, object: u64, block: u32, shard: u16, payload: &[u8]) ->
     v.extend_from_slice(&shard.to_le_bytes());
     v.extend_from_slice(payload);
     v
+}
+
+/// The serial target's seed: a read size, then a line as the sender writes it: a delimiter, the
+/// announce and a sealed metadata frame, each COBS-framed with its CRC-32.
+fn serial(dir: &Path) {
+    let mut s = sender_session();
+    let meta = small_meta();
+    let mut line = vec![0u8];
+    diode_proto::serial::encode(s.announce(), &mut line);
+    let f = seal_frame(&mut s, FrameKind::Meta, meta.id, 0, 0, &meta.encode());
+    diode_proto::serial::encode(&f, &mut line);
+    for cut in [1u8, 64, 255] {
+        put(dir, &format!("line-cut-{cut}"), &with_mode(cut, &line));
+    }
 }
 
 fn frames(dir: &Path) {

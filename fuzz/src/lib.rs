@@ -138,14 +138,3 @@ pub fn fields<const N: usize>(data: &[u8]) -> Option<([&[u8]; N], &[u8])> {
     }
     Some((out, rest))
 }
-
-/// Finding 1 (docs/fuzzing.md#findings): accepted metadata may describe up to 2^32 - 1 blocks, and
-/// `Assembly::new` allocates one byte per block up front (4 GiB), which libFuzzer reports as out of memory
-/// and which stops a run. The targets skip such objects so that a long run explores past it; the input
-/// that shows it is `fuzz/artifacts/object_meta/finding-4gib-done-bitmap`. Remove once the receiver
-/// bounds it.
-pub fn beyond_finding_1(meta: &ObjectMeta) -> bool {
-    meta.geometry()
-        .map(|g| g.block_count(meta.size) > 1 << 24)
-        .unwrap_or(false)
-}
