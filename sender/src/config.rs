@@ -29,7 +29,7 @@ pub struct Config {
     pub stop_bits: u8,
     pub rate: Option<String>,
     /// The kernel's filter against receiving on the link; off only for debugging.
-    #[serde(default = "d_sandbox")]
+    #[serde(default = "d_true")]
     pub sandbox: bool,
     #[serde(default = "d_gso")]
     pub gso: String,
@@ -50,6 +50,8 @@ pub struct Config {
     pub rekey_secs: u64,
     #[serde(default = "d_settle")]
     pub settle_secs: u64,
+    #[serde(default = "d_true")]
+    pub repeat_small: bool,
     #[serde(default)]
     pub envelope_only: bool,
     #[serde(default = "d_envelope_max")]
@@ -68,7 +70,7 @@ const SMALL_SHARD: usize = 256;
 fn d_envelope_max() -> usize {
     16 << 10
 }
-fn d_sandbox() -> bool {
+fn d_true() -> bool {
     true
 }
 fn d_data_bits() -> u8 {

@@ -250,6 +250,14 @@ impl Intake<'_> {
                 }
             } else if meta.size > encoding::HASH_FIRST_MAX {
                 Job::Meta { meta: meta.clone() }
+            } else if d == REPEATS[1] && self.cfg.repeat_small && single_block(&meta) {
+                // interleaving spreads a burst of loss over a file's blocks, but a file of one block
+                // has nothing to spread it over: one burst can take all of it. One copy in time, later.
+                Job::Replay {
+                    meta: meta.clone(),
+                    path: path.clone(),
+                    blocks: None,
+                }
             } else {
                 continue;
             };
@@ -261,6 +269,11 @@ impl Intake<'_> {
     fn next(&mut self) -> Option<Job> {
         self.urgent.pop_front().or_else(|| self.bulk.pop_front())
     }
+}
+
+/// An object of one FEC block (up to 180 KB at the defaults).
+fn single_block(meta: &diode_proto::ObjectMeta) -> bool {
+    meta.geometry().is_ok_and(|g| g.block_count(meta.size) == 1)
 }
 
 fn daemon(cfg: &Config) -> Result<()> {
