@@ -86,3 +86,85 @@ pub fn start_writeback(f: &Arc<File>, offset: u64, len: u64) {
         let _ = tx.try_send((f.clone(), offset, len));
     }
 }
+
+/// Writes small state files (progress, status, metrics) on a thread of its own, so that the fsync each
+/// one needs never stops a loop that must keep up with the link: on a disk busy with a large file one
+/// fsync waits for a journal commit, tens to hundreds of milliseconds. The latest bytes for a path win;
+/// `remove_now` drops a queued write of the path, so a removed file is never written back.
+#[derive(Clone)]
+pub struct Persister {
+    shared: std::sync::Arc<(std::sync::Mutex<PersistQueue>, std::sync::Condvar)>,
+}
+
+#[derive(Default)]
+struct PersistQueue {
+    ops: std::collections::BTreeMap<std::path::PathBuf, (Vec<u8>, u32)>,
+    /// The path the thread is writing now.
+    current: Option<std::path::PathBuf>,
+}
+
+impl Persister {
+    pub fn spawn() -> std::io::Result<Persister> {
+        let p = Persister {
+            shared: Default::default(),
+        };
+        let q = p.clone();
+        std::thread::Builder::new()
+            .name("persist".into())
+            .spawn(move || q.run())?;
+        Ok(p)
+    }
+
+    /// Queue `bytes` to replace `path` atomically (with `mode`); returns at once.
+    pub fn write(&self, path: &Path, bytes: Vec<u8>, mode: u32) {
+        let (m, cv) = &*self.shared;
+        let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
+        q.ops.insert(path.to_path_buf(), (bytes, mode));
+        cv.notify_all();
+    }
+
+    /// Remove `path` now: a write of it still queued is dropped, one under way is waited for.
+    pub fn remove_now(&self, path: &Path) -> std::io::Result<()> {
+        let (m, cv) = &*self.shared;
+        let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
+        q.ops.remove(path);
+        while q.current.as_deref() == Some(path) {
+            q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+        match fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Wait until everything queued so far is on disk.
+    pub fn flush(&self) {
+        let (m, cv) = &*self.shared;
+        let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
+        while !q.ops.is_empty() || q.current.is_some() {
+            q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn run(self) {
+        let (m, cv) = &*self.shared;
+        loop {
+            let (path, (bytes, mode)) = {
+                let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
+                q.current = None;
+                cv.notify_all();
+                let next = loop {
+                    if let Some(next) = q.ops.pop_first() {
+                        break next;
+                    }
+                    q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
+                };
+                q.current = Some(next.0.clone());
+                next
+            };
+            if let Err(e) = write_atomic(&path, &bytes, mode) {
+                tracing::error!(error = %format!("{e:#}"), "cannot save state");
+            }
+        }
+    }
+}

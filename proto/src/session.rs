@@ -8,9 +8,9 @@
 //! the receiver refuses a new session whose counter is below the highest it has accepted from that sender,
 //! so a recorded session cannot be played back later.
 
+use crate::frame::FrameKey;
 use crate::frame::{self, FrameKind, SealedHeader, MAGIC, VERSION};
 use crate::keys::{Kem, KeyId, PublicKey, SecretKey};
-use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
 use hpke::{
     aead::ChaCha20Poly1305 as HpkeChaCha, kdf::HkdfSha256, Deserializable, OpModeR, OpModeS,
     Serializable,
@@ -39,7 +39,7 @@ pub enum SessionError {
 }
 
 struct Keys {
-    aead: ChaCha20Poly1305,
+    aead: FrameKey,
     tag: u64,
 }
 
@@ -52,7 +52,7 @@ where
     let mut tag = [0u8; 8];
     export(EXPORT_TAG, &mut tag)?;
     Ok(Keys {
-        aead: ChaCha20Poly1305::new(&key.into()),
+        aead: FrameKey::new(&key),
         tag: u64::from_le_bytes(tag),
     })
 }

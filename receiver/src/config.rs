@@ -42,6 +42,10 @@ pub struct Config {
     /// The kernel sandbox (seccomp + Landlock) after setup; off only for debugging.
     #[serde(default = "d_sandbox")]
     pub sandbox: bool,
+    /// Write large objects (8 MiB and more) with O_DIRECT: whole pages go to the disk without a copy
+    /// into the page cache.
+    #[serde(default = "d_direct_io")]
+    pub direct_io: bool,
     /// Approval envelopes: absent means envelopes are not accepted (each stays a partial object with an
     /// error that status shows, until the section is configured and the receiver restarted).
     pub approvals: Option<ApprovalsConfig>,
@@ -74,6 +78,9 @@ pub struct ApprovalsConfig {
 fn d_sandbox() -> bool {
     true
 }
+fn d_direct_io() -> bool {
+    true
+}
 fn d_data_bits() -> u8 {
     8
 }
@@ -100,7 +107,7 @@ fn d_hook_retries() -> u32 {
 }
 
 fn d_rcvbuf() -> usize {
-    64
+    256
 }
 fn d_memory() -> usize {
     48

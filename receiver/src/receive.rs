@@ -9,7 +9,7 @@ use crate::status::{self, ObjectStatus, SessionStatus, Status};
 use crate::store::Partial;
 use crate::writer::{self, Done, FinishError, Job, Writer};
 use anyhow::{Context, Result};
-use diode_host::atomic::{append_line, write_atomic};
+use diode_host::atomic::{append_line, write_atomic, Persister};
 use diode_host::serial::SerialRx;
 use diode_host::udp::{UdpRx, RX_BUF};
 use diode_proto::envelope::MAX_ENVELOPE_BYTES;
@@ -43,6 +43,8 @@ enum LinkRx {
 
 pub struct Receiver {
     cfg: Config,
+    /// Saves progress, status and metrics off the receive loop (each save is an fsync).
+    persist: Persister,
     /// Taken by `run`.
     rx: Option<LinkRx>,
     table: SessionTable,
@@ -77,6 +79,15 @@ fn completed_path(cfg: &Config) -> PathBuf {
 
 impl Receiver {
     pub fn new(cfg: Config, table: SessionTable) -> Result<Self> {
+        crate::store::DIRECT_IO.store(cfg.direct_io, std::sync::atomic::Ordering::Relaxed);
+        if crate::store::PERSIST.get().is_none() {
+            let p = Persister::spawn().context("cannot start the persist thread")?;
+            let _ = crate::store::PERSIST.set(p);
+        }
+        let persist = crate::store::PERSIST
+            .get()
+            .cloned()
+            .context("cannot start the persist thread")?;
         std::fs::create_dir_all(cfg.partial_dir())
             .with_context(|| format!("cannot create {}", cfg.partial_dir().display()))?;
         std::fs::create_dir_all(&cfg.inbox)
@@ -138,6 +149,7 @@ impl Receiver {
             last_drop_log: now,
             approvals: Approvals::open(&cfg)?,
             writer: Writer::spawn().context("cannot start the writer thread")?,
+            persist,
             cfg,
         })
     }
@@ -392,15 +404,18 @@ impl Receiver {
                     block_bytes: p.asm.geometry().block_bytes(),
                 };
                 let file = p.file();
-                if !self.writer.send(Job::Write {
+                let direct = p.direct();
+                let ok = self.writer.send(Job::Write {
                     key,
                     block,
                     offset,
                     buf,
                     len,
                     file,
+                    direct,
                     geo,
-                }) {
+                });
+                if !ok {
                     tracing::error!("the writer thread is gone; restart diode-recv");
                 }
             }
@@ -626,11 +641,9 @@ impl Receiver {
                 .iter()
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect();
-            if let Err(e) = serde_json::to_vec(&m)
-                .map_err(anyhow::Error::from)
-                .and_then(|b| write_atomic(&senders_path(&self.cfg), &b, 0o600))
-            {
-                tracing::error!(error = %format!("{e:#}"), "cannot persist session counters");
+            match serde_json::to_vec(&m) {
+                Ok(b) => self.persist.write(&senders_path(&self.cfg), b, 0o600),
+                Err(e) => tracing::error!(error = %e, "cannot persist session counters"),
             }
         }
         let down = Duration::from_secs(self.cfg.link_down_secs);
@@ -763,15 +776,14 @@ impl Receiver {
             objects,
         };
         if let Some(m) = &self.cfg.metrics_file {
-            if let Err(e) = write_atomic(m, s.prometheus().as_bytes(), 0o644) {
-                tracing::warn!(error = %format!("{e:#}"), "cannot write the metrics file");
-            }
+            self.persist.write(m, s.prometheus().into_bytes(), 0o644);
         }
-        write_atomic(
+        self.persist.write(
             &self.cfg.status_path(),
-            &serde_json::to_vec_pretty(&s)?,
+            serde_json::to_vec_pretty(&s)?,
             0o644,
-        )
+        );
+        Ok(())
     }
 }
 

@@ -4,7 +4,7 @@
 //! whole file matches, the file is renamed into the inbox, so the inbox only ever shows whole files.
 
 use anyhow::{bail, Context, Result};
-use diode_host::atomic::{sync_dir, write_atomic};
+use diode_host::atomic::{sync_dir, write_atomic, Persister};
 use diode_proto::journal::format_id;
 use diode_proto::object::{safe_name, Assembly, AssemblyState, ObjectMeta};
 use diode_proto::KeyId;
@@ -12,8 +12,49 @@ use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// Objects at least this large are written with O_DIRECT where `direct_io` allows it.
+pub const DIRECT_MIN: u64 = 8 << 20;
+
+/// The receiver's persist thread, set once at start (progress is saved through it).
+pub static PERSIST: std::sync::OnceLock<Persister> = std::sync::OnceLock::new();
+
+/// `direct_io` from recv.toml (default on), set once at start.
+pub static DIRECT_IO: AtomicBool = AtomicBool::new(true);
+
+/// A second, write-only handle with O_DIRECT; None where the filesystem refuses it (tmpfs), which
+/// leaves the object to the page cache as before.
+fn open_direct(path: &Path) -> Option<Arc<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => Some(Arc::new(f)),
+        Err(e) => {
+            tracing::debug!(path = %path.display(), error = %e, "no O_DIRECT here; writing through the page cache");
+            None
+        }
+    }
+}
+
+/// Reserve the object's space (unwritten extents: no data written, a full disk is known now), or at
+/// least set its length where the filesystem cannot reserve.
+fn preallocate(file: &File, size: u64) {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(size).unwrap_or(libc::off_t::MAX);
+    // SAFETY: fallocate on a descriptor this process owns, with no pointers
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::debug!(error = %e, "cannot reserve the object's space; setting its length");
+        let _ = file.set_len(size);
+    }
+}
 
 /// Version tag of the state file format.
 const STATE_VERSION: u8 = 1;
@@ -22,6 +63,9 @@ pub struct Partial {
     pub sender: KeyId,
     pub asm: Assembly,
     file: Arc<File>,
+    /// The same file opened with O_DIRECT, for large objects when `direct_io` is on and the filesystem
+    /// takes it: whole pages go to the disk without a copy into the page cache.
+    direct: Option<Arc<File>>,
     data_path: PathBuf,
     state_path: PathBuf,
     pub dirty: bool,
@@ -55,11 +99,20 @@ impl Partial {
             .open(&data_path)
             .with_context(|| format!("cannot open {}", data_path.display()))
             .map(Arc::new)?;
+        let direct = (asm.meta.size >= DIRECT_MIN && DIRECT_IO.load(Ordering::Relaxed))
+            .then(|| open_direct(&data_path))
+            .flatten();
+        if fresh && direct.is_some() {
+            // O_DIRECT writes past the end of a file are slow on ext4 (each one extends it under the
+            // inode lock and the journal): give the file its whole size first
+            preallocate(&file, asm.meta.size);
+        }
         let now = Instant::now();
         let mut p = Partial {
             sender,
             asm,
             file,
+            direct,
             data_path,
             state_path,
             dirty: true,
@@ -114,16 +167,32 @@ impl Partial {
         Ok(p)
     }
 
+    /// Save progress: through the persist thread once the receiver runs (the receive loop must not wait
+    /// for an fsync), at once before that.
     pub fn persist(&mut self) -> Result<()> {
         let mut bytes = vec![STATE_VERSION];
         bytes.extend(postcard::to_allocvec(&(self.sender.0, self.asm.state()))?);
-        write_atomic(&self.state_path, &bytes, 0o600)?;
+        match PERSIST.get() {
+            Some(p) => p.write(&self.state_path, bytes, 0o600),
+            None => write_atomic(&self.state_path, &bytes, 0o600)?,
+        }
         self.dirty = false;
         Ok(())
     }
 
+    fn remove_state(&self) {
+        let _ = match PERSIST.get() {
+            Some(p) => p.remove_now(&self.state_path),
+            None => fs::remove_file(&self.state_path),
+        };
+    }
+
     pub fn file(&self) -> Arc<File> {
         self.file.clone()
+    }
+
+    pub fn direct(&self) -> Option<Arc<File>> {
+        self.direct.clone()
     }
 
     /// Every block was lost again: start over (a wrong hash means the partial data is wrong).
@@ -226,14 +295,14 @@ impl Partial {
         if let Some(parent) = dest.parent() {
             sync_dir(parent);
         }
-        let _ = fs::remove_file(&self.state_path);
+        self.remove_state();
         Ok(dest)
     }
 
     /// Give up on the object (expired): remove its data, keep nothing but the caller's report.
     pub fn discard(self) {
         let _ = fs::remove_file(&self.data_path);
-        let _ = fs::remove_file(&self.state_path);
+        self.remove_state();
     }
 }
 

@@ -36,6 +36,8 @@ pub enum Job {
         buf: Vec<u8>,
         len: usize,
         file: Arc<File>,
+        /// The same file with O_DIRECT (large objects): whole pages are written through it.
+        direct: Option<Arc<File>>,
         geo: Geometry,
     },
     /// All blocks are written: hash what the running hash has not covered, compare, fsync.
@@ -78,6 +80,27 @@ struct Running {
     ahead: BTreeSet<u32>,
     unflushed: u64,
     flushed_to: u64,
+    /// O_DIRECT failed on this object: the page cache from here on.
+    no_direct: bool,
+}
+
+/// Page alignment for O_DIRECT: file offsets, lengths and memory addresses are multiples of it.
+const PAGE: u64 = 4096;
+
+/// A page-aligned scratch buffer, reused for every O_DIRECT write (the block buffers are not aligned).
+#[derive(Default)]
+struct Aligned {
+    buf: Vec<u8>,
+}
+
+impl Aligned {
+    fn get(&mut self, len: usize) -> &mut [u8] {
+        if self.buf.len() < len + PAGE as usize {
+            self.buf = vec![0u8; len + PAGE as usize];
+        }
+        let off = self.buf.as_ptr().align_offset(PAGE as usize);
+        &mut self.buf[off..off + len]
+    }
 }
 
 pub struct Writer {
@@ -103,6 +126,7 @@ impl Writer {
 
 fn run(jobs: Receiver<Job>, done: mpsc::Sender<Done>) {
     let mut running: HashMap<Key, Running> = HashMap::new();
+    let mut aligned = Aligned::default();
     for job in jobs {
         let reply = match job {
             Job::Write {
@@ -112,10 +136,13 @@ fn run(jobs: Receiver<Job>, done: mpsc::Sender<Done>) {
                 buf,
                 len,
                 file,
+                direct,
                 geo,
             } => {
                 let r = running.entry(key).or_default();
-                let result = write_block(r, &file, block, offset, &buf[..len.min(buf.len())], &geo)
+                let data = &buf[..len.min(buf.len())];
+                let direct = direct.as_deref().map(|d| (d, &mut aligned));
+                let result = write_block(r, &file, direct, block, offset, data, &geo)
                     .map_err(|e| e.to_string());
                 Done::Written {
                     key,
@@ -148,15 +175,50 @@ fn run(jobs: Receiver<Job>, done: mpsc::Sender<Done>) {
     }
 }
 
+/// Write `data` at `offset`: the whole pages inside it through O_DIRECT when there is a direct handle,
+/// the partial pages at its edges (shared with the neighbouring blocks) through the page cache.
+fn write_data(
+    r: &mut Running,
+    file: &File,
+    direct: Option<(&File, &mut Aligned)>,
+    offset: u64,
+    data: &[u8],
+) -> std::io::Result<u64> {
+    let end = offset + data.len() as u64;
+    let (a0, a1) = (offset.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
+    let Some((dfile, scratch)) = direct.filter(|_| !r.no_direct && a1 > a0) else {
+        file.write_all_at(data, offset)?;
+        return Ok(data.len() as u64);
+    };
+    let mid = &data[(a0 - offset) as usize..(a1 - offset) as usize];
+    let page = scratch.get(mid.len());
+    page.copy_from_slice(mid);
+    if let Err(e) = dfile.write_all_at(page, a0) {
+        // EINVAL: this filesystem takes O_DIRECT at open but not these writes; anything else (a full
+        // disk) is an error like any other write's
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return Err(e);
+        }
+        tracing::info!(error = %e, "O_DIRECT refused; this object goes through the page cache");
+        r.no_direct = true;
+        file.write_all_at(data, offset)?;
+        return Ok(data.len() as u64);
+    }
+    file.write_all_at(&data[..(a0 - offset) as usize], offset)?;
+    file.write_all_at(&data[(a1 - offset) as usize..], a1)?;
+    Ok(data.len() as u64 - mid.len() as u64)
+}
+
 fn write_block(
     r: &mut Running,
     file: &Arc<File>,
+    direct: Option<(&File, &mut Aligned)>,
     block: u32,
     offset: u64,
     data: &[u8],
     geo: &Geometry,
 ) -> std::io::Result<()> {
-    file.write_all_at(data, offset)?;
+    let buffered = write_data(r, file, direct, offset, data)?;
     if block == r.hashed {
         r.hasher.update(data);
         r.hashed += 1;
@@ -173,7 +235,7 @@ fn write_block(
         r.ahead.insert(block);
     }
     // keep dirty pages few: the fsync before the rename then has little left to write
-    r.unflushed += data.len() as u64;
+    r.unflushed += buffered;
     if r.unflushed >= WRITEBACK_EVERY {
         let end = offset + data.len() as u64;
         let start = r.flushed_to.min(offset);
