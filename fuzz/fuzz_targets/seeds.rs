@@ -285,7 +285,7 @@ fn state_files(dir: &Path) {
             id: "0123456789abcdef".into(),
             name: "reports/q3.pdf".into(),
             size: 100_000,
-            sha256: "42".repeat(32),
+            blake3: "42".repeat(32),
             blocks: 3,
             shard_size: 1408,
             data_shards: 32,

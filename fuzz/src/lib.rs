@@ -97,7 +97,7 @@ pub fn small_meta() -> ObjectMeta {
         id: 0x0123_4567_89ab_cdef,
         name: "reports/q3.pdf".into(),
         size: 100_000,
-        sha256: [0x42; 32],
+        hash: [0x42; 32],
         kind: ObjectKind::File,
         shard_size: 1408,
         data_shards: 32,

@@ -17,7 +17,6 @@ use diode_proto::session::{Opened, SenderSession, SessionTable};
 use diode_proto::{BlockEncoder, Geometry, SecretKey};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::hint::black_box;
 
@@ -50,7 +49,7 @@ fn setup() -> Setup {
         id: OBJECT,
         name: "bench/block.bin".into(),
         size: data.len() as u64,
-        sha256: Sha256::digest(&data).into(),
+        hash: *blake3::hash(&data).as_bytes(),
         kind: ObjectKind::File,
         shard_size: SHARD as u32,
         data_shards: DATA as u16,

@@ -8,7 +8,9 @@
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
 pub const MAGIC: [u8; 2] = [0xD1, 0x0D];
-pub const VERSION: u8 = 1;
+/// 2 since the content hash became BLAKE3 (version 1 carried SHA-256 in the same 32 bytes): a receiver
+/// of one version drops the other's frames as malformed instead of failing every file on its hash.
+pub const VERSION: u8 = 2;
 pub const SEALED_HEADER_LEN: usize = 36;
 pub const TAG_LEN: usize = 16;
 /// IPv4 + UDP headers, for turning an MTU into a datagram budget.

@@ -21,7 +21,8 @@ pub enum JournalRecord {
         id: String,
         name: String,
         size: u64,
-        sha256: String,
+        /// BLAKE3 of the content, 64 hex digits
+        blake3: String,
         blocks: u64,
         shard_size: u32,
         data_shards: u16,

@@ -41,7 +41,7 @@ pub fn kind_for_name(name: &str) -> ObjectKind {
     }
 }
 
-/// `ObjectMeta::sha256` of an object whose hash the sender has not finished computing.
+/// `ObjectMeta::hash` of an object whose hash the sender has not finished computing.
 pub const HASH_PENDING: [u8; 32] = [0; 32];
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -51,11 +51,11 @@ pub struct ObjectMeta {
     /// Relative path with `/` separators.
     pub name: String,
     pub size: u64,
-    /// SHA-256 of the whole content, or all zeros (`HASH_PENDING`) in the metadata frames of a first
+    /// BLAKE3 of the whole content, or all zeros (`HASH_PENDING`) in the metadata frames of a first
     /// pass: the sender hashes the file while it sends it and puts the hash in the metadata frames at
     /// the end of the pass (and in every later one). A receiver renames nothing into the inbox before it
     /// knows the hash and the content matches it.
-    pub sha256: [u8; 32],
+    pub hash: [u8; 32],
     pub kind: ObjectKind,
     pub shard_size: u32,
     pub data_shards: u16,
@@ -120,19 +120,19 @@ impl ObjectMeta {
         )
     }
 
-    pub fn sha256_hex(&self) -> String {
-        hex::encode(self.sha256)
+    pub fn hash_hex(&self) -> String {
+        hex::encode(self.hash)
     }
 
     pub fn hash_known(&self) -> bool {
-        self.sha256 != HASH_PENDING
+        self.hash != HASH_PENDING
     }
 
     /// The same object, perhaps with a hash where this one has none yet?
     pub fn same_object(&self, other: &ObjectMeta) -> bool {
         let mut a = self.clone();
-        a.sha256 = other.sha256;
-        a == *other && (!self.hash_known() || self.sha256 == other.sha256)
+        a.hash = other.hash;
+        a == *other && (!self.hash_known() || self.hash == other.hash)
     }
 }
 
@@ -584,7 +584,7 @@ mod tests {
             id: 1,
             name: "big.bin".into(),
             size: 64 * (u32::MAX as u64),
-            sha256: [1; 32],
+            hash: [1; 32],
             kind: ObjectKind::File,
             shard_size: 64,
             data_shards: 1,

@@ -21,7 +21,6 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::seq::{index, SliceRandom};
 use rand::{Rng, RngCore, SeedableRng};
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Meta frames are repeated this often (in shard frames), as the sender does.
@@ -107,7 +106,7 @@ fn meta_for(spec: &Spec, content: &[u8]) -> ObjectMeta {
         id: spec.seed.rotate_left(17) | 1,
         name: format!("inbox/dir {}/object-{:x}.bin", spec.group, spec.seed),
         size: content.len() as u64,
-        sha256: Sha256::digest(content).into(),
+        hash: *blake3::hash(content).as_bytes(),
         kind: if spec.seed & 1 == 0 {
             ObjectKind::File
         } else {
@@ -578,7 +577,7 @@ proptest! {
         prop_assert_eq!(finished, (0..g.block_count(size) as u32).collect::<Vec<_>>(),
             "each block finished exactly once");
         prop_assert!(rx.out == sent.content, "rebuilt bytes differ (data shards lost: {})", data_lost);
-        prop_assert_eq!(<[u8; 32]>::from(Sha256::digest(&rx.out)), sent.meta.sha256);
+        prop_assert_eq!(*blake3::hash(&rx.out).as_bytes(), sent.meta.hash);
         prop_assert_eq!(rx.heartbeats, 1);
     }
 

@@ -337,7 +337,7 @@ impl Receiver {
             }
             if meta.hash_known() && !p.asm.meta.hash_known() {
                 tracing::debug!(object = %format_id(key.1), "the content hash arrived");
-                p.asm.meta.sha256 = meta.sha256;
+                p.asm.meta.hash = meta.hash;
                 p.dirty = true;
                 if p.asm.is_complete() {
                     self.finish(key);
@@ -481,7 +481,7 @@ impl Receiver {
         let job = Job::Finish {
             key,
             file: p.file(),
-            sha256: p.asm.meta.sha256,
+            hash: p.asm.meta.hash,
             size: p.asm.meta.size,
             block_bytes: p.asm.geometry().block_bytes(),
         };
@@ -509,11 +509,11 @@ impl Receiver {
         match published {
             Ok(dest) => {
                 let m = p.asm.meta.clone();
-                tracing::info!(object = %format_id(m.id), name = %m.name, bytes = m.size, sha256 = %m.sha256_hex(),
+                tracing::info!(object = %format_id(m.id), name = %m.name, bytes = m.size, blake3 = %m.hash_hex(),
                     path = %dest.display(), "received");
                 let rec = serde_json::json!({
                     "sender": key.0.to_string(), "object": format_id(m.id), "name": m.name, "size": m.size,
-                    "sha256": m.sha256_hex(), "at": diode_host::unix_now(),
+                    "blake3": m.hash_hex(), "at": diode_host::unix_now(),
                 });
                 if let Err(e) = append_line(&completed_path(&self.cfg), &rec.to_string()) {
                     tracing::error!(error = %format!("{e:#}"), "cannot record the received file");
@@ -557,7 +557,7 @@ impl Receiver {
             Ok(path) => {
                 let rec = serde_json::json!({
                     "sender": key.0.to_string(), "object": format_id(m.id), "name": m.name, "size": m.size,
-                    "sha256": m.sha256_hex(), "kind": "envelope", "path": path.display().to_string(),
+                    "blake3": m.hash_hex(), "kind": "envelope", "path": path.display().to_string(),
                     "at": diode_host::unix_now(),
                 });
                 if let Err(e) = append_line(&completed_path(&self.cfg), &rec.to_string()) {

@@ -8,7 +8,6 @@ use diode_host::atomic::{sync_dir, write_atomic, Persister};
 use diode_proto::journal::format_id;
 use diode_proto::object::{safe_name, Assembly, AssemblyState, ObjectMeta};
 use diode_proto::KeyId;
-use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -238,7 +237,7 @@ impl Partial {
             bail!("the content hash has not arrived yet");
         }
         self.file.set_len(meta.size)?;
-        let mut h = Sha256::new();
+        let mut h = blake3::Hasher::new();
         let mut pos = 0;
         let mut buf = vec![0u8; 1 << 20];
         while pos < meta.size {
@@ -248,12 +247,12 @@ impl Partial {
             pos += want as u64;
         }
         let got: [u8; 32] = h.finalize().into();
-        if got != meta.sha256 {
+        if got != meta.hash {
             self.reset()?;
             bail!(
                 "content hash mismatch ({} instead of {}); the object was reset",
                 hex::encode(got),
-                meta.sha256_hex()
+                meta.hash_hex()
             );
         }
         Ok(())

@@ -8,7 +8,6 @@
 
 use diode_host::atomic::start_writeback;
 use diode_proto::KeyId;
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -44,7 +43,7 @@ pub enum Job {
     Finish {
         key: Key,
         file: Arc<File>,
-        sha256: [u8; 32],
+        hash: [u8; 32],
         size: u64,
         block_bytes: u64,
     },
@@ -73,7 +72,7 @@ pub enum FinishError {
 
 #[derive(Default)]
 struct Running {
-    hasher: Sha256,
+    hasher: blake3::Hasher,
     /// Blocks 0..hashed are in the hasher.
     hashed: u32,
     /// Blocks written past `hashed`, waiting for their turn.
@@ -154,14 +153,14 @@ fn run(jobs: Receiver<Job>, done: mpsc::Sender<Done>) {
             Job::Finish {
                 key,
                 file,
-                sha256,
+                hash,
                 size,
                 block_bytes,
             } => {
                 let r = running.remove(&key).unwrap_or_default();
                 Done::Finished {
                     key,
-                    result: finish(r, &file, sha256, size, block_bytes),
+                    result: finish(r, &file, hash, size, block_bytes),
                 }
             }
             Job::Forget { key } => {

@@ -8,7 +8,6 @@ use anyhow::{bail, Context, Result};
 use diode_proto::envelope::MAX_ENVELOPE_BYTES;
 use diode_proto::object::{interleave, ObjectKind, ObjectMeta, HASH_PENDING};
 use diode_proto::{BlockEncoder, FrameKind};
-use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -38,7 +37,7 @@ pub fn describe(
         .metadata()
         .with_context(|| format!("cannot read {}", path.display()))?;
     let size = md.len();
-    let mut sha256 = HASH_PENDING;
+    let mut hash = HASH_PENDING;
     if size <= HASH_FIRST_MAX {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -52,7 +51,7 @@ pub fn describe(
                 bytes.len()
             );
         }
-        sha256 = Sha256::digest(&bytes).into();
+        hash = *blake3::hash(&bytes).as_bytes();
     } else if kind == ObjectKind::Envelope {
         bail!("{} is too large to be an envelope", path.display());
     }
@@ -66,7 +65,7 @@ pub fn describe(
         id,
         name: name.to_string(),
         size,
-        sha256,
+        hash,
         kind,
         shard_size: g.shard_size as u32,
         data_shards: g.data_shards as u16,
@@ -117,7 +116,7 @@ impl Encoder {
                 .collect(),
         };
         let meta_bytes = meta.encode();
-        let mut hasher = (!meta.hash_known() && blocks.is_none()).then(Sha256::new);
+        let mut hasher = (!meta.hash_known() && blocks.is_none()).then(blake3::Hasher::new);
         for _ in 0..3 {
             tx.push(FrameKind::Meta, meta.id, 0, 0, &meta_bytes);
         }
@@ -128,14 +127,19 @@ impl Encoder {
             // read the group's data, each block padded to whole shards
             let mut counts = Vec::with_capacity(group.len());
             let mut starts = Vec::with_capacity(group.len());
-            self.data.clear();
+            let mut end = 0;
             for &b in group {
                 let len = g.block_len(meta.size, b) as usize;
                 let k = g.data_in(meta.size, b);
-                let start = self.data.len();
-                self.data.resize(start + k * s, 0);
+                let start = end;
+                end = start + k * s;
+                // the buffer only grows; the read fills the block and only its padding is zeroed
+                if self.data.len() < end {
+                    self.data.resize(end, 0);
+                }
                 file.read_exact_at(&mut self.data[start..start + len], b * g.block_bytes())
                     .context("the object's file changed or shrank while being sent")?;
+                self.data[start + len..end].fill(0);
                 if let Some(h) = hasher.as_mut() {
                     h.update(&self.data[start..start + len]);
                 }
@@ -186,7 +190,7 @@ impl Encoder {
             last_between = Instant::now();
         }
         if let Some(h) = hasher {
-            meta.sha256 = h.finalize().into();
+            meta.hash = *h.finalize().as_bytes();
             if !meta.hash_known() {
                 bail!("the content hash is all zeros; this cannot travel"); // 2^-256
             }

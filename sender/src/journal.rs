@@ -96,7 +96,7 @@ impl Journal {
                     id,
                     name,
                     size,
-                    sha256,
+                    blake3,
                     shard_size,
                     data_shards,
                     parity_shards,
@@ -108,7 +108,7 @@ impl Journal {
                         continue;
                     };
                     let mut h = [0u8; 32];
-                    if hex_into(&sha256, &mut h).is_none() {
+                    if hex_into(&blake3, &mut h).is_none() {
                         continue;
                     }
                     e.sent = Some(ObjectMeta {
@@ -116,7 +116,7 @@ impl Journal {
                         kind: kind_for_name(&name),
                         name,
                         size,
-                        sha256: h,
+                        hash: h,
                         shard_size,
                         data_shards,
                         parity_shards,
@@ -171,7 +171,7 @@ impl Journal {
             id: format_id(meta.id),
             name: meta.name.clone(),
             size: meta.size,
-            sha256: meta.sha256_hex(),
+            blake3: meta.hash_hex(),
             blocks: g.block_count(meta.size),
             shard_size: meta.shard_size,
             data_shards: meta.data_shards,

@@ -7,7 +7,6 @@ use diode_proto::frame::{SEALED_HEADER_LEN, TAG_LEN};
 use diode_proto::object::{interleave, ObjectKind, ObjectMeta};
 use diode_proto::{BlockEncoder, FrameKind, PublicKey, Role, SecretKey, SenderSession};
 use diode_tests::*;
-use sha2::{Digest, Sha256};
 use std::fs;
 use std::net::UdpSocket;
 use std::time::Duration;
@@ -67,7 +66,7 @@ impl Wire {
             id,
             name: name.to_string(),
             size: data.len() as u64,
-            sha256: Sha256::digest(data).into(),
+            hash: *blake3::hash(data).as_bytes(),
             kind: ObjectKind::File,
             shard_size: s as u32,
             data_shards: 128,
