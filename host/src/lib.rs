@@ -5,6 +5,7 @@
 pub mod atomic;
 pub mod audit;
 pub mod keyfile;
+pub mod mapped;
 pub mod pace;
 pub mod sandbox;
 pub mod serial;

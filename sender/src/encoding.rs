@@ -123,14 +123,33 @@ impl Encoder {
         let s = g.shard_size;
         let mut since_meta = 0usize;
         let mut last_between = Instant::now();
+        // large files are read through a map under a read lease (no copy); `map.bytes` says when the
+        // lease is breaking, and from then on blocks are read into `data` as before. Only on a fast link:
+        // a group's frames must be out well within the 45 s a writer waits for the lease to break
+        let fast = tx.fast_link();
+        let map = fast
+            .then(|| diode_host::mapped::Mapped::open(file, meta.size))
+            .flatten();
         for group in list.chunks(self.interleave) {
-            // read the group's data, each block padded to whole shards
+            // the group's data, each block padded to whole shards: a whole block straight from the map,
+            // the rest read into `data` (a short last block is padded with zeros)
             let mut counts = Vec::with_capacity(group.len());
+            let mut sources: Vec<Option<&[u8]>> = Vec::with_capacity(group.len());
             let mut starts = Vec::with_capacity(group.len());
             let mut end = 0;
             for &b in group {
                 let len = g.block_len(meta.size, b) as usize;
                 let k = g.data_in(meta.size, b);
+                let mapped = map
+                    .as_ref()
+                    .filter(|_| len == k * s)
+                    .and_then(|m| m.bytes(b * g.block_bytes(), len));
+                starts.push(end);
+                counts.push(k);
+                sources.push(mapped);
+                if mapped.is_some() {
+                    continue;
+                }
                 let start = end;
                 end = start + k * s;
                 // the buffer only grows; the read fills the block and only its padding is zeroed
@@ -140,28 +159,31 @@ impl Encoder {
                 file.read_exact_at(&mut self.data[start..start + len], b * g.block_bytes())
                     .context("the object's file changed or shrank while being sent")?;
                 self.data[start + len..end].fill(0);
-                if let Some(h) = hasher.as_mut() {
-                    h.update(&self.data[start..start + len]);
+            }
+            let data = &self.data;
+            let block_data = |i: usize| -> &[u8] {
+                match sources[i] {
+                    Some(m) => m,
+                    None => &data[starts[i]..starts[i] + counts[i] * s],
                 }
-                starts.push(start);
-                counts.push(k);
+            };
+            if let Some(h) = hasher.as_mut() {
+                for (i, &b) in group.iter().enumerate() {
+                    let len = g.block_len(meta.size, b) as usize;
+                    h.update(&block_data(i)[..len]);
+                }
             }
             self.parity.resize_with(group.len(), Vec::new);
             let mut totals = Vec::with_capacity(group.len());
             for (i, &k) in counts.iter().enumerate() {
                 let m = g.parity_for(k);
-                self.fec.encode(
-                    &self.data[starts[i]..starts[i] + k * s],
-                    s,
-                    m,
-                    &mut self.parity[i],
-                )?;
+                self.fec.encode(block_data(i), s, m, &mut self.parity[i])?;
                 totals.push(k + m);
             }
             for (i, shard) in interleave(&totals) {
                 let k = counts[i];
                 let payload = if shard < k {
-                    &self.data[starts[i] + shard * s..starts[i] + (shard + 1) * s]
+                    &block_data(i)[shard * s..(shard + 1) * s]
                 } else {
                     &self.parity[i][(shard - k) * s..(shard - k + 1) * s]
                 };
@@ -178,8 +200,10 @@ impl Encoder {
                     tx.push(FrameKind::Meta, meta.id, 0, 0, &meta_bytes);
                 }
                 // on a slow line a group takes minutes (a frame alone 0.1 s at 115200 baud): look for
-                // urgent objects every 20 ms within it
-                if last_between.elapsed() >= BETWEEN_EVERY {
+                // urgent objects every 20 ms within it (on a fast link the clock is read every 8th frame)
+                if (!fast || since_meta.is_multiple_of(8))
+                    && last_between.elapsed() >= BETWEEN_EVERY
+                {
                     between(tx);
                     last_between = Instant::now();
                 }
