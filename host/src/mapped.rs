@@ -2,9 +2,10 @@
 //! from the page cache (the copy of `pread` was 17 % of its CPU). A mapped file that shrinks kills the
 //! process with SIGBUS on the next access, so the map is used only under a read lease (fcntl
 //! F_SETLEASE): anyone who then opens the file for writing or truncates it waits (up to
-//! /proc/sys/fs/lease-break-time, 45 s by default) while the lease is broken, and the sender, which checks
-//! the lease before every group of blocks, stops using the map and reads with `pread` (whose short read
-//! is an ordinary error). Where there is no lease to be had (the file is someone else's and the sender
+//! /proc/sys/fs/lease-break-time, 45 s by default) while the lease is broken; the sender checks the lease
+//! before every group of blocks (a fraction of a second on the fast links it maps files for), drops the
+//! map, which gives the lease up and lets the writer go on, and reads with `pread` from then on (whose
+//! short read is an ordinary error). Where there is no lease to be had (the file is someone else's and the sender
 //! lacks CAP_LEASE, or it is open for writing somewhere, or the filesystem has no leases), nothing is
 //! mapped and the caller reads as before.
 
@@ -52,13 +53,15 @@ impl Mapped {
         Some(map)
     }
 
-    /// `len` bytes at `offset`, or None once the lease is breaking (someone wants to write or truncate
-    /// the file) or the range is outside it: the caller reads with `pread` from then on.
-    pub fn bytes(&self, offset: u64, len: usize) -> Option<&[u8]> {
+    /// The lease still holds: false once it is breaking (someone wants to write or truncate the file).
+    /// Then the caller drops the map, which gives the lease up, and reads with `pread`.
+    pub fn held(&self) -> bool {
         // SAFETY: fcntl on a descriptor this process owns, integer arguments only
-        if unsafe { libc::fcntl(self.fd, libc::F_GETLEASE) } != libc::F_RDLCK {
-            return None;
-        }
+        unsafe { libc::fcntl(self.fd, libc::F_GETLEASE) == libc::F_RDLCK }
+    }
+
+    /// `len` bytes at `offset`, None outside the file. Use only while `held` was true a moment ago.
+    pub fn bytes(&self, offset: u64, len: usize) -> Option<&[u8]> {
         let start = usize::try_from(offset).ok()?;
         self.map.get(start..start.checked_add(len)?)
     }
@@ -123,7 +126,7 @@ mod tests {
             w.write_all(b"short").unwrap();
         });
         let t = std::time::Instant::now();
-        while m.bytes(0, 1).is_some() {
+        while m.held() {
             assert!(
                 t.elapsed().as_secs() < 10,
                 "the lease never started breaking"

@@ -127,10 +127,15 @@ impl Encoder {
         // lease is breaking, and from then on blocks are read into `data` as before. Only on a fast link:
         // a group's frames must be out well within the 45 s a writer waits for the lease to break
         let fast = tx.fast_link();
-        let map = fast
+        let mut map = fast
             .then(|| diode_host::mapped::Mapped::open(file, meta.size))
             .flatten();
         for group in list.chunks(self.interleave) {
+            if map.as_ref().is_some_and(|m| !m.held()) {
+                tracing::info!(object = %diode_proto::journal::format_id(meta.id),
+                    "someone opened the file for writing: reading it instead of mapping it");
+                map = None; // gives the lease up: the writer goes on
+            }
             // the group's data, each block padded to whole shards: a whole block straight from the map,
             // the rest read into `data` (a short last block is padded with zeros)
             let mut counts = Vec::with_capacity(group.len());

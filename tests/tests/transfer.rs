@@ -142,3 +142,73 @@ fn keys_are_private_and_misuse_is_explained() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("sender key"), "{err}");
 }
+
+/// The sender reads a large file through a map of the page cache under a read lease. Tried: truncating
+/// that file (in the sender's sent area) while it is being sent. Must survive: the sender (no SIGBUS: the
+/// truncation waits until the sender has given the lease up, well under the kernel's 45 s), a clear error
+/// naming the file, nothing partial in the inbox, and the next file arriving whole.
+#[test]
+fn a_large_file_truncated_while_it_is_sent_is_an_error_not_a_crash() {
+    let site = Site::new(&[("rate", "150Mbit".into())]);
+    let _r = site.start("recv");
+    let mut s = site.start("send");
+    let big = random_bytes(48 << 20); // about 3 s at 150 Mbit/s
+    site.drop_in("big.bin", &big);
+    // the sender claims it into its sent area (state/objects/<id>) and starts sending
+    let claimed = wait_for("the big file claimed", Duration::from_secs(20), || {
+        let objects = site.path("send-state/objects");
+        let objects = if objects.exists() {
+            objects
+        } else {
+            find_dir(site.dir.path(), "objects")?
+        };
+        fs::read_dir(objects)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| fs::metadata(p).map(|m| m.len()).ok() == Some(big.len() as u64))
+    });
+    std::thread::sleep(Duration::from_millis(800)); // mid-file
+    let t = std::time::Instant::now();
+    fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&claimed)
+        .expect("truncate the file being sent");
+    let waited = t.elapsed();
+    assert!(
+        waited < Duration::from_secs(10),
+        "the truncation waited {waited:?}: the sender did not give its lease up"
+    );
+    eprintln!("truncation waited {waited:?} for the sender's lease");
+    let log = wait_for("the sender's error", Duration::from_secs(20), || {
+        let l = s.log_text();
+        l.contains("send failed").then_some(l)
+    });
+    assert!(log.contains("changed or shrank"), "{log}");
+    assert!(s.alive(), "the sender died: {log}");
+    let after = vec![("after.bin".to_string(), random_bytes(300_000))];
+    site.drop_in("after.bin", &after[0].1);
+    site.wait_inbox(&after, Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        site.inbox_files(),
+        vec!["after.bin"],
+        "a partial big.bin reached the inbox"
+    );
+    assert!(s.alive());
+}
+
+fn find_dir(root: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for e in fs::read_dir(root).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if p.file_name().is_some_and(|n| n == name) {
+                return Some(p);
+            }
+            if let Some(f) = find_dir(&p, name) {
+                return Some(f);
+            }
+        }
+    }
+    None
+}
