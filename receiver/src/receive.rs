@@ -59,6 +59,8 @@ pub struct Receiver {
     drops_logged: BTreeMap<&'static str, u64>,
     decoder: Option<ReedSolomonDecoder>,
     start: Instant,
+    /// The clock, read once per batch of received datagrams (not once per frame).
+    clock: Instant,
     links: HashMap<KeyId, Link>,
     received_files: u64,
     received_bytes: u64,
@@ -141,6 +143,7 @@ impl Receiver {
             drops_logged: BTreeMap::new(),
             decoder: None,
             start: now,
+            clock: now,
             links: HashMap::new(),
             received_files: 0,
             received_bytes: 0,
@@ -185,6 +188,7 @@ impl Receiver {
         let mut bufs: Vec<Vec<u8>> = (0..8).map(|_| vec![0u8; RX_BUF]).collect();
         let mut meta = [RecvMeta::default(); 8];
         loop {
+            self.clock = Instant::now();
             match &mut rx {
                 LinkRx::Udp(udp) => {
                     let n = {
@@ -193,6 +197,7 @@ impl Receiver {
                         udp.recv(&mut slices, &mut meta)
                             .context("receive on the link failed")?
                     };
+                    self.clock = Instant::now();
                     for (buf, m) in bufs.iter_mut().zip(meta.iter()).take(n) {
                         let stride = m.stride.max(1);
                         for f in buf[..m.len.min(RX_BUF)].chunks_mut(stride) {
@@ -227,7 +232,7 @@ impl Receiver {
     }
 
     fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
+        self.clock.saturating_duration_since(self.start).as_millis() as u64
     }
 
     fn frame(&mut self, f: &mut [u8]) {
@@ -293,11 +298,12 @@ impl Receiver {
     }
 
     fn seen(&mut self, sender: KeyId) {
+        let clock = self.clock;
         let l = self.links.entry(sender).or_insert(Link {
-            last: Instant::now(),
+            last: clock,
             up: false,
         });
-        l.last = Instant::now();
+        l.last = clock;
         if !l.up {
             l.up = true;
             tracing::info!(sender = %sender, "link up: frames arriving");
@@ -375,7 +381,7 @@ impl Receiver {
             }
             return;
         };
-        p.last_frame = Instant::now();
+        p.last_frame = self.clock;
         loop {
             match p.asm.insert(block, shard, payload) {
                 Err(_) => {
