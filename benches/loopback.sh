@@ -5,7 +5,7 @@
 # it, and the receiver's peak RSS. Usage: benches/loopback.sh [SIZE_MB] [RATE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MB=${1:-1024}; RATE=${2:-10Gbit}
+MB=${1:-1024}; RATE=${2:-5Gbit}
 # DIODE_BIN_DIR=<folder>: use the binaries there instead of building
 if [ -z "${DIODE_BIN_DIR:-}" ]; then cargo build --release -q --bins; fi
 B=${DIODE_BIN_DIR:-$PWD/target/release}

@@ -55,6 +55,11 @@ if ! command -v cargo-deny >/dev/null || ! cargo-deny --version 2>/dev/null | gr
   export PATH="$PWD/target/tools/bin:$PATH"
 fi
 checks="licenses bans sources"
+# a RustSec database carried in beside the repository (shared/advisory-dbs, as `cargo deny fetch` leaves
+# it in ~/.cargo/advisory-dbs on a connected machine) is used without being asked for
+if [ -z "${DIODE_ADVISORY_DB:-}" ] && [ -d ../shared/advisory-dbs ]; then
+  export DIODE_ADVISORY_DB="$(cd ../shared/advisory-dbs && pwd)"
+fi
 if [ -n "${DIODE_ADVISORY_DB:-}" ]; then checks+=" advisories"; fi
 if ! command -v cargo-deny >/dev/null; then
   echo "deny: FAILED (cargo-deny could not be installed: target/deny-install.log)" | tee -a target/deny.log
@@ -65,7 +70,7 @@ else
   grep -E '^error' target/deny.log | head -10
 fi
 if [ -z "${DIODE_ADVISORY_DB:-}" ]; then
-  echo "deny: advisories not checked: the RustSec database cannot be fetched on this machine (no route to its git host); DIODE_ADVISORY_DB=<folder> checks them (docs/supply-chain.md)"
+  echo "deny: advisories not checked: the RustSec database cannot be fetched on this machine (no route to its git host); DIODE_ADVISORY_DB=<folder> or ../shared/advisory-dbs checks them (docs/supply-chain.md)"
 fi
 # one closing line for CI, and the exit status of the run
 passed=$(grep -oE '[0-9]+ passed' target/test.log | awk '{s+=$1} END {print s+0}')

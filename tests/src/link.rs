@@ -156,7 +156,7 @@ impl Link {
     pub fn line_drops(&self) -> u64 {
         let text = self.run("tc -n \"$DIODE_NS_S\" -s qdisc show dev \"$DIODE_IF_S\"");
         text.split_whitespace()
-            .skip_while(|w| *w != "dropped")
+            .skip_while(|w| w.trim_start_matches('(') != "dropped")
             .nth(1)
             .and_then(|n| n.trim_end_matches(',').parse().ok())
             .unwrap_or(0)

@@ -700,6 +700,11 @@ fn gap_report_names_exactly_the_dropped_blocks_and_its_replay_line_completes_the
         },
     );
     eprintln!("gap report: {o}");
+    assert_eq!(
+        link.line_drops(),
+        0,
+        "the sender burst above the line's rate: the emulated line's queue dropped frames"
+    );
     // the report comes after the object fell silent: every frame of the pass has crossed the link
     let expected_drops = 5 * (128 + 24) + 25 + 24;
     assert_eq!(
