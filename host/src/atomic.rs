@@ -87,6 +87,20 @@ pub fn start_writeback(f: &Arc<File>, offset: u64, len: u64) {
     }
 }
 
+/// Reserve the object's space (unwritten extents: no data written, a full disk is known now), or at
+/// least set its length where the filesystem cannot reserve.
+pub fn preallocate(file: &File, size: u64) {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(size).unwrap_or(libc::off_t::MAX);
+    // SAFETY: fallocate on a descriptor this process owns, with no pointers
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::debug!(error = %e, "cannot reserve the object's space; setting its length");
+        let _ = file.set_len(size);
+    }
+}
+
 /// Writes small state files (progress, status, metrics) on a thread of its own, so that the fsync each
 /// one needs never stops a loop that must keep up with the link: on a disk busy with a large file one
 /// fsync waits for a journal commit, tens to hundreds of milliseconds. The latest bytes for a path win;
@@ -134,15 +148,6 @@ impl Persister {
         match fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
-        }
-    }
-
-    /// Wait until everything queued so far is on disk.
-    pub fn flush(&self) {
-        let (m, cv) = &*self.shared;
-        let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
-        while !q.ops.is_empty() || q.current.is_some() {
-            q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
         }
     }
 

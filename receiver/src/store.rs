@@ -41,20 +41,6 @@ fn open_direct(path: &Path) -> Option<Arc<File>> {
     }
 }
 
-/// Reserve the object's space (unwritten extents: no data written, a full disk is known now), or at
-/// least set its length where the filesystem cannot reserve.
-fn preallocate(file: &File, size: u64) {
-    use std::os::fd::AsRawFd;
-    let len = libc::off_t::try_from(size).unwrap_or(libc::off_t::MAX);
-    // SAFETY: fallocate on a descriptor this process owns, with no pointers
-    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        tracing::debug!(error = %e, "cannot reserve the object's space; setting its length");
-        let _ = file.set_len(size);
-    }
-}
-
 /// Version tag of the state file format.
 const STATE_VERSION: u8 = 1;
 
@@ -104,7 +90,7 @@ impl Partial {
         if fresh && direct.is_some() {
             // O_DIRECT writes past the end of a file are slow on ext4 (each one extends it under the
             // inode lock and the journal): give the file its whole size first
-            preallocate(&file, asm.meta.size);
+            diode_host::atomic::preallocate(&file, asm.meta.size);
         }
         let now = Instant::now();
         let mut p = Partial {
