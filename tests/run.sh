@@ -55,9 +55,16 @@ if ! command -v cargo-deny >/dev/null || ! cargo-deny --version 2>/dev/null | gr
   export PATH="$PWD/target/tools/bin:$PATH"
 fi
 checks="licenses bans sources"
-# a RustSec database carried in beside the repository (shared/advisory-dbs, as `cargo deny fetch` leaves
-# it in ~/.cargo/advisory-dbs on a connected machine) is used without being asked for
-if [ -z "${DIODE_ADVISORY_DB:-}" ] && [ -d ../shared/advisory-dbs ]; then
+# A RustSec database carried in beside the repository is used without being asked for: either a git bundle
+# of github.com/rustsec/advisory-db (../shared/advisory-db.bundle), cloned here into the folder name
+# cargo-deny gives that URL, or a folder as `cargo deny fetch` leaves it in ~/.cargo/advisory-dbs
+# (../shared/advisory-dbs). DIODE_ADVISORY_DB set by the caller wins (docs/supply-chain.md).
+if [ -z "${DIODE_ADVISORY_DB:-}" ] && [ -f ../shared/advisory-db.bundle ]; then
+  db=target/advisory-dbs/advisory-db-3157b0e258782691
+  # cloned again on every run: a stale copy must never hide an advisory the bundle has
+  rm -rf "$db" && git -c init.defaultBranch=main clone -q ../shared/advisory-db.bundle "$db" 2>>target/deny.log
+  export DIODE_ADVISORY_DB="$PWD/target/advisory-dbs"
+elif [ -z "${DIODE_ADVISORY_DB:-}" ] && [ -d ../shared/advisory-dbs ]; then
   export DIODE_ADVISORY_DB="$(cd ../shared/advisory-dbs && pwd)"
 fi
 if [ -n "${DIODE_ADVISORY_DB:-}" ]; then checks+=" advisories"; fi

@@ -8,9 +8,10 @@
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
 pub const MAGIC: [u8; 2] = [0xD1, 0x0D];
-/// 2 since the content hash became BLAKE3 (version 1 carried SHA-256 in the same 32 bytes): a receiver
-/// of one version drops the other's frames as malformed instead of failing every file on its hash.
-pub const VERSION: u8 = 2;
+/// 3 since announces carry a clear session counter and a MAC under the static-static key (version 2 had
+/// neither; version 1 carried SHA-256 where 2 carries BLAKE3): a receiver of one version drops the
+/// other's frames as malformed.
+pub const VERSION: u8 = 3;
 pub const SEALED_HEADER_LEN: usize = 36;
 pub const TAG_LEN: usize = 16;
 /// IPv4 + UDP headers, for turning an MTU into a datagram budget.

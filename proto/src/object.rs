@@ -9,6 +9,7 @@
 use crate::fec::{BlockAssembly, FecError, Geometry};
 use reed_solomon_simd::ReedSolomonDecoder;
 use serde::{Deserialize, Serialize};
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub const MAX_NAME: usize = 1024;
@@ -155,6 +156,20 @@ pub fn safe_name(name: &str) -> Result<Vec<&str>, MetaError> {
     }
     if name.chars().any(|c| c.is_control()) {
         return bad("NUL or control character");
+    }
+    // Format characters (Unicode category Cf: the bidi overrides, embeddings and isolates U+202A-U+202E
+    // and U+2066-U+2069, the marks U+200E/U+200F/U+061C, zero-width joiners and spaces, the BOM, soft
+    // hyphen, ...) and the line and paragraph separators change how a name reads without being seen:
+    // `invoice<U+202E>fdp.exe` lists as `invoiceexe.pdf`.
+    if name.chars().any(|c| {
+        matches!(
+            c.general_category(),
+            GeneralCategory::Format
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+        )
+    }) {
+        return bad("invisible Unicode format character (bidi control, zero-width or separator)");
     }
     if name.contains('\\') {
         return bad("backslash");
@@ -564,11 +579,20 @@ mod tests {
             "lpt1",
             "back\\slash",
             "new\nline",
+            "invoice\u{202E}fdp.exe",
+            "a/\u{2066}b\u{2069}",
+            "zero\u{200B}width",
+            "rtl\u{200F}mark",
+            "\u{FEFF}bom",
+            "soft\u{AD}hyphen",
+            "line\u{2028}sep",
         ] {
             assert!(safe_name(n).is_err(), "{n:?} accepted");
         }
         assert_eq!(safe_name("a/b c/d.txt").unwrap(), vec!["a", "b c", "d.txt"]);
         assert!(safe_name("..foo/bar..").is_ok());
+        // scripts and marks people use in names stay accepted
+        assert!(safe_name("Bericht-Übersicht/日本語 ملف.pdf").is_ok());
     }
 
     #[test]

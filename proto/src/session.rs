@@ -7,6 +7,12 @@
 //! the session in each frame header. The announce body carries a session counter that only ever grows;
 //! the receiver refuses a new session whose counter is below the highest it has accepted from that sender,
 //! so a recorded session cannot be played back later.
+//!
+//! The announce also carries that counter in clear and an HMAC-SHA256 under a key both ends derive from
+//! their static keys alone (X25519 of the sender's and the receiver's static keys, then HKDF-SHA256):
+//! the receiver checks it before anything else, so an announce forged without either static key costs
+//! one HMAC and no key agreement, and can never take the place of a genuine one. Only announces made by
+//! the sender reach the rate-limited HPKE step (docs/protocol.md §5).
 
 use crate::frame::FrameKey;
 use crate::frame::{self, FrameKind, SealedHeader, MAGIC, VERSION};
@@ -21,8 +27,13 @@ use std::collections::HashMap;
 const INFO: &[u8] = b"diode-suite v1 session";
 const EXPORT_FRAME_KEY: &[u8] = b"diode-suite v1 frame key";
 const EXPORT_TAG: &[u8] = b"diode-suite v1 session tag";
+const ANNOUNCE_KEY_SALT: &[u8] = b"diode-suite v3 announce key";
 /// Bytes before the sealed announce body: prefix, sender id, receiver id, encapsulated key, body length.
 pub const ANNOUNCE_HEADER_LEN: usize = 4 + 8 + 8 + 32 + 2;
+/// Bytes after the sealed announce body: the session counter in clear, then the HMAC-SHA256 over every
+/// byte before it.
+pub const ANNOUNCE_TRAILER_LEN: usize = 8 + ANNOUNCE_MAC_LEN;
+const ANNOUNCE_MAC_LEN: usize = 32;
 /// Sessions kept per sender: the current one and a short overlap for frames still in flight after rekey.
 const SESSIONS_PER_SENDER: usize = 3;
 
@@ -41,6 +52,31 @@ pub enum SessionError {
 struct Keys {
     aead: FrameKey,
     tag: u64,
+}
+
+/// The key of the announce MAC for one sender and one receiver: HKDF-SHA256 over the X25519 of the two
+/// static keys (each end computes it with its own secret and the other's public key), salted with the
+/// protocol label and bound to both key ids. None if the agreement is not contributory (a low-order
+/// public key), which no generated key is.
+fn announce_key(
+    me: &SecretKey,
+    peer: &PublicKey,
+    sender: KeyId,
+    receiver: KeyId,
+) -> Option<ring::hmac::Key> {
+    let secret = x25519_dalek::StaticSecret::from(<[u8; 32]>::from(me.key.to_bytes()));
+    let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(*peer.as_bytes()));
+    if !shared.was_contributory() {
+        return None;
+    }
+    let mut info = [0u8; 16];
+    info[..8].copy_from_slice(&sender.0);
+    info[8..].copy_from_slice(&receiver.0);
+    let info = [&info[..]];
+    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, ANNOUNCE_KEY_SALT)
+        .extract(shared.as_bytes());
+    let okm = prk.expand(&info, ring::hmac::HMAC_SHA256).ok()?;
+    Some(ring::hmac::Key::from(okm))
 }
 
 fn export_keys<C>(export: C) -> Result<Keys, hpke::HpkeError>
@@ -82,7 +118,9 @@ impl SenderSession {
             created_at,
         })
         .map_err(|e| SessionError::Hpke(e.to_string()))?;
-        let mut announce = Vec::with_capacity(ANNOUNCE_HEADER_LEN + body.len() + frame::TAG_LEN);
+        let mut announce = Vec::with_capacity(
+            ANNOUNCE_HEADER_LEN + body.len() + frame::TAG_LEN + ANNOUNCE_TRAILER_LEN,
+        );
         announce.extend_from_slice(&MAGIC);
         announce.push(VERSION);
         announce.push(FrameKind::Announce as u8);
@@ -94,6 +132,12 @@ impl SenderSession {
             .seal(&body, &announce)
             .map_err(|e| SessionError::Hpke(e.to_string()))?;
         announce.extend_from_slice(&sealed);
+        announce.extend_from_slice(&counter.to_le_bytes());
+        let mac_key = announce_key(me, to, me.public.id(), to.id()).ok_or_else(|| {
+            SessionError::Hpke("the receiver key is not a usable X25519 key".into())
+        })?;
+        let mac = ring::hmac::sign(&mac_key, &announce);
+        announce.extend_from_slice(mac.as_ref());
         let keys =
             export_keys(|c, o| ctx.export(c, o)).map_err(|e| SessionError::Hpke(e.to_string()))?;
         Ok(SenderSession {
@@ -154,11 +198,12 @@ pub enum Drop {
     OtherReceiver,
     /// An announce from a sender key that is not trusted here.
     UnknownSender,
-    /// An announce whose HPKE setup or body failed to authenticate.
+    /// An announce whose MAC (the static-static key), HPKE setup or body failed to authenticate.
     BadAnnounce,
     /// A new session whose counter is below one already accepted from that sender (a replayed session).
     OldSession,
-    /// Too many new announces to verify in a short time (each costs a key agreement).
+    /// Too many new genuine announces to verify in a short time (each costs a key agreement); only
+    /// announces whose MAC holds get this far.
     RateLimited,
     /// A sealed frame for a session this receiver does not have (yet): dropped before any state.
     UnknownSession,
@@ -239,7 +284,8 @@ pub enum Opened {
 /// counter accepted from each sender (which the receiver persists).
 pub struct SessionTable {
     me: SecretKey,
-    trusted: HashMap<KeyId, PublicKey>,
+    /// Trusted senders: their public key and the key of their announces' MAC.
+    trusted: HashMap<KeyId, (PublicKey, ring::hmac::Key)>,
     highest: HashMap<KeyId, u64>,
     sessions: HashMap<u64, Established>,
     /// Announces already handled, by encapsulated key, so a repeat costs no key agreement.
@@ -251,9 +297,17 @@ pub struct SessionTable {
 
 impl SessionTable {
     pub fn new(me: SecretKey, trusted: Vec<PublicKey>, highest: HashMap<KeyId, u64>) -> Self {
+        let receiver = me.public.id();
+        let trusted = trusted
+            .into_iter()
+            .filter_map(|k| {
+                let mac = announce_key(&me, &k, k.id(), receiver)?;
+                Some((k.id(), (k, mac)))
+            })
+            .collect();
         SessionTable {
             me,
-            trusted: trusted.into_iter().map(|k| (k.id(), k)).collect(),
+            trusted,
             highest,
             sessions: HashMap::new(),
             seen: HashMap::new(),
@@ -294,8 +348,37 @@ impl SessionTable {
             return Err(Drop::Malformed);
         }
         let body_len = u16::from_le_bytes([frame[52], frame[53]]) as usize;
-        if frame.len() != ANNOUNCE_HEADER_LEN + body_len {
+        if frame.len() != ANNOUNCE_HEADER_LEN + body_len + ANNOUNCE_TRAILER_LEN {
             return Err(Drop::Malformed);
+        }
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&frame[12..20]);
+        if KeyId(id) != self.me.public.id() {
+            return Err(Drop::OtherReceiver);
+        }
+        id.copy_from_slice(&frame[4..12]);
+        let sender = KeyId(id);
+        let Some((sender_pk, mac_key)) = self.trusted.get(&sender) else {
+            return Err(Drop::UnknownSender);
+        };
+        // The cheap check first: without the sender's or the receiver's static secret nobody can make
+        // this MAC, so a forged announce ends here, having cost one HMAC (ring's verify compares in
+        // constant time) and taken nothing a genuine announce needs.
+        let (signed, mac) = frame.split_at(frame.len() - ANNOUNCE_MAC_LEN);
+        if ring::hmac::verify(mac_key, signed, mac).is_err() {
+            return Err(Drop::BadAnnounce);
+        }
+        let sender_pk = sender_pk.clone();
+        let at = ANNOUNCE_HEADER_LEN + body_len;
+        let mut clear_counter = [0u8; 8];
+        clear_counter.copy_from_slice(&frame[at..at + 8]);
+        let clear_counter = u64::from_le_bytes(clear_counter);
+        if self
+            .highest
+            .get(&sender)
+            .is_some_and(|h| clear_counter < *h)
+        {
+            return Err(Drop::OldSession);
         }
         let mut enc_bytes = [0u8; 32];
         enc_bytes.copy_from_slice(&frame[20..52]);
@@ -306,28 +389,15 @@ impl SessionTable {
                 Err(d) => Err(*d),
             };
         }
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&frame[12..20]);
-        if KeyId(id) != self.me.public.id() {
-            return Err(Drop::OtherReceiver);
-        }
-        id.copy_from_slice(&frame[4..12]);
-        let sender = KeyId(id);
-        let Some(sender_pk) = self.trusted.get(&sender).cloned() else {
-            return Err(Drop::UnknownSender);
-        };
         if !self.take_token(now_ms) {
             return Err(Drop::RateLimited);
         }
-        let result = self.establish(frame, sender, &sender_pk, &enc_bytes, now_ms);
-        // Only successes and refused old sessions are remembered: a damaged copy of a genuine announce
-        // must not lock the real one out until the next rekey.
-        if matches!(result, Ok(_) | Err(Drop::OldSession)) {
-            if self.seen.len() >= 4096 {
-                self.seen.clear();
-            }
-            self.seen.insert(enc_bytes, result.map(|(tag, _)| tag));
+        let result = self.establish(frame, sender, &sender_pk, &enc_bytes, clear_counter, now_ms);
+        // Only announces whose MAC held get here: every outcome is the sender's own and is remembered.
+        if self.seen.len() >= 4096 {
+            self.seen.clear();
         }
+        self.seen.insert(enc_bytes, result.map(|(tag, _)| tag));
         result.map(|(_, counter)| AnnounceOutcome::New { sender, counter })
     }
 
@@ -337,6 +407,7 @@ impl SessionTable {
         sender: KeyId,
         sender_pk: &PublicKey,
         enc_bytes: &[u8; 32],
+        clear_counter: u64,
         now_ms: u64,
     ) -> Result<(u64, u64), Drop> {
         let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc_bytes)
@@ -345,10 +416,14 @@ impl SessionTable {
         let mut ctx =
             hpke::setup_receiver::<HpkeChaCha, HkdfSha256, Kem>(&mode, &self.me.key, &enc, INFO)
                 .map_err(|_| Drop::BadAnnounce)?;
+        let sealed_body = &frame[ANNOUNCE_HEADER_LEN..frame.len() - ANNOUNCE_TRAILER_LEN];
         let body = ctx
-            .open(&frame[ANNOUNCE_HEADER_LEN..], &frame[..ANNOUNCE_HEADER_LEN])
+            .open(sealed_body, &frame[..ANNOUNCE_HEADER_LEN])
             .map_err(|_| Drop::BadAnnounce)?;
         let body: AnnounceBody = postcard::from_bytes(&body).map_err(|_| Drop::BadAnnounce)?;
+        if body.counter != clear_counter {
+            return Err(Drop::BadAnnounce);
+        }
         let highest = self.highest.get(&sender).copied().unwrap_or(0);
         if body.counter < highest {
             return Err(Drop::OldSession);
@@ -491,6 +566,93 @@ mod tests {
         let mut f = shard_frame(&mut s2, b"x");
         f[4..12].copy_from_slice(&new.keys.tag.to_le_bytes());
         assert_eq!(t.open(&mut f, 0, |_, _| true), Err(Drop::BadSeal));
+    }
+
+    /// An announce as an attacker on the low-side network makes it: the right key ids in clear (they
+    /// are public), a random encapsulated key, body, counter and MAC.
+    fn forged(genuine: &[u8], rng: &mut StdRng) -> Vec<u8> {
+        use rand::RngCore;
+        let mut f = genuine.to_vec();
+        rng.fill_bytes(&mut f[20..52]);
+        rng.fill_bytes(&mut f[ANNOUNCE_HEADER_LEN..]);
+        f
+    }
+
+    /// Issue 14, point 1: forged announces used to take the shared rate limit's tokens (a key agreement
+    /// each), so a flood kept a restarted receiver, or one meeting a rekey, from joining. Now they end
+    /// at the MAC: 100,000 of them in the same millisecond, between every repeat of the genuine
+    /// announce, and the genuine one is still established at its first arrival, before and after a
+    /// rekey and across a receiver restart.
+    #[test]
+    fn forged_announces_cost_no_key_agreement_and_never_lock_out_the_genuine_one() {
+        let mut rng = StdRng::seed_from_u64(14);
+        let (snd, rcv) = pair(14);
+        let s1 = SenderSession::start(&snd, rcv.public(), 100, 0, &mut rng).unwrap();
+        let mut t = SessionTable::new(rcv.clone(), vec![snd.public().clone()], HashMap::new());
+        for i in 0..50_000 {
+            let f = forged(s1.announce(), &mut rng);
+            assert_eq!(t.on_announce(&f, 0), Err(Drop::BadAnnounce), "forgery {i}");
+        }
+        assert_eq!(t.tokens, 8.0, "a forged announce took a token");
+        assert_eq!(
+            t.on_announce(s1.announce(), 0),
+            Ok(AnnounceOutcome::New {
+                sender: snd.public().id(),
+                counter: 100
+            })
+        );
+        // a rekey in the middle of the flood
+        let s2 = SenderSession::start(&snd, rcv.public(), 101, 0, &mut rng).unwrap();
+        for _ in 0..50_000 {
+            let f = forged(s2.announce(), &mut rng);
+            assert_eq!(t.on_announce(&f, 1), Err(Drop::BadAnnounce));
+        }
+        assert!(matches!(
+            t.on_announce(s2.announce(), 1),
+            Ok(AnnounceOutcome::New { counter: 101, .. })
+        ));
+        // a restarted receiver (the persisted counters, nothing else) joins the current session at once
+        let mut t2 = SessionTable::new(rcv, vec![snd.public().clone()], t.highest().clone());
+        for _ in 0..1000 {
+            let f = forged(s2.announce(), &mut rng);
+            assert_eq!(t2.on_announce(&f, 0), Err(Drop::BadAnnounce));
+        }
+        assert!(matches!(
+            t2.on_announce(s2.announce(), 0),
+            Ok(AnnounceOutcome::New { counter: 101, .. })
+        ));
+    }
+
+    /// A genuine announce with its clear counter changed fails the MAC; recorded announces of older
+    /// sessions are refused on the clear counter without a key agreement, so replaying them cannot
+    /// drain the rate limit either.
+    #[test]
+    fn replayed_old_announces_are_refused_on_the_clear_counter_without_a_token() {
+        let mut rng = StdRng::seed_from_u64(15);
+        let (snd, rcv) = pair(15);
+        let olds: Vec<SenderSession> = (1..=20)
+            .map(|c| SenderSession::start(&snd, rcv.public(), c, 0, &mut rng).unwrap())
+            .collect();
+        let now = SenderSession::start(&snd, rcv.public(), 50, 0, &mut rng).unwrap();
+        let mut t = SessionTable::new(rcv.clone(), vec![snd.public().clone()], HashMap::new());
+        assert!(t.on_announce(now.announce(), 0).is_ok());
+        let tokens = t.tokens;
+        for _ in 0..100 {
+            for o in &olds {
+                assert_eq!(t.on_announce(o.announce(), 0), Err(Drop::OldSession));
+            }
+        }
+        assert_eq!(t.tokens, tokens);
+        // the clear counter raised to pass as new: the MAC no longer holds
+        let mut raised = olds[0].announce().to_vec();
+        let at = raised.len() - ANNOUNCE_TRAILER_LEN;
+        raised[at..at + 8].copy_from_slice(&99u64.to_le_bytes());
+        assert_eq!(t.on_announce(&raised, 0), Err(Drop::BadAnnounce));
+        let later = SenderSession::start(&snd, rcv.public(), 51, 0, &mut rng).unwrap();
+        assert!(matches!(
+            t.on_announce(later.announce(), 0),
+            Ok(AnnounceOutcome::New { counter: 51, .. })
+        ));
     }
 
     fn rcv_pub(t: &SessionTable) -> &PublicKey {

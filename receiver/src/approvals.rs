@@ -108,8 +108,10 @@ impl Approvals {
                 // the file first, then the registry: if the file cannot be written (a full disk) the
                 // envelope stays receivable; if the registry cannot be written the file is withdrawn,
                 // so no approval is ever visible without its id being registered
+                // the carrier byte for byte as it was signed and sent (docs/approvals.md §6), final
+                // newline included: a pipeline may hash or re-verify exactly what the adapter wrote
                 let path = self.cfg.folder.join(format!("{}.json", e.id));
-                write_atomic(&path, env.to_json().as_bytes(), 0o644)?;
+                write_atomic(&path, bytes, 0o644)?;
                 if let Err(err) = append_id(&self.dir.join("seen"), &e.id) {
                     let _ = fs::remove_file(&path);
                     return Err(err);
@@ -126,7 +128,7 @@ impl Approvals {
                     env = %e.environment, path = %path.display(), "approval envelope accepted");
                 if self.cfg.hook.is_some() {
                     // run by the helper outside the sandbox; it never holds up reception
-                    crate::hook_runner::submit(&e.id, &env.to_json());
+                    crate::hook_runner::submit(&e.id, &String::from_utf8_lossy(bytes));
                 }
                 Ok(path)
             }

@@ -133,6 +133,15 @@ fn a_valid_approval_is_accepted_checked_and_consumed_once() {
         Duration::from_secs(20),
         || env.approval_file(&id).exists().then_some(()),
     );
+    // approvals/<id>.json is the carrier as diode-chat signed and wrote it (docs/approvals.md): the same
+    // bytes, its final newline included, not a re-serialisation
+    let published = fs::read_to_string(env.approval_file(&id)).unwrap();
+    let signed = diode_proto::envelope::SignedEnvelope::parse(published.as_bytes()).unwrap();
+    assert_eq!(
+        published,
+        format!("{}\n", signed.to_json()),
+        "approvals/{id}.json differs from the signed carrier"
+    );
     assert!(
         env.site.inbox_files().is_empty(),
         "an envelope must never land in the inbox"
