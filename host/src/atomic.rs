@@ -22,12 +22,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .mode(mode)
         .open(&tmp)
         .with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    // a write that fails (a full disk) leaves no temporary file behind to hold the space
+    if let Err(e) = f.write_all(bytes).and_then(|_| f.sync_all()) {
+        drop(f);
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
+    }
     drop(f);
-    fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()));
+    }
     sync_dir(dir);
     Ok(())
 }
@@ -87,18 +93,51 @@ pub fn start_writeback(f: &Arc<File>, offset: u64, len: u64) {
     }
 }
 
-/// Reserve the object's space (unwritten extents: no data written, a full disk is known now), or at
-/// least set its length where the filesystem cannot reserve.
-pub fn preallocate(file: &File, size: u64) {
+/// Bytes an unprivileged writer may still use on the filesystem holding `file` (statvfs's `f_bavail`),
+/// or None where the filesystem does not say.
+pub fn free_space(file: &File) -> Option<u64> {
     use std::os::fd::AsRawFd;
-    let len = libc::off_t::try_from(size).unwrap_or(libc::off_t::MAX);
-    // SAFETY: fallocate on a descriptor this process owns, with no pointers
-    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: fstatvfs writes one statvfs into the buffer we own, on a descriptor this process owns
+    let r = unsafe { libc::fstatvfs(file.as_raw_fd(), st.as_mut_ptr()) };
     if r != 0 {
-        let e = std::io::Error::last_os_error();
-        tracing::debug!(error = %e, "cannot reserve the object's space; setting its length");
-        let _ = file.set_len(size);
+        return None;
     }
+    // SAFETY: fstatvfs returned 0, so it filled the structure
+    let st = unsafe { st.assume_init() };
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// The same for the filesystem holding the folder `dir`.
+pub fn free_space_at(dir: &Path) -> Option<u64> {
+    File::open(dir).ok().as_ref().and_then(free_space)
+}
+
+/// Reserve the object's space (unwritten extents: no data written, a full disk is known now), or at
+/// least set its length where the filesystem cannot reserve. Reserves only when the filesystem has room
+/// for the whole size and `keep_free` bytes more: an object declared larger than the free space is
+/// written sparse, block by block, and a full disk shows as missing blocks instead of a disk filled by
+/// one metadata frame. A reservation that fails gives back whatever it took (on ext4 a failed
+/// `fallocate` keeps the extents it allocated). Returns whether the space is reserved.
+pub fn preallocate(file: &File, size: u64, keep_free: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let room = free_space(file).is_some_and(|free| free >= size.saturating_add(keep_free));
+    if room {
+        let len = libc::off_t::try_from(size).unwrap_or(libc::off_t::MAX);
+        // SAFETY: fallocate on a descriptor this process owns, with no pointers
+        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+        if r == 0 {
+            return true;
+        }
+        let e = std::io::Error::last_os_error();
+        tracing::debug!(error = %e, "cannot reserve the object's space; releasing what was taken");
+    } else {
+        tracing::debug!(bytes = size, "not enough free space to reserve the object; writing it sparse");
+    }
+    // truncating to 0 frees every extent the failed reservation kept; then the length, sparse
+    let _ = file.set_len(0);
+    let _ = file.set_len(size);
+    false
 }
 
 /// Writes small state files (progress, status, metrics) on a thread of its own, so that the fsync each

@@ -34,6 +34,16 @@ pub enum JournalRecord {
     Expired { id: String, at: u64 },
 }
 
+/// The id of a sender's next object. Ids only ever grow, so they order the versions of a file: a
+/// receiver never lets an object replace one of the same sender with a higher id at the same path (an
+/// older version withheld on the link and released late). Seeded from the clock (microseconds, shifted
+/// left by 8 with `random` in the low byte, so two processes of one sender do not collide), and above
+/// the last id the sender issued if the clock went back. Stays below 2^63, as ids always have.
+pub fn next_object_id(last: u64, unix_micros: u64, random: u8) -> u64 {
+    let from_clock = (unix_micros.min(u64::MAX >> 9) << 8) | random as u64;
+    from_clock.max(last.saturating_add(1)).max(1)
+}
+
 /// Object ids are printed as 16 hex digits everywhere.
 pub fn format_id(id: u64) -> String {
     format!("{id:016x}")

@@ -36,6 +36,12 @@ pub struct Config {
     pub link_down_secs: u64,
     #[serde(default = "d_expire")]
     pub expire_hours: u64,
+    /// Objects being received at once (each a data and a state file in state/partial/).
+    #[serde(default = "d_max_partial_objects")]
+    pub max_partial_objects: usize,
+    /// Declared bytes of the objects being received at once, MiB.
+    #[serde(default = "d_max_partial_mb")]
+    pub max_partial_mb: usize,
     #[serde(default = "d_replay_config")]
     pub replay_config: String,
     pub metrics_file: Option<PathBuf>,
@@ -75,6 +81,12 @@ pub struct ApprovalsConfig {
     pub rules: BTreeMap<String, Rule>,
 }
 
+fn d_max_partial_objects() -> usize {
+    4096
+}
+fn d_max_partial_mb() -> usize {
+    256 << 10
+}
 fn d_sandbox() -> bool {
     true
 }

@@ -149,7 +149,11 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 let s: status::Status =
                     serde_json::from_str(&text).context("status file is damaged")?;
-                status::print(&s, diode_host::unix_now());
+                // a pid still alive, and the room left where the status is written, say why it is stale
+                let running = std::fs::read_to_string(format!("/proc/{}/comm", s.pid))
+                    .is_ok_and(|c| c.trim() == "diode-recv");
+                let free = diode_host::atomic::free_space_at(&cfg.state);
+                status::print(&s, diode_host::unix_now(), running, free);
             }
             Ok(())
         }

@@ -5,8 +5,8 @@
 
 use crate::approvals::Approvals;
 use crate::config::Config;
-use crate::status::{self, ObjectStatus, SessionStatus, Status};
-use crate::store::Partial;
+use crate::status::{self, LimitStatus, ObjectStatus, RefusedStatus, SessionStatus, Status};
+use crate::store::{Partial, PublishError};
 use crate::writer::{self, Done, FinishError, Job, Writer};
 use anyhow::{Context, Result};
 use diode_host::atomic::{append_line, write_atomic, Persister};
@@ -20,7 +20,7 @@ use diode_proto::session::{AnnounceOutcome, Opened};
 use diode_proto::{KeyId, SessionTable};
 use quinn_udp::RecvMeta;
 use reed_solomon_simd::ReedSolomonDecoder;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::IoSliceMut;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -29,6 +29,11 @@ type Key = (KeyId, u64);
 
 /// Shards held while waiting for metadata: about 3 MiB at the default shard size.
 const PENDING_MAX: usize = 2048;
+/// Refused objects that status lists (the newest); all of them are in `state/refused.jsonl`.
+const REFUSED_SHOWN: usize = 50;
+/// The version of received.jsonl records whose object ids order versions (protocol 3: a sender's ids
+/// only ever grow). Older records are not compared.
+const ORDERED_IDS: u64 = 3;
 
 struct Link {
     last: Instant,
@@ -51,6 +56,13 @@ pub struct Receiver {
     objects: HashMap<Key, Partial>,
     completed: HashSet<Key>,
     refused: HashSet<Key>,
+    /// The newest object delivered at each inbox path, by sender: an object of the same sender with a
+    /// lower id is an older version (withheld and released late) and never replaces it.
+    paths: HashMap<String, Key>,
+    refused_recent: VecDeque<RefusedStatus>,
+    refused_total: u64,
+    /// Objects whose metadata hit a partial-object limit, logged once each.
+    limit_logged: HashSet<Key>,
     /// Authenticated shards that arrived before their object's metadata (its first copies were lost),
     /// kept until the metadata comes; bounded by `PENDING_MAX` frames in all.
     pending: HashMap<Key, Vec<(u32, u16, Vec<u8>)>>,
@@ -77,6 +89,16 @@ fn senders_path(cfg: &Config) -> PathBuf {
 
 fn completed_path(cfg: &Config) -> PathBuf {
     cfg.state.join("received.jsonl")
+}
+
+fn refused_path(cfg: &Config) -> PathBuf {
+    cfg.state.join("refused.jsonl")
+}
+
+/// How long a verified object whose move into the inbox failed (a full disk) waits before the next
+/// attempt: 1 s, doubling up to 5 minutes, so a lasting failure is neither hammered nor forgotten.
+fn retry_after(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.min(8)).min(Duration::from_secs(300))
 }
 
 impl Receiver {
@@ -108,6 +130,7 @@ impl Receiver {
             }
         };
         let mut completed = HashSet::new();
+        let mut paths: HashMap<String, Key> = HashMap::new();
         if let Ok(text) = std::fs::read_to_string(completed_path(&cfg)) {
             for line in text.lines().rev().take(100_000) {
                 let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -121,10 +144,19 @@ impl Receiver {
                 };
                 if let Ok(s) = <[u8; 8]>::try_from(s.as_slice()) {
                     completed.insert((KeyId(s), o));
+                    // newest first: the first record of a path is the version it holds
+                    if let (Some(name), Some(ORDERED_IDS), None) =
+                        (v["name"].as_str(), v["proto"].as_u64(), v["kind"].as_str())
+                    {
+                        paths.entry(name.to_string()).or_insert((KeyId(s), o));
+                    }
                 }
             }
         }
         let mut objects = HashMap::new();
+        for (path, bytes) in Partial::sweep_orphans(&cfg.partial_dir()) {
+            tracing::warn!(file = %path.display(), bytes, "removed partial data that belonged to no object (its state was never saved)");
+        }
         for p in Partial::load_all(&cfg.partial_dir()) {
             tracing::info!(object = %format_id(p.asm.meta.id), name = %p.asm.meta.name,
                 done = p.asm.done_count(), blocks = p.asm.block_count(), "resuming a partial object");
@@ -137,6 +169,10 @@ impl Receiver {
             objects,
             completed,
             refused: HashSet::new(),
+            paths,
+            refused_recent: VecDeque::new(),
+            refused_total: 0,
+            limit_logged: HashSet::new(),
             pending: HashMap::new(),
             pending_frames: 0,
             drops: BTreeMap::new(),
@@ -351,6 +387,20 @@ impl Receiver {
             }
             return;
         }
+        if let Some((limit, why)) = self.over_limit(meta.size) {
+            if let Some(early) = self.pending.remove(&key) {
+                self.pending_frames -= early.len();
+            }
+            if self.limit_logged.len() >= 65536 {
+                self.limit_logged.clear();
+            }
+            if self.limit_logged.insert(key) {
+                tracing::warn!(sender = %sender, object = %format_id(meta.id), name = %meta.name, bytes = meta.size,
+                    limit, "not starting an object: {why}; it can start once objects in progress finish or expire");
+            }
+            self.drop(limit);
+            return;
+        }
         let (name, size) = (meta.name.clone(), meta.size);
         match Partial::create(&self.cfg.partial_dir(), sender, meta) {
             Ok(p) => {
@@ -368,6 +418,30 @@ impl Receiver {
                 tracing::error!(object = %format_id(key.1), name = %name, error = %format!("{e:#}"), "cannot start the object on disk");
             }
         }
+    }
+
+    /// Would one more object of `size` bytes pass the limits on partial objects (recv.toml
+    /// `max_partial_objects`, `max_partial_mb`)? If not, the limit's name and what it says.
+    fn over_limit(&self, size: u64) -> Option<(&'static str, String)> {
+        let max = self.cfg.max_partial_objects;
+        if self.objects.len() >= max {
+            return Some((
+                "max_partial_objects",
+                format!("{} objects in progress, max_partial_objects = {max}", self.objects.len()),
+            ));
+        }
+        let max_bytes = (self.cfg.max_partial_mb as u64).saturating_mul(1 << 20);
+        let held: u64 = self.objects.values().map(|p| p.asm.meta.size).sum();
+        if held.saturating_add(size) > max_bytes {
+            return Some((
+                "max_partial_mb",
+                format!(
+                    "{held} bytes in progress + {size} would pass max_partial_mb = {}",
+                    self.cfg.max_partial_mb
+                ),
+            ));
+        }
+        None
     }
 
     fn on_shard(&mut self, key: Key, block: u32, shard: u16, payload: &[u8]) {
@@ -501,16 +575,32 @@ impl Receiver {
             return;
         };
         p.finishing = false;
+        let name = p.asm.meta.name.clone();
+        if result.is_ok() {
+            // A newer object of this sender already holds the path: this one was withheld on the link and
+            // released late (or replayed). It must never replace the newer one.
+            if let Some(&newer) = self.paths.get(&name).filter(|k| k.0 == key.0 && k.1 > key.1) {
+                return self.refuse_object(
+                    key,
+                    "older_version",
+                    format!(
+                        "an older version of {name:?} than the one already delivered (object {}): frames withheld \
+                         on the link and released late, or a replay of an old object; the newer file stays",
+                        format_id(newer.1)
+                    ),
+                );
+            }
+        }
         let published = match result {
             Ok(()) => p.publish(&self.cfg.inbox),
             Err(FinishError::Mismatch(msg)) => {
                 // the partial data is wrong: every block is missing again
-                match p.reset() {
-                    Ok(()) => Err(anyhow::anyhow!("{msg}; the object was reset")),
-                    Err(e) => Err(e.context(format!("{msg}; resetting the object failed"))),
-                }
+                Err(PublishError::Failed(match p.reset() {
+                    Ok(()) => anyhow::anyhow!("{msg}; the object was reset"),
+                    Err(e) => e.context(format!("{msg}; resetting the object failed")),
+                }))
             }
-            Err(FinishError::Io(msg)) => Err(anyhow::anyhow!("{msg}")),
+            Err(FinishError::Io(msg)) => Err(PublishError::Failed(anyhow::anyhow!("{msg}"))),
         };
         match published {
             Ok(dest) => {
@@ -519,7 +609,7 @@ impl Receiver {
                     path = %dest.display(), "received");
                 let rec = serde_json::json!({
                     "sender": key.0.to_string(), "object": format_id(m.id), "name": m.name, "size": m.size,
-                    "blake3": m.hash_hex(), "at": diode_host::unix_now(),
+                    "blake3": m.hash_hex(), "at": diode_host::unix_now(), "proto": ORDERED_IDS,
                 });
                 if let Err(e) = append_line(&completed_path(&self.cfg), &rec.to_string()) {
                     tracing::error!(error = %format!("{e:#}"), "cannot record the received file");
@@ -528,13 +618,76 @@ impl Receiver {
                 self.received_bytes += m.size;
                 self.completed.insert(key);
                 self.objects.remove(&key);
+                self.paths.insert(m.name, key);
             }
-            Err(e) => {
-                let msg = format!("{e:#}");
-                tracing::error!(object = %format_id(key.1), name = %p.asm.meta.name, error = %msg, "cannot finish the object");
-                p.error = Some(msg);
-            }
+            Err(PublishError::Refused(msg)) => self.hold(key, msg),
+            Err(PublishError::Failed(e)) => self.failed(key, format!("{e:#}")),
         }
+    }
+
+    /// A verified object the inbox (or the approvals configuration) cannot take as things stand: kept
+    /// whole in `state/partial/`, said once in the log and in status, and not tried again until the
+    /// receiver restarts (after the admin fixed what the message names). Expiry still applies.
+    fn hold(&mut self, key: Key, msg: String) {
+        let Some(p) = self.objects.get_mut(&key) else {
+            return;
+        };
+        if p.held.is_none() {
+            tracing::error!(object = %format_id(key.1), name = %p.asm.meta.name, error = %msg,
+                "cannot deliver the object: held in state/partial/ until the cause is fixed and diode-recv restarted");
+        }
+        p.error = Some(format!("{msg} (held: fix this, then restart diode-recv)"));
+        p.held = Some(msg);
+    }
+
+    /// A failure worth trying again (the disk, the filesystem): logged when it changes, retried after a
+    /// growing pause.
+    fn failed(&mut self, key: Key, msg: String) {
+        let Some(p) = self.objects.get_mut(&key) else {
+            return;
+        };
+        if p.error.as_deref() != Some(msg.as_str()) {
+            tracing::error!(object = %format_id(key.1), name = %p.asm.meta.name, error = %msg,
+                retry_secs = retry_after(p.failures).as_secs(), "cannot finish the object; trying again later");
+        } else {
+            tracing::debug!(object = %format_id(key.1), error = %msg, "cannot finish the object (again)");
+        }
+        p.retry_at = Some(Instant::now() + retry_after(p.failures));
+        p.failures = p.failures.saturating_add(1);
+        p.error = Some(msg);
+    }
+
+    /// Set an object aside for good: its data is removed, its frames are ignored from now on, and the
+    /// reason is logged once, listed in status and appended to `state/refused.jsonl`.
+    fn refuse_object(&mut self, key: Key, code: &'static str, reason: String) {
+        let Some(p) = self.objects.remove(&key) else {
+            return;
+        };
+        let m = p.asm.meta.clone();
+        tracing::error!(sender = %key.0, object = %format_id(m.id), name = %m.name, reason = code, detail = %reason,
+            "refused an object: nothing reached the inbox");
+        let rec = serde_json::json!({
+            "sender": key.0.to_string(), "object": format_id(m.id), "name": m.name, "size": m.size,
+            "blake3": m.hash_hex(), "reason": code, "detail": reason, "at": diode_host::unix_now(),
+        });
+        if let Err(e) = append_line(&refused_path(&self.cfg), &rec.to_string()) {
+            tracing::error!(error = %format!("{e:#}"), "cannot record the refused object");
+        }
+        if self.refused_recent.len() >= REFUSED_SHOWN {
+            self.refused_recent.pop_front();
+        }
+        self.refused_recent.push_back(RefusedStatus {
+            sender: key.0.to_string(),
+            object: format_id(m.id),
+            name: m.name,
+            reason: code.to_string(),
+            detail: reason,
+            at: diode_host::unix_now(),
+        });
+        self.refused_total += 1;
+        self.refused.insert(key);
+        p.discard();
+        self.writer.send(Job::Forget { key });
     }
 
     /// A whole, hash-verified envelope object: verified and published (or quarantined) by `Approvals`,
@@ -546,19 +699,15 @@ impl Receiver {
         let m = p.asm.meta.clone();
         let content = match p.content(MAX_ENVELOPE_BYTES as u64) {
             Ok(c) => c,
-            Err(e) => {
-                let msg = format!("{e:#}");
-                tracing::error!(object = %format_id(m.id), name = %m.name, error = %msg, "cannot finish the envelope");
-                p.error = Some(msg);
-                return;
-            }
+            Err(e) => return self.failed(key, format!("cannot finish the envelope: {e:#}")),
         };
-        let result = match self.approvals.as_mut() {
-            Some(a) => a.deliver(&content, &m.name),
-            None => Err(anyhow::anyhow!(
-                "an approval envelope arrived but recv.toml has no [approvals] section: it is dropped"
-            )),
+        let Some(approvals) = self.approvals.as_mut() else {
+            return self.hold(
+                key,
+                "an approval envelope arrived but recv.toml has no [approvals] section (docs/approvals.md)".into(),
+            );
         };
+        let result = approvals.deliver(&content, &m.name);
         match result {
             Ok(path) => {
                 let rec = serde_json::json!({
@@ -576,14 +725,8 @@ impl Receiver {
                     p.discard();
                 }
             }
-            Err(e) => {
-                // kept as a partial object: a later pass or a restart tries again
-                let msg = format!("{e:#}");
-                tracing::error!(object = %format_id(m.id), name = %m.name, error = %msg, "cannot deliver the envelope");
-                if let Some(p) = self.objects.get_mut(&key) {
-                    p.error = Some(msg);
-                }
-            }
+            // kept as a partial object, tried again after a pause
+            Err(e) => self.failed(key, format!("cannot deliver the envelope: {e:#}")),
         }
     }
 
@@ -630,11 +773,18 @@ impl Receiver {
             }
         }
         self.expire();
-        // complete objects not yet delivered (resumed after a restart, or a failed finish): try again
+        // complete objects not yet delivered (resumed after a restart, or a failed finish whose pause is
+        // over): try again; held ones wait for a restart
+        let now = Instant::now();
         let complete: Vec<Key> = self
             .objects
             .iter()
-            .filter(|(_, p)| p.asm.is_complete() && !p.finishing)
+            .filter(|(_, p)| {
+                p.asm.is_complete()
+                    && !p.finishing
+                    && p.held.is_none()
+                    && p.retry_at.is_none_or(|t| t <= now)
+            })
             .map(|(k, _)| *k)
             .collect();
         for key in complete {
@@ -780,6 +930,15 @@ impl Receiver {
             received_files: self.received_files,
             received_bytes: self.received_bytes,
             objects,
+            refused: self.refused_recent.iter().rev().cloned().collect(),
+            refused_total: self.refused_total,
+            limits: LimitStatus {
+                objects: self.objects.len(),
+                max_objects: self.cfg.max_partial_objects,
+                bytes: self.objects.values().map(|p| p.asm.meta.size).sum(),
+                max_bytes: (self.cfg.max_partial_mb as u64).saturating_mul(1 << 20),
+            },
+            state_dir: self.cfg.state.display().to_string(),
         };
         if let Some(m) = &self.cfg.metrics_file {
             self.persist.write(m, s.prometheus().into_bytes(), 0o644);

@@ -15,6 +15,36 @@ pub struct Status {
     pub received_files: u64,
     pub received_bytes: u64,
     pub objects: Vec<ObjectStatus>,
+    /// The newest objects refused for good since start (each also in state/refused.jsonl).
+    #[serde(default)]
+    pub refused: Vec<RefusedStatus>,
+    #[serde(default)]
+    pub refused_total: u64,
+    #[serde(default)]
+    pub limits: LimitStatus,
+    /// Where the receiver keeps its state (so `status` can say why the figures are stale).
+    #[serde(default)]
+    pub state_dir: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct RefusedStatus {
+    pub sender: String,
+    pub object: String,
+    pub name: String,
+    /// A fixed word: `older_version`.
+    pub reason: String,
+    pub detail: String,
+    pub at: u64,
+}
+
+/// How close the objects in progress are to recv.toml's bounds.
+#[derive(Serialize, Deserialize, Debug, Default)]
+pub struct LimitStatus {
+    pub objects: usize,
+    pub max_objects: usize,
+    pub bytes: u64,
+    pub max_bytes: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -147,10 +177,31 @@ pub fn replay_line(replay_config: &str, id: u64, missing: &str, all: bool) -> St
     }
 }
 
-pub fn print(s: &Status, now: u64) {
+/// Why the figures are old, in words: whether the process still runs, and whether its state
+/// filesystem has room to write them.
+pub fn staleness(s: &Status, age: u64, running: bool, free: Option<u64>) -> String {
+    let when = format!("the figures below are {age} s old");
+    match (running, free) {
+        (true, Some(f)) if f < 1 << 20 => format!(
+            "diode-recv (pid {}) is running but cannot save its status: the state filesystem ({}) is full, \
+             {f} bytes free; {when}. Free space there (state/partial/ holds unfinished objects)",
+            s.pid, s.state_dir
+        ),
+        (true, _) => format!(
+            "diode-recv (pid {}) is running but has not saved its status for {age} s ({}): see its log; {when}",
+            s.pid, s.state_dir
+        ),
+        (false, _) => format!(
+            "diode-recv is not running (pid {} has exited); {when}",
+            s.pid
+        ),
+    }
+}
+
+pub fn print(s: &Status, now: u64, running: bool, free: Option<u64>) {
     let age = now.saturating_sub(s.updated);
     if age > 5 {
-        println!("WARNING: diode-recv has not updated its status for {age} s: is it running? (pid was {})", s.pid);
+        println!("WARNING: {}", staleness(s, age, running, free));
     }
     println!(
         "listening on {}; {} file(s), {} bytes received since start",
@@ -176,6 +227,19 @@ pub fn print(s: &Status, now: u64) {
     }
     if s.objects.is_empty() {
         println!("objects: nothing in progress or incomplete");
+    }
+    let l = &s.limits;
+    if l.max_objects > 0 && (l.objects * 10 >= l.max_objects * 8 || l.bytes / 10 >= l.max_bytes / 10 * 8) {
+        println!(
+            "WARNING: objects in progress near their bounds: {} of max_partial_objects {}, {} of {} bytes (max_partial_mb)",
+            l.objects, l.max_objects, l.bytes, l.max_bytes
+        );
+    }
+    if s.refused_total > 0 {
+        println!("refused objects since start: {} (state/refused.jsonl has them all)", s.refused_total);
+    }
+    for r in &s.refused {
+        println!("REFUSED {} (object {}, sender {}): {}: {}", r.name, r.object, r.sender, r.reason, r.detail);
     }
     for o in &s.objects {
         println!(

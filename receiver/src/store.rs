@@ -60,16 +60,58 @@ pub struct Partial {
     pub error: Option<String>,
     /// The writer is verifying and syncing it.
     pub finishing: bool,
+    /// Verified but not deliverable until the admin acts (a name the inbox refuses, no `[approvals]`):
+    /// not tried again before a restart.
+    pub held: Option<String>,
+    /// After a failed finish: not before this moment again.
+    pub retry_at: Option<Instant>,
+    pub failures: u32,
 }
 
 fn stem(sender: KeyId, id: u64) -> String {
     format!("{sender}-{}", format_id(id))
 }
 
+/// Free space a reservation leaves on the state filesystem, so progress and status can still be saved.
+const KEEP_FREE: u64 = 64 << 20;
+
 impl Partial {
+    /// A new object on disk: its data file and its first state. Whatever fails on the way is removed
+    /// again, so no data file is ever left without the state file that `load_all` and expiry know it by.
     pub fn create(dir: &Path, sender: KeyId, meta: ObjectMeta) -> Result<Self> {
         let asm = Assembly::new(meta)?;
-        Self::open(dir, sender, asm, true)
+        let id = asm.meta.id;
+        Self::open(dir, sender, asm, true).inspect_err(|_| {
+            let s = stem(sender, id);
+            let _ = fs::remove_file(dir.join(format!("{s}.data")));
+            let _ = fs::remove_file(dir.join(format!("{s}.state")));
+        })
+    }
+
+    /// At start, before anything is loaded: remove data files that have no state file (an object whose
+    /// first state never reached the disk, as after a crash or a full disk) and temporary files of
+    /// interrupted state writes. They belong to no object, so nothing would ever expire them.
+    pub fn sweep_orphans(dir: &Path) -> Vec<(PathBuf, u64)> {
+        let mut removed = Vec::new();
+        let Ok(rd) = fs::read_dir(dir) else {
+            return removed;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let orphan = if let Some(stem) = name.strip_suffix(".data") {
+                !dir.join(format!("{stem}.state")).exists()
+            } else {
+                name.starts_with('.') && name.contains(".tmp")
+            };
+            if orphan {
+                let bytes = e.metadata().map(|m| m.len()).unwrap_or(0);
+                if fs::remove_file(&p).is_ok() {
+                    removed.push((p, bytes));
+                }
+            }
+        }
+        removed
     }
 
     fn open(dir: &Path, sender: KeyId, asm: Assembly, fresh: bool) -> Result<Self> {
@@ -89,8 +131,8 @@ impl Partial {
             .flatten();
         if fresh && direct.is_some() {
             // O_DIRECT writes past the end of a file are slow on ext4 (each one extends it under the
-            // inode lock and the journal): give the file its whole size first
-            diode_host::atomic::preallocate(&file, asm.meta.size);
+            // inode lock and the journal): give the file its whole size first, where the disk has room
+            diode_host::atomic::preallocate(&file, asm.meta.size, KEEP_FREE);
         }
         let now = Instant::now();
         let mut p = Partial {
@@ -105,6 +147,9 @@ impl Partial {
             last_progress: now,
             error: None,
             finishing: false,
+            held: None,
+            retry_at: None,
+            failures: 0,
         };
         if fresh {
             p.persist()?;
@@ -256,10 +301,20 @@ impl Partial {
         Ok(buf)
     }
 
-    /// The writer has verified the hash and made the data durable: move the file into the inbox.
-    pub fn publish(&mut self, inbox: &Path) -> Result<PathBuf> {
+    /// The writer has verified the hash and made the data durable: move the file into the inbox. A
+    /// name the inbox refuses (through a symbolic link, over a folder) is `Refused`: trying again cannot
+    /// help until the admin changes the inbox.
+    pub fn publish(&mut self, inbox: &Path) -> Result<PathBuf, PublishError> {
         let meta = self.asm.meta.clone();
-        let dest = inbox_path(inbox, &meta.name)?;
+        let dest = inbox_path(inbox, &meta.name).map_err(|e| PublishError::Refused(format!("{e:#}")))?;
+        self.move_to(&dest).map_err(PublishError::Failed)?;
+        self.remove_state();
+        Ok(dest)
+    }
+
+    fn move_to(&mut self, dest: &Path) -> Result<()> {
+        let meta = &self.asm.meta;
+        let dest = dest.to_path_buf();
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
@@ -270,18 +325,22 @@ impl Partial {
                     format!("cannot move the finished file to {}", dest.display())
                 });
             }
-            // EXDEV: state and inbox on different filesystems: copy beside the target, then rename
+            // EXDEV: state and inbox on different filesystems: copy beside the target, then rename;
+            // a copy that fails (a full inbox) leaves nothing behind
             let tmp = dest.with_file_name(format!(".{}.diode-part", meta.id));
-            fs::copy(&self.data_path, &tmp)?;
-            File::open(&tmp)?.sync_all()?;
-            fs::rename(&tmp, &dest)?;
+            let copied = fs::copy(&self.data_path, &tmp)
+                .and_then(|_| File::open(&tmp)?.sync_all())
+                .and_then(|_| fs::rename(&tmp, &dest));
+            if let Err(e) = copied {
+                let _ = fs::remove_file(&tmp);
+                return Err(e).with_context(|| format!("cannot copy the finished file to {}", dest.display()));
+            }
             let _ = fs::remove_file(&self.data_path);
         }
         if let Some(parent) = dest.parent() {
             sync_dir(parent);
         }
-        self.remove_state();
-        Ok(dest)
+        Ok(())
     }
 
     /// Give up on the object (expired): remove its data, keep nothing but the caller's report.
@@ -289,6 +348,15 @@ impl Partial {
         let _ = fs::remove_file(&self.data_path);
         self.remove_state();
     }
+}
+
+/// Why a verified object did not reach the inbox.
+#[derive(Debug)]
+pub enum PublishError {
+    /// The inbox refuses it where it would go; it is held until the admin acts (log, status).
+    Refused(String),
+    /// The disk or the filesystem failed; tried again later.
+    Failed(anyhow::Error),
 }
 
 fn read_upto(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
@@ -309,7 +377,8 @@ pub fn inbox_path(inbox: &Path, name: &str) -> Result<PathBuf> {
     for (i, part) in parts.iter().enumerate() {
         p.push(part);
         if let Ok(md) = fs::symlink_metadata(&p) {
-            if md.file_type().is_symlink() || (i + 1 < parts.len() && !md.is_dir()) {
+            let last = i + 1 == parts.len();
+            if md.file_type().is_symlink() || (!last && !md.is_dir()) || (last && md.is_dir()) {
                 bail!(
                     "{} is a link or not a folder: refusing to write {name:?} through it",
                     p.display()

@@ -45,15 +45,15 @@ pub fn describe(
             bail!("{} changed size while being read", path.display());
         }
         if kind == ObjectKind::Envelope && bytes.len() > MAX_ENVELOPE_BYTES {
-            bail!(
-                "{} is {} bytes: an envelope may have at most {MAX_ENVELOPE_BYTES}",
-                path.display(),
+            return Err(Unsendable(format!(
+                "{} bytes: an envelope may have at most {MAX_ENVELOPE_BYTES}",
                 bytes.len()
-            );
+            ))
+            .into());
         }
         hash = *blake3::hash(&bytes).as_bytes();
     } else if kind == ObjectKind::Envelope {
-        bail!("{} is too large to be an envelope", path.display());
+        return Err(Unsendable(format!("{size} bytes: too large to be an envelope")).into());
     }
     let g = cfg.geometry_for(size)?;
     let mtime = md
@@ -72,10 +72,22 @@ pub fn describe(
         parity_shards: g.parity_shards as u16,
         mtime: mtime.unwrap_or(0),
     };
-    meta.check()
-        .with_context(|| format!("cannot send {}", path.display()))?;
+    meta.check().map_err(|e| Unsendable(e.to_string()))?;
     Ok(meta)
 }
+
+/// What the file is makes it impossible to send (an oversize envelope, metadata the receiver would
+/// refuse): trying again cannot help, so the object is set aside once instead of at every start.
+#[derive(Debug)]
+pub struct Unsendable(pub String);
+
+impl std::fmt::Display for Unsendable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unsendable {}
 
 pub struct Encoder {
     fec: BlockEncoder,

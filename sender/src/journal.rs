@@ -7,7 +7,7 @@
 use crate::config::Config;
 use anyhow::{bail, Context, Result};
 use diode_host::atomic::{append_line, sync_dir, write_atomic};
-use diode_proto::journal::{format_id, parse_id, JournalRecord};
+use diode_proto::journal::{format_id, next_object_id, parse_id, JournalRecord};
 use diode_proto::object::{kind_for_name, ObjectMeta};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -18,6 +18,8 @@ pub struct Journal {
     path: PathBuf,
     objects: PathBuf,
     replay: PathBuf,
+    /// The last object id issued (read from the journal at the first claim).
+    last_id: std::sync::Mutex<Option<u64>>,
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +46,7 @@ impl Journal {
             path: cfg.journal_path(),
             objects: cfg.objects_dir(),
             replay: cfg.replay_dir(),
+            last_id: std::sync::Mutex::new(None),
         };
         for d in [&cfg.state, &j.objects, &j.replay] {
             fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
@@ -139,8 +142,20 @@ impl Journal {
 
     /// Take a file out of the outbox into the sent area. The claim is journaled before the move, so a
     /// crash in between leaves the file in the outbox (taken again) and never loses it.
+    /// A new object id, above every id this journal holds (`diode_proto::journal::next_object_id`).
+    pub fn new_id(&self) -> Result<u64> {
+        let mut last = self.last_id.lock().unwrap_or_else(|e| e.into_inner());
+        let before = match *last {
+            Some(l) => l,
+            None => self.load()?.iter().map(|e| e.id).max().unwrap_or(0),
+        };
+        let id = next_object_id(before, diode_host::unix_micros(), rand::random());
+        *last = Some(id);
+        Ok(id)
+    }
+
     pub fn claim(&self, src: &Path, name: &str) -> Result<(u64, PathBuf)> {
-        let id: u64 = rand::random::<u64>() >> 1 | 1;
+        let id = self.new_id()?;
         let dest = self.objects.join(format_id(id));
         self.append(&JournalRecord::Claimed {
             id: format_id(id),

@@ -371,10 +371,12 @@ fn run_job(
                         kind = if kind == ObjectKind::Envelope { "envelope" } else { "file" },
                         mb_per_s = format!("{:.1}", meta.size as f64 * passes as f64 / secs.max(1e-6) / 1e6), "sent");
                 }
-                Err(e) => {
-                    tracing::error!(object = %format_id(id), name = %name, error = %format!("{e:#}"),
-                    "send failed; the object stays in the sent area and is tried again at the next start")
-                }
+                Err(e) => match e.chain().find_map(|c| c.downcast_ref::<encoding::Unsendable>()) {
+                    // never sendable: out of the sent area, so no restart takes it again
+                    Some(why) => requests::set_aside(cfg, &path, &name, &why.0),
+                    None => tracing::error!(object = %format_id(id), name = %name, error = %format!("{e:#}"),
+                        "send failed; the object stays in the sent area and is tried again at the next start"),
+                },
             }
             if let Err(e) = journal.retain(cfg.retention_days * 86400, cfg.retention_gb << 30) {
                 tracing::warn!(error = %format!("{e:#}"), "retention pass failed");
@@ -601,14 +603,15 @@ fn send_files(cfg: &Config, paths: &[PathBuf]) -> Result<()> {
     std::thread::sleep(Duration::from_millis(200));
     for (path, name) in &files {
         bar.set_message(name.clone());
-        let id: u64 = rand::random::<u64>() >> 1 | 1;
+        let id = journal.new_id()?;
         journal.append(&diode_proto::journal::JournalRecord::Claimed {
             id: format_id(id),
             name: name.clone(),
             path: path.to_string_lossy().into_owned(),
             at: diode_host::unix_now(),
         })?;
-        let mut meta = describe(path, id, name, kind_for_name(name), cfg)?;
+        let mut meta = describe(path, id, name, kind_for_name(name), cfg)
+            .with_context(|| format!("cannot send {}", path.display()))?;
         send_object(
             &mut tx,
             &mut enc,

@@ -51,7 +51,8 @@ pub fn envelope_only_refusal(cfg: &Config, path: &Path, name: &str) -> Option<St
         .map(|e| format!("not a well-formed envelope: {e}"))
 }
 
-/// Move a refused file out of the outbox into `state/refused/`, so it is neither sent nor lost.
+/// Move a refused file (out of the outbox, or out of the sent area when it turned out unsendable) into
+/// `state/refused/`, so it is neither sent, nor tried again, nor lost.
 pub fn set_aside(cfg: &Config, path: &Path, name: &str, why: &str) {
     let dir = cfg.state.join("refused");
     let dest = dir.join(format!(
@@ -62,9 +63,9 @@ pub fn set_aside(cfg: &Config, path: &Path, name: &str, why: &str) {
     let moved = std::fs::create_dir_all(&dir).and_then(|_| std::fs::rename(path, &dest));
     match moved {
         Ok(()) => tracing::error!(file = %name, reason = %why, moved_to = %dest.display(),
-            "refused: envelope_only = true; the file was not sent"),
+            "refused: the file was not sent and is set aside, once"),
         Err(e) => tracing::error!(file = %name, reason = %why, error = %e,
-            "refused: envelope_only = true; the file was not sent and stays in the outbox"),
+            "refused: the file was not sent and could not be set aside"),
     }
 }
 
