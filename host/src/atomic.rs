@@ -132,7 +132,10 @@ pub fn preallocate(file: &File, size: u64, keep_free: u64) -> bool {
         let e = std::io::Error::last_os_error();
         tracing::debug!(error = %e, "cannot reserve the object's space; releasing what was taken");
     } else {
-        tracing::debug!(bytes = size, "not enough free space to reserve the object; writing it sparse");
+        tracing::debug!(
+            bytes = size,
+            "not enough free space to reserve the object; writing it sparse"
+        );
     }
     // truncating to 0 frees every extent the failed reservation kept; then the length, sparse
     let _ = file.set_len(0);

@@ -9,8 +9,8 @@
 use crate::fec::{BlockAssembly, FecError, Geometry};
 use reed_solomon_simd::ReedSolomonDecoder;
 use serde::{Deserialize, Serialize};
-use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 use std::collections::{BTreeMap, BTreeSet};
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 pub const MAX_NAME: usize = 1024;
 /// Largest object accepted: 16 TiB.

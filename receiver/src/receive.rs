@@ -61,8 +61,9 @@ pub struct Receiver {
     paths: HashMap<String, Key>,
     refused_recent: VecDeque<RefusedStatus>,
     refused_total: u64,
-    /// Objects whose metadata hit a partial-object limit, logged once each.
-    limit_logged: HashSet<Key>,
+    /// Per bound on partial objects: when it was last logged, and the refusals since (a flood of new
+    /// objects logs one line per bound every 10 s, not one per object).
+    limit_log: HashMap<&'static str, (Option<Instant>, u64)>,
     /// Authenticated shards that arrived before their object's metadata (its first copies were lost),
     /// kept until the metadata comes; bounded by `PENDING_MAX` frames in all.
     pending: HashMap<Key, Vec<(u32, u16, Vec<u8>)>>,
@@ -172,7 +173,7 @@ impl Receiver {
             paths,
             refused_recent: VecDeque::new(),
             refused_total: 0,
-            limit_logged: HashSet::new(),
+            limit_log: HashMap::new(),
             pending: HashMap::new(),
             pending_frames: 0,
             drops: BTreeMap::new(),
@@ -391,12 +392,15 @@ impl Receiver {
             if let Some(early) = self.pending.remove(&key) {
                 self.pending_frames -= early.len();
             }
-            if self.limit_logged.len() >= 65536 {
-                self.limit_logged.clear();
-            }
-            if self.limit_logged.insert(key) {
+            let clock = self.clock;
+            let (last, since) = self.limit_log.entry(limit).or_insert((None, 0));
+            *since += 1;
+            if last.is_none_or(|t| clock.saturating_duration_since(t) >= Duration::from_secs(10)) {
                 tracing::warn!(sender = %sender, object = %format_id(meta.id), name = %meta.name, bytes = meta.size,
-                    limit, "not starting an object: {why}; it can start once objects in progress finish or expire");
+                    limit, refused_since_last_line = *since,
+                    "not starting an object: {why}; it can start once objects in progress finish or expire");
+                *last = Some(clock);
+                *since = 0;
             }
             self.drop(limit);
             return;
@@ -427,7 +431,10 @@ impl Receiver {
         if self.objects.len() >= max {
             return Some((
                 "max_partial_objects",
-                format!("{} objects in progress, max_partial_objects = {max}", self.objects.len()),
+                format!(
+                    "{} objects in progress, max_partial_objects = {max}",
+                    self.objects.len()
+                ),
             ));
         }
         let max_bytes = (self.cfg.max_partial_mb as u64).saturating_mul(1 << 20);
@@ -579,7 +586,11 @@ impl Receiver {
         if result.is_ok() {
             // A newer object of this sender already holds the path: this one was withheld on the link and
             // released late (or replayed). It must never replace the newer one.
-            if let Some(&newer) = self.paths.get(&name).filter(|k| k.0 == key.0 && k.1 > key.1) {
+            if let Some(&newer) = self
+                .paths
+                .get(&name)
+                .filter(|k| k.0 == key.0 && k.1 > key.1)
+            {
                 return self.refuse_object(
                     key,
                     "older_version",

@@ -229,17 +229,25 @@ pub fn print(s: &Status, now: u64, running: bool, free: Option<u64>) {
         println!("objects: nothing in progress or incomplete");
     }
     let l = &s.limits;
-    if l.max_objects > 0 && (l.objects * 10 >= l.max_objects * 8 || l.bytes / 10 >= l.max_bytes / 10 * 8) {
+    if l.max_objects > 0
+        && (l.objects * 10 >= l.max_objects * 8 || l.bytes / 10 >= l.max_bytes / 10 * 8)
+    {
         println!(
             "WARNING: objects in progress near their bounds: {} of max_partial_objects {}, {} of {} bytes (max_partial_mb)",
             l.objects, l.max_objects, l.bytes, l.max_bytes
         );
     }
     if s.refused_total > 0 {
-        println!("refused objects since start: {} (state/refused.jsonl has them all)", s.refused_total);
+        println!(
+            "refused objects since start: {} (state/refused.jsonl has them all)",
+            s.refused_total
+        );
     }
     for r in &s.refused {
-        println!("REFUSED {} (object {}, sender {}): {}: {}", r.name, r.object, r.sender, r.reason, r.detail);
+        println!(
+            "REFUSED {} (object {}, sender {}): {}: {}",
+            r.name, r.object, r.sender, r.reason, r.detail
+        );
     }
     for o in &s.objects {
         println!(

@@ -306,7 +306,8 @@ impl Partial {
     /// help until the admin changes the inbox.
     pub fn publish(&mut self, inbox: &Path) -> Result<PathBuf, PublishError> {
         let meta = self.asm.meta.clone();
-        let dest = inbox_path(inbox, &meta.name).map_err(|e| PublishError::Refused(format!("{e:#}")))?;
+        let dest =
+            inbox_path(inbox, &meta.name).map_err(|e| PublishError::Refused(format!("{e:#}")))?;
         self.move_to(&dest).map_err(PublishError::Failed)?;
         self.remove_state();
         Ok(dest)
@@ -333,7 +334,9 @@ impl Partial {
                 .and_then(|_| fs::rename(&tmp, &dest));
             if let Err(e) = copied {
                 let _ = fs::remove_file(&tmp);
-                return Err(e).with_context(|| format!("cannot copy the finished file to {}", dest.display()));
+                return Err(e).with_context(|| {
+                    format!("cannot copy the finished file to {}", dest.display())
+                });
             }
             let _ = fs::remove_file(&self.data_path);
         }

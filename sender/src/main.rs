@@ -371,11 +371,16 @@ fn run_job(
                         kind = if kind == ObjectKind::Envelope { "envelope" } else { "file" },
                         mb_per_s = format!("{:.1}", meta.size as f64 * passes as f64 / secs.max(1e-6) / 1e6), "sent");
                 }
-                Err(e) => match e.chain().find_map(|c| c.downcast_ref::<encoding::Unsendable>()) {
+                Err(e) => match e
+                    .chain()
+                    .find_map(|c| c.downcast_ref::<encoding::Unsendable>())
+                {
                     // never sendable: out of the sent area, so no restart takes it again
                     Some(why) => requests::set_aside(cfg, &path, &name, &why.0),
-                    None => tracing::error!(object = %format_id(id), name = %name, error = %format!("{e:#}"),
-                        "send failed; the object stays in the sent area and is tried again at the next start"),
+                    None => {
+                        tracing::error!(object = %format_id(id), name = %name, error = %format!("{e:#}"),
+                        "send failed; the object stays in the sent area and is tried again at the next start")
+                    }
                 },
             }
             if let Err(e) = journal.retain(cfg.retention_days * 86400, cfg.retention_gb << 30) {

@@ -84,6 +84,16 @@ impl Site {
         Site::build(port, &addr, &addr, None, send_extra, &[])
     }
 
+    /// The same with overrides of recv.toml too.
+    pub fn new_with(
+        send_extra: &[(&str, toml::Value)],
+        recv_extra: &[(&str, toml::Value)],
+    ) -> Site {
+        let port = port();
+        let addr = format!("127.0.0.1:{port}");
+        Site::build(port, &addr, &addr, None, send_extra, recv_extra)
+    }
+
     /// Keys and configs for a serial link: the sender writes the tty `tx`, the receiver reads `rx` (the
     /// ends of a pty pair or of `hardware/serial-relay.py`), paced at `baud`. Overrides come last.
     pub fn serial(

@@ -61,13 +61,17 @@ impl Wire {
 
     /// Send a whole object of one block under `name` (no name checks: that is the point).
     fn object(&mut self, id: u64, name: &str, data: &[u8]) {
+        self.object_of(ObjectKind::File, id, name, data)
+    }
+
+    fn object_of(&mut self, kind: ObjectKind, id: u64, name: &str, data: &[u8]) {
         let s = 1408;
         let meta = ObjectMeta {
             id,
             name: name.to_string(),
             size: data.len() as u64,
             hash: *blake3::hash(data).as_bytes(),
-            kind: ObjectKind::File,
+            kind,
             shard_size: s as u32,
             data_shards: 128,
             parity_shards: 24,
@@ -207,4 +211,385 @@ fn hostile_names_from_a_compromised_sender_are_refused() {
     );
     assert!(log.contains("link") && log.contains("refusing"), "{log}");
     assert!(r.alive());
+}
+
+/// Issue 14, point 1. An attacker on the low-side network floods announces carrying the right key ids
+/// (they travel in clear) with random encapsulated keys, bodies and MACs, from one thread without a
+/// pause, while the real sender rekeys (every 10 s) and the receiver is killed and restarted. Before, each
+/// forgery took a token of the announce rate limit and the genuine announce was starved: the file sent
+/// after a rekey never arrived while the flood lasted. What must hold now: every file arrives within a
+/// few announce periods, the forgeries are counted as bad announces, and none was rate-limited.
+#[test]
+fn a_flood_of_forged_announces_across_a_rekey_and_a_restart_delays_no_file() {
+    let site = Site::new(&[("rekey_secs", 10.into()), ("gso", "off".into())]);
+    let mut r = site.start("recv");
+    let _s = site.start("send");
+    site.wait_session(Duration::from_secs(10));
+    let key = SecretKey::from_text(
+        &fs::read_to_string(site.path("keys/sender.key")).unwrap(),
+        Role::Sender,
+    )
+    .unwrap();
+    let template = Wire::new(&site, &key).session.announce().to_vec();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        let port = site.port;
+        std::thread::spawn(move || {
+            use rand::RngCore;
+            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            sock.connect(("127.0.0.1", port)).unwrap();
+            let mut rng = rand::rng();
+            let mut f = template;
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                rng.fill_bytes(&mut f[20..52]);
+                rng.fill_bytes(&mut f[diode_proto::session::ANNOUNCE_HEADER_LEN..]);
+                if sock.send(&f).is_ok() {
+                    sent += 1;
+                }
+            }
+            sent
+        })
+    };
+    let arrive = |name: &str| {
+        let data = random_bytes(200_000);
+        let t = std::time::Instant::now();
+        site.drop_in(name, &data);
+        if let Err(e) = site.wait_inbox(&[(name.to_string(), data)], Duration::from_secs(15)) {
+            panic!(
+                "{name} under the flood: {e}\nstatus: {}",
+                site.status_json()
+            );
+        }
+        eprintln!(
+            "{name} arrived {:.1} s after it was dropped in",
+            t.elapsed().as_secs_f64()
+        );
+    };
+    arrive("before-rekey.bin");
+    let old_pid = site.status_json()["pid"].as_u64().unwrap_or(0) as u32;
+    let first = site.status_json()["sessions"][0]["counter"].as_u64();
+    // the sender rekeys (every 10 s at the least): the receiver must join the new session in the flood
+    wait_for(
+        "a rekey joined under the flood",
+        Duration::from_secs(20),
+        || {
+            let now = site.status_json()["sessions"][0]["counter"].as_u64();
+            (now != first).then_some(())
+        },
+    );
+    arrive("after-rekey.bin");
+    r.kill9();
+    let mut r = site.start("recv");
+    // the restarted receiver joins the current session at its next announce, in the flood; a file sent
+    // before it joined would be a gap for replay whatever the flood, so the file waits for the join
+    let t = std::time::Instant::now();
+    wait_for(
+        "the restarted receiver to join under the flood",
+        Duration::from_secs(10),
+        || {
+            let s = site.status_json();
+            let joined = s["pid"].as_u64().is_some_and(|p| p != u64::from(old_pid))
+                && s["sessions"].as_array().is_some_and(|x| !x.is_empty());
+            joined.then_some(())
+        },
+    );
+    eprintln!(
+        "the restarted receiver joined {:.1} s after it started",
+        t.elapsed().as_secs_f64()
+    );
+    let restarted =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| arrive("after-restart.bin")));
+    if let Err(e) = restarted {
+        eprintln!("receiver after restart: {}", r.log_text());
+        std::panic::resume_unwind(e);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flood.join().unwrap();
+    wait_status();
+    let d = drops(&site);
+    eprintln!("forged announces sent: {sent}; receiver drops since its restart: {d}");
+    assert!(
+        d["bad_announce"].as_u64().unwrap_or(0) > 1000,
+        "the flood did not reach the receiver: {d}"
+    );
+    assert_eq!(d["rate_limited"].as_u64().unwrap_or(0), 0, "{d}");
+    assert!(r.alive());
+}
+
+/// A UDP relay between the real sender and the real receiver that withholds every frame of the first
+/// object it sees (its id is in the clear header, bytes 20..28) until told to release them.
+struct Withholding {
+    held: std::sync::Arc<std::sync::Mutex<(Option<u64>, bool, Vec<Vec<u8>>)>>,
+    addr: std::net::SocketAddr,
+}
+
+impl Withholding {
+    fn start(to: u16) -> Withholding {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        let held = std::sync::Arc::new(std::sync::Mutex::new((None, true, Vec::new())));
+        let h = held.clone();
+        std::thread::spawn(move || {
+            let out = UdpSocket::bind("127.0.0.1:0").unwrap();
+            out.connect(("127.0.0.1", to)).unwrap();
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let Ok(n) = sock.recv(&mut buf) else { return };
+                let f = &buf[..n];
+                let mut st = h.lock().unwrap();
+                // sealed shard (2) or metadata (3) frames name their object in clear
+                if n >= 28 && (f[3] == 2 || f[3] == 3) && st.1 {
+                    let id = u64::from_le_bytes(f[20..28].try_into().unwrap());
+                    if st.0.is_none() {
+                        st.0 = Some(id);
+                    }
+                    if st.0 == Some(id) {
+                        st.2.push(f.to_vec());
+                        continue;
+                    }
+                }
+                drop(st);
+                let _ = out.send(f);
+            }
+        });
+        Withholding { held, addr }
+    }
+
+    /// Stop withholding and send what was held, in its order.
+    fn release(&self, to: u16) -> usize {
+        let mut st = self.held.lock().unwrap();
+        st.1 = false;
+        let out = UdpSocket::bind("127.0.0.1:0").unwrap();
+        out.connect(("127.0.0.1", to)).unwrap();
+        for f in &st.2 {
+            out.send(f).unwrap();
+            std::thread::sleep(Duration::from_micros(20));
+        }
+        st.2.len()
+    }
+}
+
+/// Issue 14, point 2. Whoever sits on the link withholds every frame of version 3 of `app.bin`, lets
+/// version 4 through, then releases version 3 in the same session. Before, version 3 replaced version
+/// 4 in the inbox. What must hold: the inbox keeps version 4, the receiver logs the refusal with its
+/// reason and lists it in status, and the old version's data is gone from state/partial/.
+#[test]
+fn an_older_version_withheld_and_released_late_never_replaces_the_newer_one() {
+    let port = port();
+    let relay = Withholding::start(port);
+    let site = Site::new_with(
+        // paced so the relay's one thread and socket buffer lose nothing
+        &[
+            ("target", relay.addr.to_string().into()),
+            ("gso", "off".into()),
+            ("rate", "20Mbit".into()),
+        ],
+        &[("listen", format!("127.0.0.1:{port}").into())],
+    );
+    let mut r = site.start("recv");
+    let _s = site.start("send");
+    let v3 = random_bytes(300_000);
+    let v4 = random_bytes(250_000);
+    site.drop_in("app.bin", &v3);
+    // version 3 is sent (its passes and repeats), all of it withheld
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(site.inbox_files().is_empty(), "version 3 was not withheld");
+    site.drop_in("app.bin", &v4);
+    if let Err(e) = site.wait_inbox(&[("app.bin".into(), v4.clone())], Duration::from_secs(15)) {
+        panic!(
+            "{e}\nreceiver: {}\nstatus: {}",
+            r.log_text(),
+            site.status_json()
+        );
+    }
+    let held = relay.release(port);
+    eprintln!("released {held} withheld frames of version 3");
+    assert!(held > 200, "too few frames withheld: {held}");
+    let refused = wait_for("the refusal in status", Duration::from_secs(15), || {
+        site.status_json()["refused"]
+            .as_array()?
+            .iter()
+            .find(|x| x["name"] == "app.bin")
+            .cloned()
+    });
+    eprintln!("status: {refused}");
+    assert_eq!(refused["reason"], "older_version");
+    assert_eq!(
+        fs::read(site.inbox().join("app.bin")).unwrap(),
+        v4,
+        "version 3 replaced version 4"
+    );
+    let log = r.log_text();
+    assert!(
+        log.contains("refused an object") && log.contains("older_version"),
+        "{log}"
+    );
+    let partial: Vec<_> = fs::read_dir(site.recv_state().join("partial"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        partial.is_empty(),
+        "the old version is still held: {partial:?}"
+    );
+    assert!(fs::read_to_string(site.recv_state().join("refused.jsonl"))
+        .unwrap()
+        .contains("older_version"));
+    assert!(r.alive());
+}
+
+/// Issue 14, point 4. A compromised low side (with the sender key) sends metadata of 3,000 distinct
+/// objects and one of 100 MiB, against max_partial_objects = 50 and max_partial_mb = 64. Before, every
+/// one became a data and a state file, kept for 168 h. What must hold: at most 50 objects in
+/// state/partial/, the rest counted by the bound's name, a log line that names each bound and its value
+/// (a handful of lines, not one per object), and the receiver still running.
+#[test]
+fn partial_objects_are_bounded_by_count_and_bytes() {
+    let site = Site::new_with(
+        &[],
+        &[
+            ("max_partial_objects", 50.into()),
+            ("max_partial_mb", 64.into()),
+        ],
+    );
+    let mut r = site.start("recv");
+    let key = SecretKey::from_text(
+        &fs::read_to_string(site.path("keys/sender.key")).unwrap(),
+        Role::Sender,
+    )
+    .unwrap();
+    let mut w = Wire::new(&site, &key);
+    w.announce();
+    std::thread::sleep(Duration::from_millis(200));
+    let meta = |id: u64, size: u64| ObjectMeta {
+        id,
+        name: format!("flood/{id}.bin"),
+        size,
+        hash: [7; 32],
+        kind: ObjectKind::File,
+        shard_size: 1408,
+        data_shards: 128,
+        parity_shards: 24,
+        mtime: 0,
+    };
+    let big = w.sealed(FrameKind::Meta, 1, 0, 0, &meta(1, 100 << 20).encode());
+    w.raw(&big);
+    for id in 10..3010 {
+        let f = w.sealed(FrameKind::Meta, id, 0, 0, &meta(id, 10_000).encode());
+        w.raw(&f);
+    }
+    wait_status();
+    wait_status();
+    let s = site.status_json();
+    eprintln!("limits {} drops {}", s["limits"], s["drops"]);
+    assert_eq!(s["limits"]["objects"], 50, "{}", s["limits"]);
+    let files = fs::read_dir(site.recv_state().join("partial"))
+        .unwrap()
+        .count();
+    assert!(files <= 100, "{files} files in state/partial/");
+    assert!(
+        s["drops"]["max_partial_objects"].as_u64().unwrap_or(0) >= 2900,
+        "{}",
+        s["drops"]
+    );
+    assert_eq!(s["drops"]["max_partial_mb"], 1, "{}", s["drops"]);
+    let log = r.log_text();
+    assert!(
+        log.contains("max_partial_objects = 50") && log.contains("max_partial_mb = 64"),
+        "{log}"
+    );
+    assert!(log.matches("not starting an object").count() <= 4, "{log}");
+    assert!(r.alive());
+}
+
+/// Issue 14, point 5. An envelope reaching a receiver with no [approvals] section used to log an ERROR
+/// every second (and re-hash the object) for up to 168 h; so did an object whose path the inbox refuses
+/// (a symbolic link). Now each is said once and held until the admin fixes it and restarts.
+#[test]
+fn an_envelope_with_no_approvals_configured_is_held_and_said_once() {
+    let site = Site::new(&[]);
+    let cfg = site.path("recv.toml");
+    let mut t: toml::Table = toml::from_str(&fs::read_to_string(&cfg).unwrap()).unwrap();
+    t.remove("approvals");
+    fs::write(&cfg, toml::to_string(&t).unwrap()).unwrap();
+    let r = site.start("recv");
+    let key = SecretKey::from_text(
+        &fs::read_to_string(site.path("keys/sender.key")).unwrap(),
+        Role::Sender,
+    )
+    .unwrap();
+    let mut w = Wire::new(&site, &key);
+    w.announce();
+    std::thread::sleep(Duration::from_millis(100));
+    w.object_of(
+        ObjectKind::Envelope,
+        5,
+        "approval.envelope",
+        br#"{"not":"checked here"}"#,
+    );
+    // a symbolic link in the inbox where a file would go
+    fs::create_dir_all(site.inbox()).unwrap();
+    std::os::unix::fs::symlink("/tmp", site.inbox().join("linked")).unwrap();
+    w.object(6, "linked/file.txt", b"data");
+    std::thread::sleep(Duration::from_millis(4500));
+    let log = r.log_text();
+    let said = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(said("no [approvals] section"), 1, "{log}");
+    assert_eq!(said("refusing to write"), 1, "{log}");
+    let s = site.status_json();
+    let errors: Vec<String> = s["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["error"].as_str().unwrap_or("").to_string())
+        .collect();
+    eprintln!("status errors: {errors:?}");
+    assert_eq!(
+        errors.iter().filter(|e| e.contains("held")).count(),
+        2,
+        "{s}"
+    );
+}
+
+/// Issue 14, point 6: names with Unicode format characters (a right-to-left override makes
+/// `invoice<U+202E>fdp.exe` list as `invoiceexe.pdf`) are refused like any unsafe name.
+#[test]
+fn names_with_bidi_and_invisible_format_characters_are_refused() {
+    let site = Site::new(&[]);
+    let r = site.start("recv");
+    let key = SecretKey::from_text(
+        &fs::read_to_string(site.path("keys/sender.key")).unwrap(),
+        Role::Sender,
+    )
+    .unwrap();
+    let mut w = Wire::new(&site, &key);
+    w.announce();
+    std::thread::sleep(Duration::from_millis(100));
+    for (i, name) in [
+        "invoice\u{202E}fdp.exe",
+        "a\u{2066}b\u{2069}.txt",
+        "zero\u{200B}width.txt",
+    ]
+    .iter()
+    .enumerate()
+    {
+        w.object(100 + i as u64, name, b"owned");
+    }
+    let ok = random_bytes(1000);
+    w.object(200, "Übersicht/日本語.txt", &ok);
+    site.wait_inbox(
+        &[("Übersicht/日本語.txt".into(), ok)],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(site.inbox_files(), vec!["Übersicht/日本語.txt"]);
+    assert!(
+        r.log_text()
+            .matches("invisible Unicode format character")
+            .count()
+            >= 3
+    );
 }
