@@ -593,3 +593,45 @@ fn names_with_bidi_and_invisible_format_characters_are_refused() {
             >= 3
     );
 }
+
+/// Issue 14, point 8. An oversize `*.envelope` in a sender's outbox used to be refused at every start,
+/// forever, from `state/objects/`. Now it is set aside once in `state/refused/` with its reason, and a
+/// restarted sender does not take it again; the next file still goes through.
+#[test]
+fn an_unsendable_object_is_set_aside_once_and_not_retried_at_every_start() {
+    let site = Site::new(&[]);
+    let _r = site.start("recv");
+    let mut s = site.start("send");
+    let big = format!("{{\"padding\":\"{}\"}}", "x".repeat(80_000));
+    site.drop_in("huge.envelope", big.as_bytes());
+    let aside = wait_for("the envelope set aside", Duration::from_secs(20), || {
+        fs::read_dir(site.path("state/refused"))
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with("huge.envelope"))
+    });
+    assert_eq!(fs::read(&aside).unwrap(), big.as_bytes());
+    let log = s.log_text();
+    assert!(
+        log.contains("set aside") && log.contains("may have at most"),
+        "{log}"
+    );
+    let in_objects = fs::read_dir(site.path("state/objects"))
+        .unwrap()
+        .flatten()
+        .filter(|e| fs::metadata(e.path()).is_ok_and(|m| m.len() == big.len() as u64))
+        .count();
+    assert_eq!(in_objects, 0, "the envelope is still in the sent area");
+    s.kill9();
+    let s = site.start("send");
+    let ok = random_bytes(5000);
+    site.drop_in("next.bin", &ok);
+    site.wait_inbox(&[("next.bin".into(), ok)], Duration::from_secs(15))
+        .unwrap();
+    let log = s.log_text();
+    assert!(
+        !log.contains("huge.envelope"),
+        "taken again after a restart: {log}"
+    );
+}
