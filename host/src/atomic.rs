@@ -105,7 +105,8 @@ pub fn free_space(file: &File) -> Option<u64> {
     }
     // SAFETY: fstatvfs returned 0, so it filled the structure
     let st = unsafe { st.assume_init() };
-    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    // both are u64 on the 64-bit targets the suite ships for (deny.toml)
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// The same for the filesystem holding the folder `dir`.

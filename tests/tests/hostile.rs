@@ -320,8 +320,11 @@ fn a_flood_of_forged_announces_across_a_rekey_and_a_restart_delays_no_file() {
 
 /// A UDP relay between the real sender and the real receiver that withholds every frame of the first
 /// object it sees (its id is in the clear header, bytes 20..28) until told to release them.
+/// The object withheld, whether the relay still withholds, and the frames it holds.
+type Held = (Option<u64>, bool, Vec<Vec<u8>>);
+
 struct Withholding {
-    held: std::sync::Arc<std::sync::Mutex<(Option<u64>, bool, Vec<Vec<u8>>)>>,
+    held: std::sync::Arc<std::sync::Mutex<Held>>,
     addr: std::net::SocketAddr,
 }
 
