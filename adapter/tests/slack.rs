@@ -302,6 +302,17 @@ impl Site {
         StatusCode::from_u16(r.status().as_u16()).unwrap()
     }
 
+    /// POST an activity to the bot endpoint with a bearer token, as the Bot Connector does.
+    async fn bot_post(&self, token: String, activity: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/teams/messages"))
+            .bearer_auth(token)
+            .json(activity)
+            .send()
+            .await
+            .unwrap()
+    }
+
     async fn pipeline(&self, token: &str, body: Value) -> (u16, Value) {
         let r = self
             .http
@@ -1207,11 +1218,18 @@ async fn teams_webhook_hmac_accepted_then_tampered_wrong_key_stale_and_replayed_
 const BOT_APP_ID: &str = "8f0c5f3a-0000-4000-8000-00000000b07a";
 const SERVICE_URL: &str = "https://smba.trafficmanager.net/amer/";
 
-/// A Bot Framework token signed with the test key (its public half is tests/teams-test-jwks.json).
+/// A Bot Framework token signed with the test key under kid test-key-1, endorsed for msteams (its
+/// public half is tests/teams-test-jwks.json).
 fn bot_jwt(aud: &str, exp: u64, service_url: &str) -> String {
+    bot_jwt_by("test-key-1", aud, exp, service_url)
+}
+
+/// The same, naming key `kid` of the test JWKS: test-key-webchat is the same RSA key published as
+/// endorsed for webchat and directline only, test-key-bare with no endorsements.
+fn bot_jwt_by(kid: &str, aud: &str, exp: u64, service_url: &str) -> String {
     let key = jsonwebtoken::EncodingKey::from_rsa_der(include_bytes!("teams-test-key.der"));
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    h.kid = Some("test-key-1".into());
+    h.kid = Some(kid.into());
     let claims = json!({
         "iss": "https://api.botframework.com", "aud": aud, "exp": exp, "nbf": exp - 3600,
         "serviceUrl": service_url,
@@ -1233,26 +1251,8 @@ fn execute_activity(from: &str, verb: &str, request: &str, service_url: &str) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn teams_action_execute_with_bot_jwt_votes_and_bad_tokens_are_refused() {
-    let site = Site::with(|cfg| {
-        let t = cfg["teams"].as_table_mut().unwrap();
-        t.insert("app_id".into(), BOT_APP_ID.into());
-        t.insert(
-            "jwks_file".into(),
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/teams-test-jwks.json").into(),
-        );
-    })
-    .await;
-    site.command("U0DAN", &format!("request billing 1.4.2 prod {DIGEST}"))
-        .await;
-    let id = request_id_of(&site.slack.wait_count("chat.postMessage", 1).await[0]);
+    let (site, id) = bot_site_with_a_request().await;
     let now = site.clock.now_secs();
-    let send = |token: String, activity: Value| {
-        site.http
-            .post(site.url("/teams/messages"))
-            .bearer_auth(token)
-            .json(&activity)
-            .send()
-    };
     let good = execute_activity("29:ada", "approve", &id, SERVICE_URL);
 
     // refused: wrong audience, expired, bad signature, serviceUrl of another host, no token
@@ -1271,7 +1271,7 @@ async fn teams_action_execute_with_bot_jwt_votes_and_bad_tokens_are_refused() {
         (other, "serviceUrl"),
         ("not-a-jwt".to_string(), "not a JWT"),
     ] {
-        let r = send(token, good.clone()).await.unwrap();
+        let r = site.bot_post(token, &good).await;
         assert_eq!(r.status(), 401);
         let t = r.text().await.unwrap();
         assert!(t.contains(why), "{t} lacks {why}");
@@ -1279,14 +1279,14 @@ async fn teams_action_execute_with_bot_jwt_votes_and_bad_tokens_are_refused() {
     assert!(site.audit().iter().all(|r| r["event"] != "vote"));
 
     // Ada approves from Teams (Action.Execute): the invoke response says it is recorded
-    let r = send(ok.clone(), good.clone()).await.unwrap();
+    let r = site.bot_post(ok.clone(), &good).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["statusCode"], 200);
     assert_eq!(v["value"], "Recorded.");
     // Dan (the requester) cannot approve from Teams either
     let dan = execute_activity("29:dan", "approve", &id, SERVICE_URL);
-    let r = send(ok.clone(), dan).await.unwrap();
+    let r = site.bot_post(ok.clone(), &dan).await;
     let v: Value = r.json().await.unwrap();
     assert!(v["value"].as_str().unwrap().starts_with("Refused"), "{v}");
 
@@ -1311,6 +1311,61 @@ async fn teams_action_execute_with_bot_jwt_votes_and_bad_tokens_are_refused() {
     site.high_side_verify(&envs[0], T0 + 10);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_teams_vote_needs_the_msteams_channel_and_a_key_endorsed_for_it() {
+    let (site, id) = bot_site_with_a_request().await;
+    let now = site.clock.now_secs();
+    let teams = execute_activity("29:ada", "approve", &id, SERVICE_URL);
+    let on = |channel: Option<&str>| {
+        let mut a = teams.clone();
+        match channel {
+            Some(c) => a["channelId"] = c.into(),
+            None => {
+                a.as_object_mut().unwrap().remove("channelId");
+            }
+        }
+        a
+    };
+    let endorsed = bot_jwt(BOT_APP_ID, now + 600, SERVICE_URL);
+
+    // Web Chat or Direct Line of the same bot, whose client says it is Ada: a valid token of the bot,
+    // but not a Teams activity. No channel at all: the same.
+    for channel in [Some("webchat"), Some("directline"), Some("MSTeams"), None] {
+        let r = site.bot_post(endorsed.clone(), &on(channel)).await;
+        assert_eq!(r.status(), 403, "{channel:?}");
+        let t = r.text().await.unwrap();
+        assert!(t.contains("only Teams activities may vote"), "{t}");
+    }
+    // an msteams activity under a token whose key is not endorsed for msteams, or for nothing
+    for (kid, endorsements) in [
+        ("test-key-webchat", r#"["webchat", "directline"]"#),
+        ("test-key-bare", "[]"),
+    ] {
+        let token = bot_jwt_by(kid, BOT_APP_ID, now + 600, SERVICE_URL);
+        let r = site.bot_post(token, &teams).await;
+        assert_eq!(r.status(), 403, "{kid}");
+        let t = r.text().await.unwrap();
+        let want = format!(
+            "signing key {kid} is not endorsed for channel \"msteams\" (its endorsements: {endorsements})"
+        );
+        assert!(t.contains(&want), "{t}");
+        println!("{kid}: {t}");
+    }
+    assert!(
+        site.audit().iter().all(|r| r["event"] != "vote"),
+        "a refused activity must never be a vote"
+    );
+
+    // the Teams activity under the key endorsed for msteams is Ada's vote
+    let r = site.bot_post(endorsed, &teams).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["value"], "Recorded.");
+    let votes = site.events("vote");
+    assert_eq!(votes.len(), 1);
+    assert_eq!(votes[0]["person"], "ada");
+}
+
 fn submit_activity(from: &str, action: &str, request: &str) -> Value {
     json!({
         "type": "message", "id": "f:sub-1", "channelId": "msteams", "serviceUrl": SERVICE_URL,
@@ -1331,43 +1386,33 @@ fn bot_site_edit(cfg: &mut toml::Table) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn teams_action_submit_click_votes_and_an_unsigned_one_is_refused() {
+/// A site with the Teams bot endpoint on and Dan's request for billing 1.4.2 to prod posted; its id.
+async fn bot_site_with_a_request() -> (Site, String) {
     let site = Site::with(bot_site_edit).await;
     site.command("U0DAN", &format!("request billing 1.4.2 prod {DIGEST}"))
         .await;
     let id = request_id_of(&site.slack.wait_count("chat.postMessage", 1).await[0]);
+    (site, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teams_action_submit_click_votes_and_an_unsigned_one_is_refused() {
+    let (site, id) = bot_site_with_a_request().await;
     let now = site.clock.now_secs();
     let submit = submit_activity("29:ada", "approve", &id);
 
     // an Action.Submit without a valid token: refused before it is read, nothing counted
     let forged = bot_jwt("some-other-bot", now + 600, SERVICE_URL);
-    let r = site
-        .http
-        .post(site.url("/teams/messages"))
-        .bearer_auth(forged)
-        .json(&submit)
-        .send()
-        .await
-        .unwrap();
+    let r = site.bot_post(forged, &submit).await;
     assert_eq!(r.status(), 401);
     assert!(site.audit().iter().all(|r| r["event"] != "vote"));
 
     // Ada's Action.Submit (a message activity whose value carries action and request): counted
     let r = site
-        .http
-        .post(site.url("/teams/messages"))
-        .bearer_auth(bot_jwt(BOT_APP_ID, now + 600, SERVICE_URL))
-        .json(&submit)
-        .send()
-        .await
-        .unwrap();
+        .bot_post(bot_jwt(BOT_APP_ID, now + 600, SERVICE_URL), &submit)
+        .await;
     assert_eq!(r.status(), 200);
-    let votes: Vec<Value> = site
-        .audit()
-        .into_iter()
-        .filter(|r| r["event"] == "vote")
-        .collect();
+    let votes = site.events("vote");
     assert_eq!(votes.len(), 1);
     assert_eq!(votes[0]["person"], "ada");
     assert_eq!(votes[0]["who"]["source"], "teams", "{}", votes[0]);
@@ -1728,13 +1773,8 @@ async fn teams_cards_posted_through_the_bot_connector_and_a_workflow_and_updated
     let act = buttons[0].clone();
     let invoke = execute_activity("29:ada", act["verb"].as_str().unwrap(), &id, SERVICE_URL);
     let r = site
-        .http
-        .post(site.url("/teams/messages"))
-        .bearer_auth(bot_jwt(BOT_APP_ID, now + 600, SERVICE_URL))
-        .json(&invoke)
-        .send()
-        .await
-        .unwrap();
+        .bot_post(bot_jwt(BOT_APP_ID, now + 600, SERVICE_URL), &invoke)
+        .await;
     assert_eq!(r.json::<Value>().await.unwrap()["value"], "Recorded.");
     let put_path = format!("{activities}/1:activity-1");
     let put = teams
@@ -1868,25 +1908,16 @@ async fn teams_jwks_by_url_is_cached_and_fetched_again_for_a_new_kid_at_most_onc
     site.command("U0DAN", &format!("request billing 1.4.2 prod {DIGEST}"))
         .await;
     let id = request_id_of(&site.slack.wait_count("chat.postMessage", 1).await[0]);
-    let token = |kid: &str, now: u64| {
-        let key = jsonwebtoken::EncodingKey::from_rsa_der(include_bytes!("teams-test-key.der"));
-        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-        h.kid = Some(kid.into());
-        let claims = json!({"iss": "https://api.botframework.com", "aud": BOT_APP_ID,
-                            "exp": now + 600, "serviceUrl": SERVICE_URL});
-        jsonwebtoken::encode(&h, &claims, &key).unwrap()
-    };
+    let token = |kid: &str, now: u64| bot_jwt_by(kid, BOT_APP_ID, now + 600, SERVICE_URL);
+    let site = &site;
     let send = |t: String, who: &str| {
-        site.http
-            .post(site.url("/teams/messages"))
-            .bearer_auth(t)
-            .json(&execute_activity(who, "approve", &id, SERVICE_URL))
-            .send()
+        let activity = execute_activity(who, "approve", &id, SERVICE_URL);
+        async move { site.bot_post(t, &activity).await }
     };
     let now = site.clock.now_secs();
 
     // a known kid: from the cache, no fetch
-    let r = send(token("test-key-1", now), "29:ada").await.unwrap();
+    let r = send(token("test-key-1", now), "29:ada").await;
     assert_eq!(r.status(), 200);
     assert_eq!(teams.count("/keys"), 1);
 
@@ -1895,7 +1926,7 @@ async fn teams_jwks_by_url_is_cached_and_fetched_again_for_a_new_kid_at_most_onc
     rotated["keys"][0]["kid"] = "test-key-2".into();
     *teams.jwks.lock().unwrap() = rotated;
     // an unknown kid within a minute of the last fetch: no fetch, refused
-    let r = send(token("test-key-2", now), "29:ada").await.unwrap();
+    let r = send(token("test-key-2", now), "29:ada").await;
     assert_eq!(r.status(), 401);
     assert!(r.text().await.unwrap().contains("not in the JWKS"));
     assert_eq!(teams.count("/keys"), 1, "at most once a minute");
@@ -1903,11 +1934,11 @@ async fn teams_jwks_by_url_is_cached_and_fetched_again_for_a_new_kid_at_most_onc
     // a minute later (adapter clock): the unknown kid makes one fetch, and the token is taken
     site.clock.advance(61);
     let now = site.clock.now_secs();
-    let r = send(token("test-key-2", now), "29:ada").await.unwrap();
+    let r = send(token("test-key-2", now), "29:ada").await;
     assert_eq!(r.status(), 200);
     assert_eq!(teams.count("/keys"), 2);
     // a forged kid right after: refused without another fetch
-    let r = send(token("made-up-kid", now), "29:ada").await.unwrap();
+    let r = send(token("made-up-kid", now), "29:ada").await;
     assert_eq!(r.status(), 401);
     assert_eq!(teams.count("/keys"), 2);
     println!(
