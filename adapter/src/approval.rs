@@ -19,6 +19,12 @@ use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// How long the id of a delivery from chat is remembered. Slack and the Teams webhook accept a delivery
+/// until 5 minutes after its timestamp, which may itself be 5 minutes ahead of the clock when it is
+/// first taken: 10 minutes cover every copy the signature window lets in; one more for clock steps.
+/// Slack's own retries (Events API, Socket Mode) come within this too.
+pub const DELIVERY_KEEP_SECS: u64 = 2 * crate::slack::signature::WINDOW_SECS + 60;
+
 /// What a chat driver must do after an engine call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -867,9 +873,25 @@ impl Engine {
         Ok(out)
     }
 
-    /// Take a Teams outgoing-webhook activity id once (persisted: a replay after a restart is refused).
-    pub fn take_activity(&self, id: &str, keep: u64) -> Result<bool> {
-        self.store().take_activity(id, self.clock.now(), keep)
+    /// Run `f` for a delivery from chat unless one with any of the same `ids` (Slack's trigger_id,
+    /// envelope_id or event_id, a Teams activity id: see `Store::take_delivery`) was taken within
+    /// `DELIVERY_KEEP_SECS`: `None` then, and `f` is not run. The ids are taken before `f` runs, so two
+    /// copies arriving at once run it once; they are persisted, so a copy after a restart is caught
+    /// too. If `f` fails the ids are given back, so that the platform's retry runs it.
+    pub fn once<T>(&self, ids: &[String], f: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
+        let now = self.clock.now();
+        if !self.store().take_delivery(ids, now, DELIVERY_KEEP_SECS)? {
+            return Ok(None);
+        }
+        match f() {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => {
+                if let Err(r) = self.store().release_delivery(ids) {
+                    tracing::error!("cannot give back the delivery ids {ids:?}: {r:#}");
+                }
+                Err(e)
+            }
+        }
     }
 
     pub fn teams_card(&self, request: &str, via: &str) -> Result<Option<(Option<String>, String)>> {

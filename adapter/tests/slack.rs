@@ -261,43 +261,16 @@ impl Site {
 
     /// `/deploy <text>` typed by `user`.
     async fn command(&self, user: &str, text: &str) -> Value {
-        let body = serde_urlencoded::to_string([
-            ("token", "deprecated-verification-token"),
-            ("team_id", "T0TEAM"),
-            ("channel_id", "C0DEV"),
-            ("user_id", user),
-            ("user_name", &user.to_lowercase()),
-            ("command", "/deploy"),
-            ("text", text),
-            (
-                "response_url",
-                "https://hooks.slack.com/commands/T0TEAM/1/x",
-            ),
-            ("trigger_id", "1.2.3"),
-        ])
-        .unwrap();
-        let r = self.slack_post("/slack/commands", body).await;
+        let r = self
+            .slack_post("/slack/commands", command_body(user, text, &trigger_id()))
+            .await;
         assert_eq!(r.status(), 200);
         r.json().await.unwrap()
     }
 
     /// A click on a button of the request's message, as a block_actions payload.
     async fn click(&self, user: &str, action: &str, request: &str) -> StatusCode {
-        let payload = json!({
-            "type": "block_actions",
-            "user": {"id": user, "username": user.to_lowercase(), "name": user.to_lowercase(), "team_id": "T0TEAM"},
-            "api_app_id": "A0APP",
-            "team": {"id": "T0TEAM", "domain": "test"},
-            "channel": {"id": "C0PROD", "name": "prod-deploys"},
-            "container": {"type": "message", "message_ts": "1800000000.000001", "channel_id": "C0PROD"},
-            "trigger_id": "1.2.3",
-            "response_url": "https://hooks.slack.com/actions/T0TEAM/1/x",
-            "actions": [{
-                "action_id": action, "block_id": "decision", "value": request,
-                "type": "button", "action_ts": "1800000000.1"
-            }]
-        });
-        let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
+        let body = click_body(user, action, request, &trigger_id());
         let r = self.slack_post("/slack/interactions", body).await;
         StatusCode::from_u16(r.status().as_u16()).unwrap()
     }
@@ -356,6 +329,14 @@ impl Site {
             .collect()
     }
 
+    /// The audit log's event names, in order.
+    fn event_names(&self) -> Vec<String> {
+        self.audit()
+            .iter()
+            .map(|r| r["event"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     fn refusals(&self) -> Vec<String> {
         self.audit()
             .iter()
@@ -363,6 +344,51 @@ impl Site {
             .map(|r| r["reason"].as_str().unwrap().to_string())
             .collect()
     }
+}
+
+/// A fresh trigger_id, as Slack makes one for every slash command and every click.
+fn trigger_id() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    format!("{n}.47445629121.{n:032x}")
+}
+
+/// The form Slack posts for `/deploy <text>` typed by `user`.
+fn command_body(user: &str, text: &str, trigger_id: &str) -> String {
+    serde_urlencoded::to_string([
+        ("token", "deprecated-verification-token"),
+        ("team_id", "T0TEAM"),
+        ("channel_id", "C0DEV"),
+        ("user_id", user),
+        ("user_name", &user.to_lowercase()),
+        ("command", "/deploy"),
+        ("text", text),
+        (
+            "response_url",
+            "https://hooks.slack.com/commands/T0TEAM/1/x",
+        ),
+        ("trigger_id", trigger_id),
+    ])
+    .unwrap()
+}
+
+/// The form Slack posts for a click on a button of the request's message (a block_actions payload).
+fn click_body(user: &str, action: &str, request: &str, trigger_id: &str) -> String {
+    let payload = json!({
+        "type": "block_actions",
+        "user": {"id": user, "username": user.to_lowercase(), "name": user.to_lowercase(), "team_id": "T0TEAM"},
+        "api_app_id": "A0APP",
+        "team": {"id": "T0TEAM", "domain": "test"},
+        "channel": {"id": "C0PROD", "name": "prod-deploys"},
+        "container": {"type": "message", "message_ts": "1800000000.000001", "channel_id": "C0PROD"},
+        "trigger_id": trigger_id,
+        "response_url": "https://hooks.slack.com/actions/T0TEAM/1/x",
+        "actions": [{
+            "action_id": action, "block_id": "decision", "value": request,
+            "type": "button", "action_ts": "1800000000.1"
+        }]
+    });
+    serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
 }
 
 trait Now {
@@ -679,11 +705,7 @@ async fn deadline_reminds_escalates_in_order_then_rejects() {
     site.click("U0BOB", "approve", &id).await;
     assert_eq!(site.refusals(), ["closed"]);
 
-    let events: Vec<String> = site
-        .audit()
-        .iter()
-        .map(|r| r["event"].as_str().unwrap().to_string())
-        .collect();
+    let events = site.event_names();
     assert_eq!(
         events,
         [
@@ -812,6 +834,68 @@ async fn unsigned_stale_future_and_tampered_requests_are_refused_before_parsing(
         .filter(|r| r["event"] == "request")
         .count();
     assert_eq!(requests, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_command_or_click_delivered_twice_is_taken_once_even_after_a_restart() {
+    let mut site = Site::new().await;
+    // the same signed bytes (same timestamp: the clock does not move) sent twice: one request
+    let command = command_body(
+        "U0DAN",
+        &format!("request billing 1.4.2 prod {DIGEST}"),
+        &trigger_id(),
+    );
+    let first = site.slack_post("/slack/commands", command.clone()).await;
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    assert!(first["text"]
+        .as_str()
+        .unwrap()
+        .contains("posted in <#C0PROD>"));
+    let again = site.slack_post("/slack/commands", command.clone()).await;
+    assert_eq!(
+        again.status(),
+        200,
+        "Slack expects 200 for a delivery made before"
+    );
+    let again: Value = again.json().await.unwrap();
+    assert!(
+        again["text"].as_str().unwrap().contains("already received"),
+        "{again}"
+    );
+    let id = request_id_of(&site.slack.wait_count("chat.postMessage", 1).await[0]);
+    assert_eq!(site.events("request").len(), 1);
+
+    // Ada's click, delivered twice: one vote, and no "already voted" refusal or message for the copy
+    let click = click_body("U0ADA", "approve", &id, &trigger_id());
+    for _ in 0..2 {
+        let r = site.slack_post("/slack/interactions", click.clone()).await;
+        assert_eq!(r.status(), 200);
+    }
+    site.slack.wait_count("chat.update", 1).await;
+    assert_eq!(site.events("vote").len(), 1);
+
+    // killed and started again, still inside the signature window: both copies are known
+    site.restart().await;
+    let r = site.slack_post("/slack/commands", command.clone()).await;
+    assert_eq!(r.status(), 200);
+    let r = site.slack_post("/slack/interactions", click.clone()).await;
+    assert_eq!(r.status(), 200);
+    // the same command typed again is a new delivery (new trigger_id): a second request
+    site.command("U0DAN", &format!("request billing 1.4.2 prod {DIGEST}"))
+        .await;
+    site.slack.wait_count("chat.postMessage", 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(site.events("request").len(), 2);
+    assert_eq!(site.events("vote").len(), 1);
+    assert!(site.refusals().is_empty(), "{:?}", site.refusals());
+    assert!(site.slack.of("chat.postEphemeral").is_empty());
+    println!(
+        "after a restart: {} request(s), {} vote(s), {} refusal(s)",
+        site.events("request").len(),
+        site.events("vote").len(),
+        site.refusals().len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1060,12 +1144,67 @@ async fn socket_mode_two_of_three_with_retry_deduplicated_and_reconnect() {
     // the duplicates never reached the engine: no "already voted" refusal, no ephemeral message
     assert!(site.refusals().is_empty(), "{:?}", site.refusals());
     assert!(site.slack.of("chat.postEphemeral").is_empty());
-    let events: Vec<String> = site
-        .audit()
-        .iter()
-        .map(|r| r["event"].as_str().unwrap().to_string())
-        .collect();
+    let events = site.event_names();
     assert_eq!(events, ["request", "vote", "vote", "emit"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_mode_envelope_retried_after_a_restart_is_handled_once() {
+    let (ws_url, mut conns) = socket_server().await;
+    let mut site = Site::with(|cfg| {
+        let slack = cfg["slack"].as_table_mut().unwrap();
+        slack.insert("app_token".into(), "file:secrets/slack-app-token".into());
+        slack.remove("signing_secret");
+    })
+    .await;
+    *site.slack.ws_url.lock().unwrap() = ws_url;
+    let mut ws = conns.recv().await.unwrap();
+    ws_send(&mut ws, hello()).await;
+    let command = json!({"envelope_id": "env-cmd", "type": "slash_commands",
+        "accepts_response_payload": true, "retry_attempt": 0, "retry_reason": "",
+        "payload": {"team_id": "T0TEAM", "channel_id": "C0DEV", "user_id": "U0DAN",
+                    "user_name": "dan", "command": "/deploy", "trigger_id": "13345224609.738474920.8088930838d88f008e0",
+                    "text": format!("request billing 1.4.2 prod {DIGEST}")}});
+    ws_send(&mut ws, command.clone()).await;
+    assert_eq!(ws_recv(&mut ws).await["envelope_id"], "env-cmd");
+    let id = request_id_of(&site.slack.wait_count("chat.postMessage", 1).await[0]);
+    ws_send(&mut ws, click_envelope("env-ada", 0, "U0ADA", &id)).await;
+    assert_eq!(ws_recv(&mut ws).await, json!({"envelope_id": "env-ada"}));
+
+    // the adapter is killed before Slack saw the acks, and Slack retries both on the new connection
+    site.restart().await;
+    let mut ws = tokio::time::timeout(Duration::from_secs(15), conns.recv())
+        .await
+        .expect("the adapter did not connect again")
+        .unwrap();
+    ws_send(&mut ws, hello()).await;
+    let mut retried = command.clone();
+    retried["retry_attempt"] = 1.into();
+    retried["retry_reason"] = "timeout".into();
+    ws_send(&mut ws, retried).await;
+    assert_eq!(ws_recv(&mut ws).await, json!({"envelope_id": "env-cmd"}));
+    ws_send(&mut ws, click_envelope("env-ada", 1, "U0ADA", &id)).await;
+    assert_eq!(ws_recv(&mut ws).await, json!({"envelope_id": "env-ada"}));
+    // an Events API retry: a new envelope, the same event_id
+    for (env, retry) in [("env-ev-1", 0), ("env-ev-2", 1)] {
+        ws_send(
+            &mut ws,
+            json!({"envelope_id": env, "type": "events_api", "accepts_response_payload": false,
+                   "retry_attempt": retry, "retry_reason": "",
+                   "payload": {"event_id": "Ev02", "type": "event_callback", "event": {"type": "app_mention"}}}),
+        )
+        .await;
+        assert_eq!(ws_recv(&mut ws).await, json!({"envelope_id": env}));
+    }
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(site.slack.of("chat.postMessage").len(), 1);
+    let events = site.event_names();
+    assert_eq!(
+        events,
+        ["request", "vote"],
+        "the retries must not run again"
+    );
 }
 
 // ---- Teams outgoing webhook ---------------------------------------------------------------------------
