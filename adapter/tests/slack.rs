@@ -899,6 +899,89 @@ async fn a_signed_command_or_click_delivered_twice_is_taken_once_even_after_a_re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_commands_from_a_stranger_make_two_audit_records_and_an_approvers_actions_all_theirs(
+) {
+    // [stranger_refusals] as adapter.example.toml has it: one in full per person per 10 minutes
+    let site = Site::new().await;
+    site.command("U0DAN", &format!("request billing 1.4.2 prod {DIGEST}"))
+        .await;
+    let id = request_id_of(&site.slack.wait_count("chat.postMessage", 1).await[0]);
+    let of_nobody = |site: &Site| -> Vec<Value> {
+        site.audit()
+            .into_iter()
+            .filter(|r| r["who"]["user"] == "U0NOBODY")
+            .collect()
+    };
+
+    // someone in the workspace but not in [people]: requests to prod, to an environment that does not
+    // exist, and clicks on the request; every one is answered with its refusal
+    for i in 0..1000 {
+        let env = if i % 2 == 0 { "prod" } else { "nowhere" };
+        let answer = site
+            .command(
+                "U0NOBODY",
+                &format!("request billing 1.4.{i} {env} {DIGEST}"),
+            )
+            .await;
+        let text = answer["text"].as_str().unwrap();
+        assert!(text.starts_with("Request refused"), "{text}");
+    }
+    for _ in 0..20 {
+        assert_eq!(site.click("U0NOBODY", "approve", &id).await, StatusCode::OK);
+    }
+    site.slack.wait_count("chat.postEphemeral", 20).await;
+    let records = of_nobody(&site);
+    assert_eq!(records.len(), 1, "one refusal in full per interval");
+    assert_eq!(records[0]["event"], "refused");
+    assert_eq!(records[0]["reason"], "not_member");
+
+    // Eve (in the policy, no approver role) is refused twice: both recorded; Ada and Bob approve
+    site.click("U0EVE", "approve", &id).await;
+    site.click("U0EVE", "approve", &id).await;
+    site.click("U0ADA", "approve", &id).await;
+    site.click("U0BOB", "approve", &id).await;
+    site.slack.update_with("Approved").await;
+
+    // the interval ends: the next tick writes one summary of the rest
+    site.clock.advance(600);
+    site.tick();
+    let records = of_nobody(&site);
+    assert_eq!(records.len(), 2, "{records:#?}");
+    let summary = &records[1];
+    assert_eq!(summary["event"], "refusals_suppressed");
+    assert_eq!(summary["count"], 1019, "{summary}");
+    assert_eq!(summary["from"], T0);
+    assert_eq!(summary["until"], T0 + 600);
+    println!("{}", summary["message"]);
+
+    let others: Vec<String> = site
+        .audit()
+        .iter()
+        .filter(|r| r["who"]["user"] != "U0NOBODY")
+        .map(|r| match r["reason"].as_str() {
+            Some(reason) => format!("refused:{reason}"),
+            None => r["event"].as_str().unwrap().to_string(),
+        })
+        .collect();
+    assert_eq!(
+        others,
+        [
+            "request",
+            "refused:not_approver",
+            "refused:not_approver",
+            "vote",
+            "vote",
+            "emit"
+        ]
+    );
+
+    // the next interval starts with one in full again
+    site.command("U0NOBODY", &format!("request billing 9.9.9 prod {DIGEST}"))
+        .await;
+    assert_eq!(of_nobody(&site).len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limited_calls_wait_for_retry_after() {
     let site = Site::new().await;
     site.slack.throttle.store(1, Ordering::SeqCst);
