@@ -7,6 +7,7 @@
 use crate::clock::Clock;
 use crate::emit;
 use crate::policy::{self, Due, Environment, Person, Policy, Source};
+use crate::refusal_limit::{RefusalLimit, Stranger, Summary, Verdict};
 use crate::store::{Request, Status, Store, Vote};
 use anyhow::{anyhow, Context, Result};
 use diode_host::audit::AuditLog;
@@ -18,6 +19,12 @@ use diode_proto::request::SignedRequest;
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// How long the id of a delivery from chat is remembered. Slack and the Teams webhook accept a delivery
+/// until 5 minutes after its timestamp, which may itself be 5 minutes ahead of the clock when it is
+/// first taken: 10 minutes cover every copy the signature window lets in; one more for clock steps.
+/// Slack's own retries (Events API, Socket Mode) come within this too.
+pub const DELIVERY_KEEP_SECS: u64 = 2 * crate::slack::signature::WINDOW_SECS + 60;
 
 /// What a chat driver must do after an engine call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +193,8 @@ pub struct Engine {
     policy: Policy,
     store: Mutex<Store>,
     audit: AuditLog,
+    /// How many refusals of people outside the policy are audited one by one.
+    refusals: Mutex<RefusalLimit>,
     key: SigningKey,
     outbox: PathBuf,
     clock: Arc<dyn Clock>,
@@ -222,11 +231,13 @@ impl Engine {
         key: SigningKey,
         outbox: PathBuf,
         clock: Arc<dyn Clock>,
+        refusals: RefusalLimit,
     ) -> Engine {
         Engine {
             policy,
             store: Mutex::new(store),
             audit,
+            refusals: Mutex::new(refusals),
             key,
             outbox,
             clock,
@@ -253,13 +264,26 @@ impl Engine {
             .with_context(|| format!("cannot write the audit log {}", self.audit.path().display()))
     }
 
+    /// Audit a refusal, unless `stranger` (someone outside the policy) has had theirs recorded in
+    /// full for this interval already: then it is counted into the interval's summary. The refusal is
+    /// returned either way, for the person to be told.
     fn refuse(
         &self,
         action: &str,
         request: Option<&str>,
         who: Value,
+        stranger: Option<Stranger>,
         r: Refusal,
     ) -> Result<Refusal> {
+        if let Some(s) = stranger {
+            let (ended, verdict) = self.refusal_limit().refusal(&s, self.clock.now());
+            if let Some(ended) = ended {
+                self.summarise(&ended)?;
+            }
+            if verdict == Verdict::Count {
+                return Ok(r);
+            }
+        }
         let mut f = Map::new();
         f.insert("action".into(), action.into());
         if let Some(id) = request {
@@ -270,6 +294,41 @@ impl Engine {
         f.insert("message".into(), r.to_string().into());
         self.audit("refused", f)?;
         Ok(r)
+    }
+
+    fn refusal_limit(&self) -> MutexGuard<'_, RefusalLimit> {
+        // counts only: whatever a panic left half-done is harmless
+        self.refusals.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Someone acting in chat whom the policy does not know.
+    fn stranger(&self, source: Source, user_id: &str) -> Option<Stranger> {
+        self.policy
+            .by_user(source, user_id)
+            .is_none()
+            .then(|| (source, user_id.to_string()))
+    }
+
+    /// The one record for the refusals of a stranger counted in an interval.
+    fn summarise(&self, s: &Summary) -> Result<()> {
+        let (source, user) = &s.who;
+        let mut f = Map::new();
+        f.insert("who".into(), json!({"source": source.word(), "user": user}));
+        f.insert("count".into(), s.count.into());
+        f.insert("from".into(), s.from.into());
+        f.insert("until".into(), s.until.into());
+        f.insert(
+            "message".into(),
+            format!(
+                "{} more refusal(s) of {} user {user}, who is not in the policy, suppressed between {} and {}",
+                s.count,
+                source.word(),
+                rfc3339(s.from),
+                rfc3339(s.until)
+            )
+            .into(),
+        );
+        self.audit("refusals_suppressed", f)
     }
 
     /// A new deployment request. Outer error: the adapter failed (disk, database); inner: refused.
@@ -291,7 +350,7 @@ impl Engine {
         let now = self.clock.now();
         let refused =
             |id: Option<&str>, who: Value, r: Refusal| -> Result<Result<Taken, Refusal>> {
-                Ok(Err(self.refuse("signed_request", id, who, r)?))
+                Ok(Err(self.refuse("signed_request", id, who, None, r)?))
             };
         let s = match SignedRequest::parse(bytes) {
             Ok(s) => s,
@@ -410,7 +469,17 @@ impl Engine {
             }
             Err(r) => {
                 let id = reason.is_some().then_some(id);
-                Ok(Err(self.refuse("request", id.as_deref(), who_json, r)?))
+                let stranger = match &who {
+                    Requester::Chat(a) => self.stranger(a.source, &a.user_id),
+                    _ => None,
+                };
+                Ok(Err(self.refuse(
+                    "request",
+                    id.as_deref(),
+                    who_json,
+                    stranger,
+                    r,
+                )?))
             }
         }
     }
@@ -519,7 +588,8 @@ impl Engine {
         let (req, env, person, roles) = match checked? {
             Ok(v) => v,
             Err(r) => {
-                let r = self.refuse(&decision.to_string(), Some(request_id), who, r)?;
+                let stranger = self.stranger(actor.source, &actor.user_id);
+                let r = self.refuse(&decision.to_string(), Some(request_id), who, stranger, r)?;
                 let mut out = Outcome::default();
                 if let Some(channel) = &actor.channel {
                     out.effects.push(Effect::Ephemeral {
@@ -743,8 +813,12 @@ impl Engine {
 
     /// Reminders, escalations and deadlines due now, and messages not yet in step with the state.
     pub fn tick(&self) -> Result<Vec<Effect>> {
-        let mut store = self.store();
         let now = self.clock.now();
+        let summaries = self.refusal_limit().due(now);
+        for s in &summaries {
+            self.summarise(s)?;
+        }
+        let mut store = self.store();
         let mut effects = Vec::new();
         for req in store.pending()? {
             let Some(env) = self.policy.environments.get(&req.environment) else {
@@ -867,9 +941,25 @@ impl Engine {
         Ok(out)
     }
 
-    /// Take a Teams outgoing-webhook activity id once (persisted: a replay after a restart is refused).
-    pub fn take_activity(&self, id: &str, keep: u64) -> Result<bool> {
-        self.store().take_activity(id, self.clock.now(), keep)
+    /// Run `f` for a delivery from chat unless one with any of the same `ids` (Slack's trigger_id,
+    /// envelope_id or event_id, a Teams activity id: see `Store::take_delivery`) was taken within
+    /// `DELIVERY_KEEP_SECS`: `None` then, and `f` is not run. The ids are taken before `f` runs, so two
+    /// copies arriving at once run it once; they are persisted, so a copy after a restart is caught
+    /// too. If `f` fails the ids are given back, so that the platform's retry runs it.
+    pub fn once<T>(&self, ids: &[String], f: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
+        let now = self.clock.now();
+        if !self.store().take_delivery(ids, now, DELIVERY_KEEP_SECS)? {
+            return Ok(None);
+        }
+        match f() {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => {
+                if let Err(r) = self.store().release_delivery(ids) {
+                    tracing::error!("cannot give back the delivery ids {ids:?}: {r:#}");
+                }
+                Err(e)
+            }
+        }
     }
 
     pub fn teams_card(&self, request: &str, via: &str) -> Result<Option<(Option<String>, String)>> {

@@ -36,6 +36,9 @@ pub struct Config {
     /// The audit log's journey through the diode (`audit_ship`).
     #[serde(default)]
     pub audit_shipping: crate::audit_ship::Shipping,
+    /// How many refusals of people outside the policy are audited one by one (`refusal_limit`).
+    #[serde(default)]
+    pub stranger_refusals: crate::refusal_limit::Config,
     /// The people who may request, approve or reject, by a short key (e.g. `ada`).
     #[serde(default)]
     pub people: BTreeMap<String, PersonConfig>,
@@ -292,6 +295,9 @@ impl Config {
             .with_context(|| format!("default_validity in {}", path.display()))?;
         c.audit_shipping
             .check()
+            .with_context(|| format!("config {}", path.display()))?;
+        c.stranger_refusals
+            .interval_secs()
             .with_context(|| format!("config {}", path.display()))?;
         c.base = base;
         Ok(c)

@@ -11,6 +11,7 @@ pub mod emit;
 pub mod pipeline;
 pub mod policy;
 pub mod rate_limit;
+pub mod refusal_limit;
 pub mod reverse;
 pub mod secret;
 pub mod server;

@@ -168,6 +168,7 @@ pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Running> {
         key,
         cfg.outbox.clone(),
         clock,
+        crate::refusal_limit::RefusalLimit::from_config(&cfg.stranger_refusals)?,
     ));
     let (tx, rx) = mpsc::unbounded_channel();
     let app = Arc::new(App {

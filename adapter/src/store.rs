@@ -99,7 +99,7 @@ CREATE TABLE IF NOT EXISTS votes (
     PRIMARY KEY (request_id, person)
 );
 CREATE INDEX IF NOT EXISTS requests_status ON requests(status);
-CREATE TABLE IF NOT EXISTS teams_activities (id TEXT PRIMARY KEY, at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS deliveries (id TEXT PRIMARY KEY, at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS teams_cards (
     request_id TEXT NOT NULL REFERENCES requests(id), via TEXT NOT NULL,
     activity_id TEXT, shown TEXT NOT NULL,
@@ -158,6 +158,13 @@ impl Store {
             db.execute_batch("ALTER TABLE requests ADD COLUMN reason TEXT")
                 .with_context(|| format!("cannot add requests.reason to {}", path.display()))?;
         }
+        // a database from before every chat delivery was taken once: its Teams activity ids carry over
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS teams_activities (id TEXT PRIMARY KEY, at INTEGER NOT NULL);
+             INSERT OR IGNORE INTO deliveries (id, at) SELECT 'teams:' || id, at FROM teams_activities;
+             DROP TABLE teams_activities;",
+        )
+        .with_context(|| format!("cannot move teams_activities into deliveries in {}", path.display()))?;
         Ok(Store { db })
     }
 
@@ -295,18 +302,39 @@ impl Store {
         Ok(())
     }
 
-    /// Take a Teams activity id once: false if it was taken within `keep` seconds before `now` (a
-    /// replay). Older ids are forgotten; the activity's own timestamp window refuses them anyway.
-    pub fn take_activity(&self, id: &str, now: u64, keep: u64) -> Result<bool> {
-        self.db.execute(
-            "DELETE FROM teams_activities WHERE at < ?1",
+    /// Take a delivery from chat once, by every identity it carries (`ids`, each prefixed with what
+    /// it is, e.g. `slack-trigger:`): false, and nothing recorded, if any of them was taken within
+    /// `keep` seconds before `now` (a replay or a retry). Older ids are forgotten; the signature or
+    /// timestamp window refuses such old deliveries anyway.
+    pub fn take_delivery(&mut self, ids: &[String], now: u64, keep: u64) -> Result<bool> {
+        let tx = self.db.transaction()?;
+        tx.execute(
+            "DELETE FROM deliveries WHERE at < ?1",
             [now.saturating_sub(keep) as i64],
         )?;
-        let n = self.db.execute(
-            "INSERT OR IGNORE INTO teams_activities (id, at) VALUES (?1, ?2)",
-            params![id, now as i64],
-        )?;
-        Ok(n == 1)
+        let mut taken = 0;
+        for id in ids {
+            taken += tx.execute(
+                "INSERT OR IGNORE INTO deliveries (id, at) VALUES (?1, ?2)",
+                params![id, now as i64],
+            )?;
+        }
+        if taken < ids.len() {
+            // rolled back on drop: none of its ids is recorded by this attempt
+            return Ok(false);
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Forget a delivery taken by `take_delivery`, so that it can be run again (it failed before
+    /// anything of it was recorded).
+    pub fn release_delivery(&self, ids: &[String]) -> Result<()> {
+        for id in ids {
+            self.db
+                .execute("DELETE FROM deliveries WHERE id = ?1", [id])?;
+        }
+        Ok(())
     }
 
     /// The Teams card of a request posted `via` the Bot Connector or a Workflow: (activity id, once the
@@ -342,26 +370,69 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// A state database as an older adapter left it: its schema, and one row.
+    fn older_database(path: &Path, schema: &str, row: &str) {
+        let db = Connection::open(path).unwrap();
+        db.execute_batch(schema).unwrap();
+        db.execute(row, []).unwrap();
+    }
+
     #[test]
     fn a_database_from_before_reasons_gets_the_column_and_keeps_its_rows() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("chat.sqlite");
-        {
-            let db = Connection::open(&path).unwrap();
-            db.execute_batch(&SCHEMA.replace(", reason TEXT", ""))
-                .unwrap();
-            db.execute(
-                "INSERT INTO requests (id, app, version, environment, digest, requester, requester_name, \
-                 source, created_at, deadline_at, status, envelope_id, channel) \
-                 VALUES ('req-1', 'a', '1', 'prod', 'd', 'U1', 'U', 'slack', 1, 2, 'pending', 'e1', 'C')",
-                [],
-            )
-            .unwrap();
-        }
+        older_database(
+            &path,
+            &SCHEMA.replace(", reason TEXT", ""),
+            "INSERT INTO requests (id, app, version, environment, digest, requester, requester_name, \
+             source, created_at, deadline_at, status, envelope_id, channel) \
+             VALUES ('req-1', 'a', '1', 'prod', 'd', 'U1', 'U', 'slack', 1, 2, 'pending', 'e1', 'C')",
+        );
         let store = Store::open(&path).unwrap();
         let r = store.get("req-1").unwrap().unwrap();
         assert_eq!((r.app.as_str(), r.reason), ("a", None));
         // and again: the column is there now
+        drop(store);
+        Store::open(&path).unwrap();
+    }
+
+    #[test]
+    fn a_delivery_is_taken_once_by_any_of_its_ids_and_teams_ids_survive_the_upgrade() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("chat.sqlite");
+        // a database from before the delivery log, holding a Teams activity id taken at 1000
+        older_database(
+            &path,
+            &SCHEMA.replace("deliveries", "teams_activities"),
+            "INSERT INTO teams_activities (id, at) VALUES ('act-1', 1000)",
+        );
+        let mut store = Store::open(&path).unwrap();
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(!store
+            .take_delivery(&ids(&["teams:act-1"]), 1010, 660)
+            .unwrap());
+        // an envelope retried with a new id but the same event id is the same delivery; its new id is
+        // not recorded by the refused attempt
+        assert!(store
+            .take_delivery(&ids(&["slack-envelope:e1", "slack-event:Ev1"]), 1010, 660)
+            .unwrap());
+        assert!(!store
+            .take_delivery(&ids(&["slack-envelope:e2", "slack-event:Ev1"]), 1020, 660)
+            .unwrap());
+        assert!(store
+            .take_delivery(&ids(&["slack-envelope:e2"]), 1020, 660)
+            .unwrap());
+        // given back after a failure: taken again
+        store
+            .release_delivery(&ids(&["slack-envelope:e2"]))
+            .unwrap();
+        assert!(store
+            .take_delivery(&ids(&["slack-envelope:e2"]), 1030, 660)
+            .unwrap());
+        // forgotten once older than `keep`
+        assert!(store
+            .take_delivery(&ids(&["teams:act-1"]), 1000 + 661, 660)
+            .unwrap());
         drop(store);
         Store::open(&path).unwrap();
     }

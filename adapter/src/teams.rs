@@ -8,8 +8,8 @@
 //! <digest>`, the mention stripped) is a deployment request by the Teams user (`from.aadObjectId`, else
 //! `from.id`) and goes to the same engine as a Slack slash command; the answer is a message activity.
 //!
-//! Replay ids are kept in the SQLite state for twice the window, so a replay after a restart is
-//! refused by its id too.
+//! Activity ids are taken once through the engine's delivery log (`Engine::once`, kept in the SQLite
+//! state for twice the window and a minute), so a replay after a restart is refused by its id too.
 
 use crate::approval::{Actor, Effect, NewRequest, Requester};
 use crate::policy::Source;
@@ -86,7 +86,7 @@ impl Webhook {
     }
 
     /// HMAC, then (only then parsing) the timestamp window. The replay guard (the id) is the caller's,
-    /// against the persisted ids (`Engine::take_activity`).
+    /// against the persisted delivery ids (`Engine::once`).
     pub fn verify(
         &self,
         authorization: Option<&str>,
@@ -173,31 +173,40 @@ pub async fn webhook(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
     };
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
     let a = match hook.verify(auth, &body, app.engine.now()) {
-        Ok(a) => match app.engine.take_activity(&a.id, 2 * WINDOW_SECS) {
-            Ok(true) => a,
-            Ok(false) => return refused(WebhookError::Replayed(a.id)),
-            Err(e) => {
-                tracing::error!("{e:#}");
-                return (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the adapter could not record this; see its log",
-                )
-                    .into_response();
-            }
-        },
+        Ok(a) => a,
         Err(e) => return refused(e),
     };
+    let id = a.id.clone();
+    match app
+        .engine
+        .once(&[format!("teams:{id}")], || answer(&app, a))
+    {
+        Ok(Some(r)) => r,
+        Ok(None) => refused(WebhookError::Replayed(id)),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the adapter could not record this; see its log",
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The answer to an activity taken: a request, or the usage. Err: the adapter failed.
+fn answer(app: &App, a: Activity) -> anyhow::Result<Response> {
     let text = strip_mentions(&a.text).replace("&nbsp;", " ");
     let words: Vec<&str> = text.split_whitespace().collect();
     let [verb, app_name, version, env, digest] = words[..] else {
-        return reply(USAGE.into());
+        return Ok(reply(USAGE.into()));
     };
     if verb != "request" {
-        return reply(USAGE.into());
+        return Ok(reply(USAGE.into()));
     }
     let who = Requester::Chat(Actor {
         source: Source::Teams,
-        user_id: teams_user(&app, &a.from),
+        user_id: teams_user(app, &a.from),
         name: a.from.name,
         channel: a.conversation.map(|c| c.id),
     });
@@ -207,17 +216,9 @@ pub async fn webhook(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
         environment: env.into(),
         digest: digest.into(),
     };
-    match app.engine.request(who, new) {
-        Err(e) => {
-            tracing::error!("{e:#}");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the adapter could not record this; see its log",
-            )
-                .into_response()
-        }
-        Ok(Err(refusal)) => reply(format!("Request refused: {refusal}.")),
-        Ok(Ok(req)) => {
+    Ok(match app.engine.request(who, new)? {
+        Err(refusal) => reply(format!("Request refused: {refusal}.")),
+        Ok(req) => {
             app.push(Effect::Post {
                 request: req.id.clone(),
             });
@@ -226,7 +227,7 @@ pub async fn webhook(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
                 req.id, req.app, req.version, req.environment
             ))
         }
-    }
+    })
 }
 
 #[cfg(test)]

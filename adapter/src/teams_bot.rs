@@ -4,13 +4,18 @@
 //! `value.action` and `value.request`).
 //!
 //! Before anything in the activity is acted on, the Bot Framework JWT in `Authorization: Bearer` is
-//! validated with `jsonwebtoken`: RS256 only, signature against the key of its `kid` from the
+//! validated as "Authentication with the Bot Connector API" (Bot Service docs, "Connector to your
+//! bot") requires, with `jsonwebtoken`: RS256 only, signature against the key of its `kid` from the
 //! configured JWKS file or URL (cached; fetched again for an unknown `kid`, at most once a
-//! minute), issuer `https://api.botframework.com`, audience the configured app id, expiry
-//! (against the adapter's clock, 5 minutes leeway), and the `serviceUrl` claim equal to the activity's
-//! `serviceUrl`. The Teams user (`from.aadObjectId` if a person has it, else `from.id`) is matched
-//! against the policy and the click goes through the engine as a Slack click does. Action.Execute is
-//! answered with an invoke response carrying the outcome as a message.
+//! minute), issuer `https://api.botframework.com`, audience the configured app id, expiry and
+//! not-before (against the adapter's clock, 5 minutes leeway), the `serviceUrl` claim equal to the
+//! activity's `serviceUrl` (401 otherwise); then the activity's `channelId` must be `msteams` and the
+//! signing key's `endorsements` must include it (403 otherwise). The same bot answers Web Chat and
+//! Direct Line, whose clients choose `from.id` themselves: only the channel id, set by the Bot
+//! Connector and vouched for by the key's endorsement, says that Teams named the user. The Teams user
+//! (`from.aadObjectId` if a person has it, else `from.id`) is matched against the policy and the click
+//! goes through the engine as a Slack click does. Action.Execute is answered with an invoke response
+//! carrying the outcome as a message.
 
 use crate::approval::Actor;
 use crate::policy::Source;
@@ -22,7 +27,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use diode_proto::envelope::Decision;
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -30,6 +35,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub const ISSUER: &str = "https://api.botframework.com";
+/// The one channel whose activities may vote: Teams names the user, Web Chat's and Direct Line's
+/// clients name themselves.
+pub const CHANNEL: &str = "msteams";
 const LEEWAY_SECS: u64 = 300;
 
 /// Where the Bot Framework's signing keys come from.
@@ -44,8 +52,31 @@ enum KeySource {
     },
 }
 
+/// A signing key as the Bot Framework's JWKS publishes it: the JWK and, beside it, the channels the
+/// key is endorsed for (a field of its own that `Jwk` does not keep).
+struct BotKey {
+    jwk: Jwk,
+    endorsements: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Endorsed {
+    #[serde(default)]
+    endorsements: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct KeySet {
+    keys: Vec<Value>,
+}
+
+fn find<'a>(keys: &'a [BotKey], kid: &str) -> Option<&'a BotKey> {
+    keys.iter()
+        .find(|k| k.jwk.common.key_id.as_deref() == Some(kid))
+}
+
 struct KeyCache {
-    keys: JwkSet,
+    keys: Vec<BotKey>,
     /// Adapter clock time of the last fetch (tried, whether or not it worked).
     fetched_at: Option<u64>,
 }
@@ -70,13 +101,65 @@ struct Claims {
     service_url: Option<String>,
 }
 
-fn parse_jwks(text: &str, from: &str) -> Result<JwkSet> {
-    let keys: JwkSet =
+fn parse_jwks(text: &str, from: &str) -> Result<Vec<BotKey>> {
+    let set: KeySet =
         serde_json::from_str(text).with_context(|| format!("{from} is not a JWKS"))?;
-    if keys.keys.is_empty() {
+    if set.keys.is_empty() {
         bail!("{from} holds no keys");
     }
-    Ok(keys)
+    set.keys
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let jwk = Jwk::deserialize(v)
+                .with_context(|| format!("{from}: key {} is not a JWK", i + 1))?;
+            let Endorsed { endorsements } = Endorsed::deserialize(v).with_context(|| {
+                format!(
+                    "{from}: key {}: endorsements is not a list of channel ids",
+                    i + 1
+                )
+            })?;
+            Ok(BotKey { jwk, endorsements })
+        })
+        .collect()
+}
+
+/// What a valid token proves: the key that signed it and the channels that key may vouch for.
+#[derive(Debug)]
+pub struct Verified {
+    kid: String,
+    endorsements: Vec<String>,
+}
+
+/// Why an activity with a valid token is still not acted on (403).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Forbidden {
+    #[error("the activity's channelId is {0:?}, not {CHANNEL:?}: only Teams activities may vote")]
+    Channel(String),
+    #[error("signing key {kid} is not endorsed for channel {channel:?} (its endorsements: {endorsements:?})")]
+    NotEndorsed {
+        kid: String,
+        channel: String,
+        endorsements: Vec<String>,
+    },
+}
+
+impl Verified {
+    /// May an activity of channel `channel_id` be acted on? Only a Teams one, under a key endorsed for
+    /// Teams.
+    pub fn admit(&self, channel_id: &str) -> Result<(), Forbidden> {
+        if channel_id != CHANNEL {
+            return Err(Forbidden::Channel(channel_id.to_string()));
+        }
+        if !self.endorsements.iter().any(|e| e == channel_id) {
+            return Err(Forbidden::NotEndorsed {
+                kid: self.kid.clone(),
+                channel: channel_id.to_string(),
+                endorsements: self.endorsements.clone(),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Bot {
@@ -108,7 +191,7 @@ impl Bot {
                 http,
             },
             cache: tokio::sync::Mutex::new(KeyCache {
-                keys: JwkSet { keys: Vec::new() },
+                keys: Vec::new(),
                 fetched_at: None,
             }),
         };
@@ -143,41 +226,39 @@ impl Bot {
         .await;
         match got {
             Ok(keys) => {
-                tracing::info!(
-                    "{} Bot Framework key(s) fetched from {url}",
-                    keys.keys.len()
-                );
+                tracing::info!("{} Bot Framework key(s) fetched from {url}", keys.len());
                 cache.keys = keys;
             }
             Err(e) => tracing::error!("{e:#}"),
         }
     }
 
-    /// The key `kid`, refreshing the cache from the URL when it lacks it (rate-limited) or is old.
-    async fn key(&self, kid: &str, now: u64) -> Result<DecodingKey> {
+    /// The key `kid` and the channels it is endorsed for, refreshing the cache from the URL when it
+    /// lacks the key (rate-limited) or is old.
+    async fn key(&self, kid: &str, now: u64) -> Result<(DecodingKey, Vec<String>)> {
         let mut cache = self.cache.lock().await;
         if matches!(self.source, KeySource::Url { .. }) {
             let since = cache.fetched_at.map(|t| now.saturating_sub(t));
             let may_fetch = since.is_none_or(|s| s >= JWKS_MIN_REFRESH_SECS);
             let stale = since.is_none_or(|s| s >= JWKS_MAX_AGE_SECS);
-            if may_fetch && (stale || cache.keys.find(kid).is_none()) {
+            if may_fetch && (stale || find(&cache.keys, kid).is_none()) {
                 self.refresh(&mut cache, now).await;
             }
         }
-        let jwk = cache
-            .keys
-            .find(kid)
-            .with_context(|| format!("key {kid} is not in the JWKS"))?;
-        DecodingKey::from_jwk(jwk).context("the JWKS key is not usable")
+        let key =
+            find(&cache.keys, kid).with_context(|| format!("key {kid} is not in the JWKS"))?;
+        let decoding = DecodingKey::from_jwk(&key.jwk).context("the JWKS key is not usable")?;
+        Ok((decoding, key.endorsements.clone()))
     }
 
-    /// Validate the bearer token for an activity from `service_url`, at `now`.
+    /// Validate the bearer token for an activity from `service_url`, at `now`; what the channel
+    /// may do is `Verified::admit`'s to say.
     pub async fn validate(
         &self,
         authorization: Option<&str>,
         service_url: &str,
         now: u64,
-    ) -> Result<()> {
+    ) -> Result<Verified> {
         let token = authorization
             .and_then(|h| h.strip_prefix("Bearer "))
             .context("no Authorization: Bearer token")?
@@ -187,7 +268,7 @@ impl Bot {
             bail!("the token is signed with {:?}, not RS256", header.alg);
         }
         let kid = header.kid.context("the token names no key (kid)")?;
-        let key = self.key(&kid, now).await?;
+        let (key, endorsements) = self.key(&kid, now).await?;
         let mut v = Validation::new(Algorithm::RS256);
         v.set_issuer(&[ISSUER]);
         v.set_audience(&[&self.app_id]);
@@ -207,7 +288,7 @@ impl Bot {
             bail!("the token is not valid yet");
         }
         match c.service_url {
-            Some(s) if s == service_url => Ok(()),
+            Some(s) if s == service_url => Ok(Verified { kid, endorsements }),
             Some(s) => {
                 bail!("the token is for serviceUrl {s}, the activity comes from {service_url}")
             }
@@ -233,10 +314,18 @@ pub async fn messages(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
         return (StatusCode::BAD_REQUEST, "not an activity").into_response();
     };
     let service_url = a.get("serviceUrl").and_then(Value::as_str).unwrap_or("");
+    let channel_id = a.get("channelId").and_then(Value::as_str).unwrap_or("");
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
-    if let Err(e) = bot.validate(auth, service_url, app.engine.now()).await {
-        tracing::warn!("refused a request to /teams/messages: {e:#}");
-        return (StatusCode::UNAUTHORIZED, format!("refused: {e:#}")).into_response();
+    let verified = match bot.validate(auth, service_url, app.engine.now()).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!("refused a request to /teams/messages: {e:#}");
+            return (StatusCode::UNAUTHORIZED, format!("refused: {e:#}")).into_response();
+        }
+    };
+    if let Err(e) = verified.admit(channel_id) {
+        tracing::warn!("refused a request to /teams/messages: {e}");
+        return (StatusCode::FORBIDDEN, format!("refused: {e}")).into_response();
     }
     let kind = a.get("type").and_then(Value::as_str).unwrap_or("");
     let name = a.get("name").and_then(Value::as_str).unwrap_or("");
@@ -303,5 +392,40 @@ pub async fn messages(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
         invoke_response(&text)
     } else {
         StatusCode::OK.into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endorsements_are_read_beside_each_key_and_only_msteams_is_admitted() {
+        let jwks = include_str!("../tests/teams-test-jwks.json");
+        let keys = parse_jwks(jwks, "test JWKS").unwrap();
+        let verified = |kid: &str| Verified {
+            kid: kid.into(),
+            endorsements: find(&keys, kid).unwrap().endorsements.clone(),
+        };
+        assert_eq!(verified("test-key-1").admit("msteams"), Ok(()));
+        assert_eq!(
+            verified("test-key-1").admit("webchat"),
+            Err(Forbidden::Channel("webchat".into()))
+        );
+        assert_eq!(
+            verified("test-key-webchat").admit("msteams"),
+            Err(Forbidden::NotEndorsed {
+                kid: "test-key-webchat".into(),
+                channel: "msteams".into(),
+                endorsements: vec!["webchat".into(), "directline".into()],
+            })
+        );
+        assert!(verified("test-key-bare").endorsements.is_empty());
+        let bad = jwks.replacen(r#"["msteams"]"#, r#""msteams""#, 1);
+        let e = format!("{:#}", parse_jwks(&bad, "test JWKS").err().unwrap());
+        assert!(
+            e.contains("test JWKS: key 1: endorsements is not a list of channel ids"),
+            "{e}"
+        );
     }
 }

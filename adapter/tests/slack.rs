@@ -261,45 +261,29 @@ impl Site {
 
     /// `/deploy <text>` typed by `user`.
     async fn command(&self, user: &str, text: &str) -> Value {
-        let body = serde_urlencoded::to_string([
-            ("token", "deprecated-verification-token"),
-            ("team_id", "T0TEAM"),
-            ("channel_id", "C0DEV"),
-            ("user_id", user),
-            ("user_name", &user.to_lowercase()),
-            ("command", "/deploy"),
-            ("text", text),
-            (
-                "response_url",
-                "https://hooks.slack.com/commands/T0TEAM/1/x",
-            ),
-            ("trigger_id", "1.2.3"),
-        ])
-        .unwrap();
-        let r = self.slack_post("/slack/commands", body).await;
+        let r = self
+            .slack_post("/slack/commands", command_body(user, text, &trigger_id()))
+            .await;
         assert_eq!(r.status(), 200);
         r.json().await.unwrap()
     }
 
     /// A click on a button of the request's message, as a block_actions payload.
     async fn click(&self, user: &str, action: &str, request: &str) -> StatusCode {
-        let payload = json!({
-            "type": "block_actions",
-            "user": {"id": user, "username": user.to_lowercase(), "name": user.to_lowercase(), "team_id": "T0TEAM"},
-            "api_app_id": "A0APP",
-            "team": {"id": "T0TEAM", "domain": "test"},
-            "channel": {"id": "C0PROD", "name": "prod-deploys"},
-            "container": {"type": "message", "message_ts": "1800000000.000001", "channel_id": "C0PROD"},
-            "trigger_id": "1.2.3",
-            "response_url": "https://hooks.slack.com/actions/T0TEAM/1/x",
-            "actions": [{
-                "action_id": action, "block_id": "decision", "value": request,
-                "type": "button", "action_ts": "1800000000.1"
-            }]
-        });
-        let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
+        let body = click_body(user, action, request, &trigger_id());
         let r = self.slack_post("/slack/interactions", body).await;
         StatusCode::from_u16(r.status().as_u16()).unwrap()
+    }
+
+    /// POST an activity to the bot endpoint with a bearer token, as the Bot Connector does.
+    async fn bot_post(&self, token: String, activity: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/teams/messages"))
+            .bearer_auth(token)
+            .json(activity)
+            .send()
+            .await
+            .unwrap()
     }
 
     async fn pipeline(&self, token: &str, body: Value) -> (u16, Value) {
@@ -345,6 +329,14 @@ impl Site {
             .collect()
     }
 
+    /// The audit log's event names, in order.
+    fn event_names(&self) -> Vec<String> {
+        self.audit()
+            .iter()
+            .map(|r| r["event"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     fn refusals(&self) -> Vec<String> {
         self.audit()
             .iter()
@@ -352,6 +344,51 @@ impl Site {
             .map(|r| r["reason"].as_str().unwrap().to_string())
             .collect()
     }
+}
+
+/// A fresh trigger_id, as Slack makes one for every slash command and every click.
+fn trigger_id() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    format!("{n}.47445629121.{n:032x}")
+}
+
+/// The form Slack posts for `/deploy <text>` typed by `user`.
+fn command_body(user: &str, text: &str, trigger_id: &str) -> String {
+    serde_urlencoded::to_string([
+        ("token", "deprecated-verification-token"),
+        ("team_id", "T0TEAM"),
+        ("channel_id", "C0DEV"),
+        ("user_id", user),
+        ("user_name", &user.to_lowercase()),
+        ("command", "/deploy"),
+        ("text", text),
+        (
+            "response_url",
+            "https://hooks.slack.com/commands/T0TEAM/1/x",
+        ),
+        ("trigger_id", trigger_id),
+    ])
+    .unwrap()
+}
+
+/// The form Slack posts for a click on a button of the request's message (a block_actions payload).
+fn click_body(user: &str, action: &str, request: &str, trigger_id: &str) -> String {
+    let payload = json!({
+        "type": "block_actions",
+        "user": {"id": user, "username": user.to_lowercase(), "name": user.to_lowercase(), "team_id": "T0TEAM"},
+        "api_app_id": "A0APP",
+        "team": {"id": "T0TEAM", "domain": "test"},
+        "channel": {"id": "C0PROD", "name": "prod-deploys"},
+        "container": {"type": "message", "message_ts": "1800000000.000001", "channel_id": "C0PROD"},
+        "trigger_id": trigger_id,
+        "response_url": "https://hooks.slack.com/actions/T0TEAM/1/x",
+        "actions": [{
+            "action_id": action, "block_id": "decision", "value": request,
+            "type": "button", "action_ts": "1800000000.1"
+        }]
+    });
+    serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
 }
 
 trait Now {
@@ -668,11 +705,7 @@ async fn deadline_reminds_escalates_in_order_then_rejects() {
     site.click("U0BOB", "approve", &id).await;
     assert_eq!(site.refusals(), ["closed"]);
 
-    let events: Vec<String> = site
-        .audit()
-        .iter()
-        .map(|r| r["event"].as_str().unwrap().to_string())
-        .collect();
+    let events = site.event_names();
     assert_eq!(
         events,
         [
@@ -801,6 +834,151 @@ async fn unsigned_stale_future_and_tampered_requests_are_refused_before_parsing(
         .filter(|r| r["event"] == "request")
         .count();
     assert_eq!(requests, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_command_or_click_delivered_twice_is_taken_once_even_after_a_restart() {
+    let mut site = Site::new().await;
+    // the same signed bytes (same timestamp: the clock does not move) sent twice: one request
+    let command = command_body(
+        "U0DAN",
+        &format!("request billing 1.4.2 prod {DIGEST}"),
+        &trigger_id(),
+    );
+    let first = site.slack_post("/slack/commands", command.clone()).await;
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    assert!(first["text"]
+        .as_str()
+        .unwrap()
+        .contains("posted in <#C0PROD>"));
+    let again = site.slack_post("/slack/commands", command.clone()).await;
+    assert_eq!(
+        again.status(),
+        200,
+        "Slack expects 200 for a delivery made before"
+    );
+    let again: Value = again.json().await.unwrap();
+    assert!(
+        again["text"].as_str().unwrap().contains("already received"),
+        "{again}"
+    );
+    let id = request_id_of(&site.slack.wait_count("chat.postMessage", 1).await[0]);
+    assert_eq!(site.events("request").len(), 1);
+
+    // Ada's click, delivered twice: one vote, and no "already voted" refusal or message for the copy
+    let click = click_body("U0ADA", "approve", &id, &trigger_id());
+    for _ in 0..2 {
+        let r = site.slack_post("/slack/interactions", click.clone()).await;
+        assert_eq!(r.status(), 200);
+    }
+    site.slack.wait_count("chat.update", 1).await;
+    assert_eq!(site.events("vote").len(), 1);
+
+    // killed and started again, still inside the signature window: both copies are known
+    site.restart().await;
+    let r = site.slack_post("/slack/commands", command.clone()).await;
+    assert_eq!(r.status(), 200);
+    let r = site.slack_post("/slack/interactions", click.clone()).await;
+    assert_eq!(r.status(), 200);
+    // the same command typed again is a new delivery (new trigger_id): a second request
+    site.command("U0DAN", &format!("request billing 1.4.2 prod {DIGEST}"))
+        .await;
+    site.slack.wait_count("chat.postMessage", 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(site.events("request").len(), 2);
+    assert_eq!(site.events("vote").len(), 1);
+    assert!(site.refusals().is_empty(), "{:?}", site.refusals());
+    assert!(site.slack.of("chat.postEphemeral").is_empty());
+    println!(
+        "after a restart: {} request(s), {} vote(s), {} refusal(s)",
+        site.events("request").len(),
+        site.events("vote").len(),
+        site.refusals().len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_commands_from_a_stranger_make_two_audit_records_and_an_approvers_actions_all_theirs(
+) {
+    // [stranger_refusals] as adapter.example.toml has it: one in full per person per 10 minutes
+    let site = Site::new().await;
+    site.command("U0DAN", &format!("request billing 1.4.2 prod {DIGEST}"))
+        .await;
+    let id = request_id_of(&site.slack.wait_count("chat.postMessage", 1).await[0]);
+    let of_nobody = |site: &Site| -> Vec<Value> {
+        site.audit()
+            .into_iter()
+            .filter(|r| r["who"]["user"] == "U0NOBODY")
+            .collect()
+    };
+
+    // someone in the workspace but not in [people]: requests to prod, to an environment that does not
+    // exist, and clicks on the request; every one is answered with its refusal
+    for i in 0..1000 {
+        let env = if i % 2 == 0 { "prod" } else { "nowhere" };
+        let answer = site
+            .command(
+                "U0NOBODY",
+                &format!("request billing 1.4.{i} {env} {DIGEST}"),
+            )
+            .await;
+        let text = answer["text"].as_str().unwrap();
+        assert!(text.starts_with("Request refused"), "{text}");
+    }
+    for _ in 0..20 {
+        assert_eq!(site.click("U0NOBODY", "approve", &id).await, StatusCode::OK);
+    }
+    site.slack.wait_count("chat.postEphemeral", 20).await;
+    let records = of_nobody(&site);
+    assert_eq!(records.len(), 1, "one refusal in full per interval");
+    assert_eq!(records[0]["event"], "refused");
+    assert_eq!(records[0]["reason"], "not_member");
+
+    // Eve (in the policy, no approver role) is refused twice: both recorded; Ada and Bob approve
+    site.click("U0EVE", "approve", &id).await;
+    site.click("U0EVE", "approve", &id).await;
+    site.click("U0ADA", "approve", &id).await;
+    site.click("U0BOB", "approve", &id).await;
+    site.slack.update_with("Approved").await;
+
+    // the interval ends: the next tick writes one summary of the rest
+    site.clock.advance(600);
+    site.tick();
+    let records = of_nobody(&site);
+    assert_eq!(records.len(), 2, "{records:#?}");
+    let summary = &records[1];
+    assert_eq!(summary["event"], "refusals_suppressed");
+    assert_eq!(summary["count"], 1019, "{summary}");
+    assert_eq!(summary["from"], T0);
+    assert_eq!(summary["until"], T0 + 600);
+    println!("{}", summary["message"]);
+
+    let others: Vec<String> = site
+        .audit()
+        .iter()
+        .filter(|r| r["who"]["user"] != "U0NOBODY")
+        .map(|r| match r["reason"].as_str() {
+            Some(reason) => format!("refused:{reason}"),
+            None => r["event"].as_str().unwrap().to_string(),
+        })
+        .collect();
+    assert_eq!(
+        others,
+        [
+            "request",
+            "refused:not_approver",
+            "refused:not_approver",
+            "vote",
+            "vote",
+            "emit"
+        ]
+    );
+
+    // the next interval starts with one in full again
+    site.command("U0NOBODY", &format!("request billing 9.9.9 prod {DIGEST}"))
+        .await;
+    assert_eq!(of_nobody(&site).len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1049,12 +1227,67 @@ async fn socket_mode_two_of_three_with_retry_deduplicated_and_reconnect() {
     // the duplicates never reached the engine: no "already voted" refusal, no ephemeral message
     assert!(site.refusals().is_empty(), "{:?}", site.refusals());
     assert!(site.slack.of("chat.postEphemeral").is_empty());
-    let events: Vec<String> = site
-        .audit()
-        .iter()
-        .map(|r| r["event"].as_str().unwrap().to_string())
-        .collect();
+    let events = site.event_names();
     assert_eq!(events, ["request", "vote", "vote", "emit"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_mode_envelope_retried_after_a_restart_is_handled_once() {
+    let (ws_url, mut conns) = socket_server().await;
+    let mut site = Site::with(|cfg| {
+        let slack = cfg["slack"].as_table_mut().unwrap();
+        slack.insert("app_token".into(), "file:secrets/slack-app-token".into());
+        slack.remove("signing_secret");
+    })
+    .await;
+    *site.slack.ws_url.lock().unwrap() = ws_url;
+    let mut ws = conns.recv().await.unwrap();
+    ws_send(&mut ws, hello()).await;
+    let command = json!({"envelope_id": "env-cmd", "type": "slash_commands",
+        "accepts_response_payload": true, "retry_attempt": 0, "retry_reason": "",
+        "payload": {"team_id": "T0TEAM", "channel_id": "C0DEV", "user_id": "U0DAN",
+                    "user_name": "dan", "command": "/deploy", "trigger_id": "13345224609.738474920.8088930838d88f008e0",
+                    "text": format!("request billing 1.4.2 prod {DIGEST}")}});
+    ws_send(&mut ws, command.clone()).await;
+    assert_eq!(ws_recv(&mut ws).await["envelope_id"], "env-cmd");
+    let id = request_id_of(&site.slack.wait_count("chat.postMessage", 1).await[0]);
+    ws_send(&mut ws, click_envelope("env-ada", 0, "U0ADA", &id)).await;
+    assert_eq!(ws_recv(&mut ws).await, json!({"envelope_id": "env-ada"}));
+
+    // the adapter is killed before Slack saw the acks, and Slack retries both on the new connection
+    site.restart().await;
+    let mut ws = tokio::time::timeout(Duration::from_secs(15), conns.recv())
+        .await
+        .expect("the adapter did not connect again")
+        .unwrap();
+    ws_send(&mut ws, hello()).await;
+    let mut retried = command.clone();
+    retried["retry_attempt"] = 1.into();
+    retried["retry_reason"] = "timeout".into();
+    ws_send(&mut ws, retried).await;
+    assert_eq!(ws_recv(&mut ws).await, json!({"envelope_id": "env-cmd"}));
+    ws_send(&mut ws, click_envelope("env-ada", 1, "U0ADA", &id)).await;
+    assert_eq!(ws_recv(&mut ws).await, json!({"envelope_id": "env-ada"}));
+    // an Events API retry: a new envelope, the same event_id
+    for (env, retry) in [("env-ev-1", 0), ("env-ev-2", 1)] {
+        ws_send(
+            &mut ws,
+            json!({"envelope_id": env, "type": "events_api", "accepts_response_payload": false,
+                   "retry_attempt": retry, "retry_reason": "",
+                   "payload": {"event_id": "Ev02", "type": "event_callback", "event": {"type": "app_mention"}}}),
+        )
+        .await;
+        assert_eq!(ws_recv(&mut ws).await, json!({"envelope_id": env}));
+    }
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(site.slack.of("chat.postMessage").len(), 1);
+    let events = site.event_names();
+    assert_eq!(
+        events,
+        ["request", "vote"],
+        "the retries must not run again"
+    );
 }
 
 // ---- Teams outgoing webhook ---------------------------------------------------------------------------
@@ -1207,11 +1440,18 @@ async fn teams_webhook_hmac_accepted_then_tampered_wrong_key_stale_and_replayed_
 const BOT_APP_ID: &str = "8f0c5f3a-0000-4000-8000-00000000b07a";
 const SERVICE_URL: &str = "https://smba.trafficmanager.net/amer/";
 
-/// A Bot Framework token signed with the test key (its public half is tests/teams-test-jwks.json).
+/// A Bot Framework token signed with the test key under kid test-key-1, endorsed for msteams (its
+/// public half is tests/teams-test-jwks.json).
 fn bot_jwt(aud: &str, exp: u64, service_url: &str) -> String {
+    bot_jwt_by("test-key-1", aud, exp, service_url)
+}
+
+/// The same, naming key `kid` of the test JWKS: test-key-webchat is the same RSA key published as
+/// endorsed for webchat and directline only, test-key-bare with no endorsements.
+fn bot_jwt_by(kid: &str, aud: &str, exp: u64, service_url: &str) -> String {
     let key = jsonwebtoken::EncodingKey::from_rsa_der(include_bytes!("teams-test-key.der"));
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    h.kid = Some("test-key-1".into());
+    h.kid = Some(kid.into());
     let claims = json!({
         "iss": "https://api.botframework.com", "aud": aud, "exp": exp, "nbf": exp - 3600,
         "serviceUrl": service_url,
@@ -1233,26 +1473,8 @@ fn execute_activity(from: &str, verb: &str, request: &str, service_url: &str) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn teams_action_execute_with_bot_jwt_votes_and_bad_tokens_are_refused() {
-    let site = Site::with(|cfg| {
-        let t = cfg["teams"].as_table_mut().unwrap();
-        t.insert("app_id".into(), BOT_APP_ID.into());
-        t.insert(
-            "jwks_file".into(),
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/teams-test-jwks.json").into(),
-        );
-    })
-    .await;
-    site.command("U0DAN", &format!("request billing 1.4.2 prod {DIGEST}"))
-        .await;
-    let id = request_id_of(&site.slack.wait_count("chat.postMessage", 1).await[0]);
+    let (site, id) = bot_site_with_a_request().await;
     let now = site.clock.now_secs();
-    let send = |token: String, activity: Value| {
-        site.http
-            .post(site.url("/teams/messages"))
-            .bearer_auth(token)
-            .json(&activity)
-            .send()
-    };
     let good = execute_activity("29:ada", "approve", &id, SERVICE_URL);
 
     // refused: wrong audience, expired, bad signature, serviceUrl of another host, no token
@@ -1271,7 +1493,7 @@ async fn teams_action_execute_with_bot_jwt_votes_and_bad_tokens_are_refused() {
         (other, "serviceUrl"),
         ("not-a-jwt".to_string(), "not a JWT"),
     ] {
-        let r = send(token, good.clone()).await.unwrap();
+        let r = site.bot_post(token, &good).await;
         assert_eq!(r.status(), 401);
         let t = r.text().await.unwrap();
         assert!(t.contains(why), "{t} lacks {why}");
@@ -1279,14 +1501,14 @@ async fn teams_action_execute_with_bot_jwt_votes_and_bad_tokens_are_refused() {
     assert!(site.audit().iter().all(|r| r["event"] != "vote"));
 
     // Ada approves from Teams (Action.Execute): the invoke response says it is recorded
-    let r = send(ok.clone(), good.clone()).await.unwrap();
+    let r = site.bot_post(ok.clone(), &good).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["statusCode"], 200);
     assert_eq!(v["value"], "Recorded.");
     // Dan (the requester) cannot approve from Teams either
     let dan = execute_activity("29:dan", "approve", &id, SERVICE_URL);
-    let r = send(ok.clone(), dan).await.unwrap();
+    let r = site.bot_post(ok.clone(), &dan).await;
     let v: Value = r.json().await.unwrap();
     assert!(v["value"].as_str().unwrap().starts_with("Refused"), "{v}");
 
@@ -1311,6 +1533,61 @@ async fn teams_action_execute_with_bot_jwt_votes_and_bad_tokens_are_refused() {
     site.high_side_verify(&envs[0], T0 + 10);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_teams_vote_needs_the_msteams_channel_and_a_key_endorsed_for_it() {
+    let (site, id) = bot_site_with_a_request().await;
+    let now = site.clock.now_secs();
+    let teams = execute_activity("29:ada", "approve", &id, SERVICE_URL);
+    let on = |channel: Option<&str>| {
+        let mut a = teams.clone();
+        match channel {
+            Some(c) => a["channelId"] = c.into(),
+            None => {
+                a.as_object_mut().unwrap().remove("channelId");
+            }
+        }
+        a
+    };
+    let endorsed = bot_jwt(BOT_APP_ID, now + 600, SERVICE_URL);
+
+    // Web Chat or Direct Line of the same bot, whose client says it is Ada: a valid token of the bot,
+    // but not a Teams activity. No channel at all: the same.
+    for channel in [Some("webchat"), Some("directline"), Some("MSTeams"), None] {
+        let r = site.bot_post(endorsed.clone(), &on(channel)).await;
+        assert_eq!(r.status(), 403, "{channel:?}");
+        let t = r.text().await.unwrap();
+        assert!(t.contains("only Teams activities may vote"), "{t}");
+    }
+    // an msteams activity under a token whose key is not endorsed for msteams, or for nothing
+    for (kid, endorsements) in [
+        ("test-key-webchat", r#"["webchat", "directline"]"#),
+        ("test-key-bare", "[]"),
+    ] {
+        let token = bot_jwt_by(kid, BOT_APP_ID, now + 600, SERVICE_URL);
+        let r = site.bot_post(token, &teams).await;
+        assert_eq!(r.status(), 403, "{kid}");
+        let t = r.text().await.unwrap();
+        let want = format!(
+            "signing key {kid} is not endorsed for channel \"msteams\" (its endorsements: {endorsements})"
+        );
+        assert!(t.contains(&want), "{t}");
+        println!("{kid}: {t}");
+    }
+    assert!(
+        site.audit().iter().all(|r| r["event"] != "vote"),
+        "a refused activity must never be a vote"
+    );
+
+    // the Teams activity under the key endorsed for msteams is Ada's vote
+    let r = site.bot_post(endorsed, &teams).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["value"], "Recorded.");
+    let votes = site.events("vote");
+    assert_eq!(votes.len(), 1);
+    assert_eq!(votes[0]["person"], "ada");
+}
+
 fn submit_activity(from: &str, action: &str, request: &str) -> Value {
     json!({
         "type": "message", "id": "f:sub-1", "channelId": "msteams", "serviceUrl": SERVICE_URL,
@@ -1331,43 +1608,33 @@ fn bot_site_edit(cfg: &mut toml::Table) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn teams_action_submit_click_votes_and_an_unsigned_one_is_refused() {
+/// A site with the Teams bot endpoint on and Dan's request for billing 1.4.2 to prod posted; its id.
+async fn bot_site_with_a_request() -> (Site, String) {
     let site = Site::with(bot_site_edit).await;
     site.command("U0DAN", &format!("request billing 1.4.2 prod {DIGEST}"))
         .await;
     let id = request_id_of(&site.slack.wait_count("chat.postMessage", 1).await[0]);
+    (site, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teams_action_submit_click_votes_and_an_unsigned_one_is_refused() {
+    let (site, id) = bot_site_with_a_request().await;
     let now = site.clock.now_secs();
     let submit = submit_activity("29:ada", "approve", &id);
 
     // an Action.Submit without a valid token: refused before it is read, nothing counted
     let forged = bot_jwt("some-other-bot", now + 600, SERVICE_URL);
-    let r = site
-        .http
-        .post(site.url("/teams/messages"))
-        .bearer_auth(forged)
-        .json(&submit)
-        .send()
-        .await
-        .unwrap();
+    let r = site.bot_post(forged, &submit).await;
     assert_eq!(r.status(), 401);
     assert!(site.audit().iter().all(|r| r["event"] != "vote"));
 
     // Ada's Action.Submit (a message activity whose value carries action and request): counted
     let r = site
-        .http
-        .post(site.url("/teams/messages"))
-        .bearer_auth(bot_jwt(BOT_APP_ID, now + 600, SERVICE_URL))
-        .json(&submit)
-        .send()
-        .await
-        .unwrap();
+        .bot_post(bot_jwt(BOT_APP_ID, now + 600, SERVICE_URL), &submit)
+        .await;
     assert_eq!(r.status(), 200);
-    let votes: Vec<Value> = site
-        .audit()
-        .into_iter()
-        .filter(|r| r["event"] == "vote")
-        .collect();
+    let votes = site.events("vote");
     assert_eq!(votes.len(), 1);
     assert_eq!(votes[0]["person"], "ada");
     assert_eq!(votes[0]["who"]["source"], "teams", "{}", votes[0]);
@@ -1728,13 +1995,8 @@ async fn teams_cards_posted_through_the_bot_connector_and_a_workflow_and_updated
     let act = buttons[0].clone();
     let invoke = execute_activity("29:ada", act["verb"].as_str().unwrap(), &id, SERVICE_URL);
     let r = site
-        .http
-        .post(site.url("/teams/messages"))
-        .bearer_auth(bot_jwt(BOT_APP_ID, now + 600, SERVICE_URL))
-        .json(&invoke)
-        .send()
-        .await
-        .unwrap();
+        .bot_post(bot_jwt(BOT_APP_ID, now + 600, SERVICE_URL), &invoke)
+        .await;
     assert_eq!(r.json::<Value>().await.unwrap()["value"], "Recorded.");
     let put_path = format!("{activities}/1:activity-1");
     let put = teams
@@ -1868,25 +2130,16 @@ async fn teams_jwks_by_url_is_cached_and_fetched_again_for_a_new_kid_at_most_onc
     site.command("U0DAN", &format!("request billing 1.4.2 prod {DIGEST}"))
         .await;
     let id = request_id_of(&site.slack.wait_count("chat.postMessage", 1).await[0]);
-    let token = |kid: &str, now: u64| {
-        let key = jsonwebtoken::EncodingKey::from_rsa_der(include_bytes!("teams-test-key.der"));
-        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-        h.kid = Some(kid.into());
-        let claims = json!({"iss": "https://api.botframework.com", "aud": BOT_APP_ID,
-                            "exp": now + 600, "serviceUrl": SERVICE_URL});
-        jsonwebtoken::encode(&h, &claims, &key).unwrap()
-    };
+    let token = |kid: &str, now: u64| bot_jwt_by(kid, BOT_APP_ID, now + 600, SERVICE_URL);
+    let site = &site;
     let send = |t: String, who: &str| {
-        site.http
-            .post(site.url("/teams/messages"))
-            .bearer_auth(t)
-            .json(&execute_activity(who, "approve", &id, SERVICE_URL))
-            .send()
+        let activity = execute_activity(who, "approve", &id, SERVICE_URL);
+        async move { site.bot_post(t, &activity).await }
     };
     let now = site.clock.now_secs();
 
     // a known kid: from the cache, no fetch
-    let r = send(token("test-key-1", now), "29:ada").await.unwrap();
+    let r = send(token("test-key-1", now), "29:ada").await;
     assert_eq!(r.status(), 200);
     assert_eq!(teams.count("/keys"), 1);
 
@@ -1895,7 +2148,7 @@ async fn teams_jwks_by_url_is_cached_and_fetched_again_for_a_new_kid_at_most_onc
     rotated["keys"][0]["kid"] = "test-key-2".into();
     *teams.jwks.lock().unwrap() = rotated;
     // an unknown kid within a minute of the last fetch: no fetch, refused
-    let r = send(token("test-key-2", now), "29:ada").await.unwrap();
+    let r = send(token("test-key-2", now), "29:ada").await;
     assert_eq!(r.status(), 401);
     assert!(r.text().await.unwrap().contains("not in the JWKS"));
     assert_eq!(teams.count("/keys"), 1, "at most once a minute");
@@ -1903,11 +2156,11 @@ async fn teams_jwks_by_url_is_cached_and_fetched_again_for_a_new_kid_at_most_onc
     // a minute later (adapter clock): the unknown kid makes one fetch, and the token is taken
     site.clock.advance(61);
     let now = site.clock.now_secs();
-    let r = send(token("test-key-2", now), "29:ada").await.unwrap();
+    let r = send(token("test-key-2", now), "29:ada").await;
     assert_eq!(r.status(), 200);
     assert_eq!(teams.count("/keys"), 2);
     // a forged kid right after: refused without another fetch
-    let r = send(token("made-up-kid", now), "29:ada").await.unwrap();
+    let r = send(token("made-up-kid", now), "29:ada").await;
     assert_eq!(r.status(), 401);
     assert_eq!(teams.count("/keys"), 2);
     println!(

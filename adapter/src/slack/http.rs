@@ -1,6 +1,11 @@
 //! Slack's HTTP endpoints: `/slack/commands` (the `/deploy` slash command) and `/slack/interactions`
 //! (button clicks, `block_actions` form-encoded as `payload=`). Every request's signature is checked on
 //! the raw body before anything in it is parsed; a request that fails is answered 401 and logged.
+//!
+//! A signed request can be sent again, unchanged, for as long as its timestamp is in the window. Each
+//! delivery is therefore taken once (`Engine::once`, persisted, so across restarts too) under its
+//! `trigger_id`, which Slack makes anew for every slash command and every click; a copy is answered 200
+//! (what Slack expects for a delivery it already made) and has no effect.
 
 use super::blocks::{APPROVE, REJECT};
 use super::signature;
@@ -34,7 +39,7 @@ fn verified(
     headers: &HeaderMap,
     body: &[u8],
     path: &str,
-) -> Result<(), (StatusCode, String)> {
+) -> Result<Signed, (StatusCode, String)> {
     let Some(slack) = app.slack.as_ref() else {
         return Err((StatusCode::NOT_FOUND, "Slack is not configured".into()));
     };
@@ -45,17 +50,46 @@ fn verified(
             "Slack over HTTP is not configured (no slack.signing_secret)".into(),
         ));
     };
+    let sig = h("x-slack-signature");
     signature::verify(
         secret.expose(),
         h("x-slack-request-timestamp"),
-        h("x-slack-signature"),
+        sig,
         body,
         app.engine.now(),
     )
     .map_err(|e| {
         tracing::warn!("refused a request to {path}: {e}");
         (StatusCode::UNAUTHORIZED, format!("refused: {e}"))
+    })?;
+    Ok(Signed {
+        signature: sig.unwrap_or_default().to_string(),
     })
+}
+
+/// A request whose signature was checked.
+struct Signed {
+    signature: String,
+}
+
+impl Signed {
+    /// The id a delivery is taken under: its trigger_id; for one without (Slack always sends it), the
+    /// signature, which only a copy of the same signed bytes carries.
+    fn delivery(&self, trigger_id: Option<&str>) -> Vec<String> {
+        vec![match trigger_id {
+            Some(t) if !t.is_empty() => trigger_key(t),
+            _ => format!("slack-signature:{}", self.signature),
+        }]
+    }
+}
+
+/// The delivery id of a slash command or click, by its trigger_id (HTTP and Socket Mode alike).
+pub(crate) fn trigger_key(trigger_id: &str) -> String {
+    format!("slack-trigger:{trigger_id}")
+}
+
+fn already_taken(path: &str, ids: &[String]) {
+    tracing::warn!("{path}: delivery {ids:?} was already taken: answered 200, not run again");
 }
 
 #[derive(Deserialize)]
@@ -67,17 +101,28 @@ pub(crate) struct Command {
     channel_id: String,
     #[serde(default)]
     text: String,
+    #[serde(default)]
+    trigger_id: Option<String>,
 }
 
 pub async fn command(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = verified(&app, &headers, &body, "/slack/commands") {
-        return r.into_response();
-    }
+    const PATH: &str = "/slack/commands";
+    let signed = match verified(&app, &headers, &body, PATH) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
     let Ok(cmd) = serde_urlencoded::from_bytes::<Command>(&body) else {
         return (StatusCode::BAD_REQUEST, "not a slash command form").into_response();
     };
-    match run_command(&app, cmd) {
-        Ok(v) => Json(v).into_response(),
+    let ids = signed.delivery(cmd.trigger_id.as_deref());
+    match app.engine.once(&ids, || run_command(&app, cmd)) {
+        Ok(Some(v)) => Json(v).into_response(),
+        Ok(None) => {
+            already_taken(PATH, &ids);
+            Json(json!({"response_type": "ephemeral",
+                        "text": "This command was already received; it was not run again."}))
+            .into_response()
+        }
         Err(e) => internal(e),
     }
 }
@@ -133,6 +178,8 @@ pub(crate) struct Payload {
     channel: Option<Channel>,
     #[serde(default)]
     actions: Vec<Action>,
+    #[serde(default)]
+    trigger_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -157,17 +204,24 @@ struct Action {
 }
 
 pub async fn interaction(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = verified(&app, &headers, &body, "/slack/interactions") {
-        return r.into_response();
-    }
+    const PATH: &str = "/slack/interactions";
+    let signed = match verified(&app, &headers, &body, PATH) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
     let Ok(form) = serde_urlencoded::from_bytes::<Form>(&body) else {
         return (StatusCode::BAD_REQUEST, "no payload field").into_response();
     };
     let Ok(p) = serde_json::from_str::<Payload>(&form.payload) else {
         return (StatusCode::BAD_REQUEST, "payload is not an interaction").into_response();
     };
-    match run_interaction(&app, p) {
-        Ok(()) => StatusCode::OK.into_response(),
+    let ids = signed.delivery(p.trigger_id.as_deref());
+    match app.engine.once(&ids, || run_interaction(&app, p)) {
+        Ok(Some(())) => StatusCode::OK.into_response(),
+        Ok(None) => {
+            already_taken(PATH, &ids);
+            StatusCode::OK.into_response()
+        }
         Err(e) => internal(e),
     }
 }

@@ -8,15 +8,17 @@
 //! trust. A `disconnect` message makes the adapter open a fresh connection at once; a failure (no URL,
 //! connection refused or dropped, nothing heard for [`IDLE`]) makes it retry with a doubling backoff
 //! up to [`MAX_BACKOFF`]. Envelopes already handled (Slack retries one that was not acknowledged in
-//! time, with the same envelope id and `retry_attempt` > 0) are acknowledged again and not re-run.
+//! time, with the same envelope id and `retry_attempt` > 0; an Events API retry has the same
+//! `event_id`) are acknowledged again and not re-run: each is taken once through the engine's
+//! persisted delivery log (`Engine::once`) under its envelope id, its payload's `trigger_id` and its
+//! `event_id`, so a retry after a restart is caught too.
 
 use super::api::SlackApi;
-use super::http::{run_command, run_interaction, Command, Payload};
+use super::http::{run_command, run_interaction, trigger_key, Command, Payload};
 use crate::server::App;
 use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
@@ -27,41 +29,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A connection that hears nothing (not even a ping) for this long is dropped and opened again.
 const IDLE: Duration = Duration::from_secs(120);
-/// How many handled envelope ids (and event ids) are remembered for deduplication.
-const REMEMBER: usize = 4096;
-
-/// Ids already handled, oldest forgotten first.
-pub struct Seen {
-    set: HashSet<String>,
-    order: VecDeque<String>,
-    cap: usize,
-}
-
-impl Seen {
-    pub fn new(cap: usize) -> Seen {
-        Seen {
-            set: HashSet::new(),
-            order: VecDeque::new(),
-            cap,
-        }
-    }
-
-    pub fn contains(&self, id: &str) -> bool {
-        self.set.contains(id)
-    }
-
-    pub fn insert(&mut self, id: &str) {
-        if self.set.insert(id.to_string()) {
-            self.order.push_back(id.to_string());
-            while self.order.len() > self.cap {
-                if let Some(old) = self.order.pop_front() {
-                    self.set.remove(&old);
-                }
-            }
-        }
-    }
-}
-
 /// How a connection ended without an error.
 enum End {
     /// Slack asked us to reconnect (`disconnect`): open a new connection at once.
@@ -70,10 +37,9 @@ enum End {
 
 /// Run Socket Mode for as long as the adapter runs.
 pub async fn run(app: Arc<App>, api: SlackApi) {
-    let mut seen = Seen::new(REMEMBER);
     let mut backoff = FIRST_BACKOFF;
     loop {
-        match session(&app, &api, &mut seen, &mut backoff).await {
+        match session(&app, &api, &mut backoff).await {
             Ok(End::Disconnect) => {
                 tracing::info!("Socket Mode: Slack asked for a new connection");
             }
@@ -86,12 +52,7 @@ pub async fn run(app: Arc<App>, api: SlackApi) {
     }
 }
 
-async fn session(
-    app: &App,
-    api: &SlackApi,
-    seen: &mut Seen,
-    backoff: &mut Duration,
-) -> Result<End> {
+async fn session(app: &App, api: &SlackApi, backoff: &mut Duration) -> Result<End> {
     let open = api.call("apps.connections.open", &json!({})).await?;
     let url = open
         .get("url")
@@ -136,34 +97,24 @@ async fn session(
                     );
                     continue;
                 };
-                let event_id = v
-                    .pointer("/payload/event_id")
-                    .and_then(Value::as_str)
-                    .map(|e| format!("event:{e}"));
+                let payload = v.get("payload").unwrap_or(&Value::Null);
                 let retry = v.get("retry_attempt").and_then(Value::as_u64).unwrap_or(0);
-                let duplicate = seen.contains(id)
-                    || (retry > 0 && event_id.as_deref().is_some_and(|e| seen.contains(e)));
-                let ack = if duplicate {
-                    tracing::info!("Socket Mode: envelope {id} (retry {retry}) already handled");
-                    json!({"envelope_id": id})
-                } else {
-                    let answer = handle(app, kind, v.get("payload").unwrap_or(&Value::Null));
-                    match answer {
-                        // not acknowledged: Slack sends it again, and it is tried again
-                        Err(e) => {
-                            tracing::error!("Socket Mode: envelope {id}: {e:#}");
-                            continue;
-                        }
-                        Ok(payload) => {
-                            seen.insert(id);
-                            if let Some(e) = &event_id {
-                                seen.insert(e);
-                            }
-                            match payload {
-                                Some(p) => json!({"envelope_id": id, "payload": p}),
-                                None => json!({"envelope_id": id}),
-                            }
-                        }
+                let ack = match app
+                    .engine
+                    .once(&delivery(id, payload), || handle(app, kind, payload))
+                {
+                    Ok(Some(Some(p))) => json!({"envelope_id": id, "payload": p}),
+                    Ok(Some(None)) => json!({"envelope_id": id}),
+                    Ok(None) => {
+                        tracing::info!(
+                            "Socket Mode: envelope {id} (retry {retry}) already handled"
+                        );
+                        json!({"envelope_id": id})
+                    }
+                    // not acknowledged: Slack sends it again, and it is tried again
+                    Err(e) => {
+                        tracing::error!("Socket Mode: envelope {id}: {e:#}");
+                        continue;
                     }
                 };
                 ws.send(Message::text(ack.to_string()))
@@ -173,6 +124,21 @@ async fn session(
             other => tracing::debug!("Socket Mode: message of type {other:?} ignored"),
         }
     }
+}
+
+/// The ids an envelope is taken under: its envelope id, and its payload's trigger_id (slash commands,
+/// clicks) and event_id (Events API), which Slack keeps when it sends the same thing again.
+fn delivery(envelope_id: &str, payload: &Value) -> Vec<String> {
+    let field = |k: &str| {
+        payload
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let mut ids = vec![format!("slack-envelope:{envelope_id}")];
+    ids.extend(field("trigger_id").map(trigger_key));
+    ids.extend(field("event_id").map(|e| format!("slack-event:{e}")));
+    ids
 }
 
 /// One envelope's payload through the HTTP endpoints' code; `Some` is the answer to put in the ack.
