@@ -9,6 +9,7 @@ HMAC-SHA256 of "v0:<timestamp>:<body>" with the signing secret).
 import hashlib
 import hmac
 import json
+import os
 import sys
 import threading
 import time
@@ -27,6 +28,8 @@ def say(text):
 def click(user, request):
     payload = json.dumps({
         "type": "block_actions",
+        # a fresh trigger_id per delivery, as Slack sends: the adapter takes each delivery once
+        "trigger_id": "%d.%d.%s" % (time.time(), os.getpid(), os.urandom(16).hex()),
         "user": {"id": user, "username": user.lower()},
         "channel": {"id": "C0PROD"},
         "actions": [{"action_id": "approve", "block_id": "decision", "value": request, "type": "button"}],

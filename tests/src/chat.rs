@@ -197,9 +197,21 @@ pub fn slack_post(addr: &str, path: &str, body: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// A trigger id as Slack makes them: unique per invocation.
+pub fn trigger_id() -> String {
+    format!(
+        "{}.{}.{:032x}",
+        now(),
+        rand::random::<u32>(),
+        rand::random::<u128>()
+    )
+}
+
 pub fn click(addr: &str, user: &str, action: &str, request: &str) {
     let payload = json!({
         "type": "block_actions",
+        // every delivery Slack makes carries a fresh trigger_id (the adapter takes each delivery once)
+        "trigger_id": trigger_id(),
         "user": {"id": user, "username": user.to_lowercase()},
         "channel": {"id": "C0PROD"},
         "actions": [{"action_id": action, "block_id": "decision", "value": request, "type": "button"}]

@@ -193,6 +193,12 @@ impl Site {
         site
     }
 
+    /// The sender's secret key, as a compromised low side holds it (tests that forge frames).
+    pub fn sender_key(&self) -> diode_proto::SecretKey {
+        let text = fs::read_to_string(self.path("keys/sender.key")).expect("keys/sender.key");
+        diode_proto::SecretKey::from_text(&text, diode_proto::Role::Sender).expect("a sender key")
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }

@@ -7,7 +7,7 @@
 //! side verifies as one chain.
 
 use diode_tests::chat::{
-    click, form, secret, slack_post, start_chat, FakeSlack, DIGEST, SIGNING_SECRET,
+    click, form, secret, slack_post, start_chat, trigger_id, FakeSlack, DIGEST, SIGNING_SECRET,
 };
 use diode_tests::{bin, wait_for, Site};
 use serde_json::Value;
@@ -51,6 +51,7 @@ fn chat_approval_survives_a_kill_and_is_accepted_by_the_real_receiver() {
         ("channel_id", "C0DEV"),
         ("command", "/deploy"),
         ("text", &text),
+        ("trigger_id", &trigger_id()),
     ]);
     assert_eq!(slack_post(&addr, "/slack/commands", &cmd), 200);
     let post = slack.wait("chat.postMessage", 1).remove(0);

@@ -82,11 +82,7 @@ fn site_on_disk(mib: u64) -> Option<(Site, Ext4)> {
 
 /// Frames as a compromised low side makes them, with the real sender key.
 fn session(site: &Site) -> (UdpSocket, SenderSession) {
-    let key = SecretKey::from_text(
-        &fs::read_to_string(site.path("keys/sender.key")).unwrap(),
-        Role::Sender,
-    )
-    .unwrap();
+    let key = site.sender_key();
     let rpub = PublicKey::from_text(
         &fs::read_to_string(site.path("keys/receiver.pub")).unwrap(),
         Role::Receiver,

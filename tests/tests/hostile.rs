@@ -112,11 +112,7 @@ fn wait_status() {
 fn garbage_forgeries_and_foreign_keys_are_dropped_and_counted() {
     let site = Site::new(&[]);
     let _r = site.start("recv");
-    let sender_key = SecretKey::from_text(
-        &fs::read_to_string(site.path("keys/sender.key")).unwrap(),
-        Role::Sender,
-    )
-    .unwrap();
+    let sender_key = site.sender_key();
     let mut good = Wire::new(&site, &sender_key);
     good.announce();
     // a stranger's key: its announce is refused, so its frames find no session
@@ -159,11 +155,7 @@ fn garbage_forgeries_and_foreign_keys_are_dropped_and_counted() {
 fn hostile_names_from_a_compromised_sender_are_refused() {
     let site = Site::new(&[]);
     let mut r = site.start("recv");
-    let key = SecretKey::from_text(
-        &fs::read_to_string(site.path("keys/sender.key")).unwrap(),
-        Role::Sender,
-    )
-    .unwrap();
+    let key = site.sender_key();
     let mut w = Wire::new(&site, &key);
     w.announce();
     std::thread::sleep(Duration::from_millis(100));
@@ -225,11 +217,7 @@ fn a_flood_of_forged_announces_across_a_rekey_and_a_restart_delays_no_file() {
     let mut r = site.start("recv");
     let _s = site.start("send");
     site.wait_session(Duration::from_secs(10));
-    let key = SecretKey::from_text(
-        &fs::read_to_string(site.path("keys/sender.key")).unwrap(),
-        Role::Sender,
-    )
-    .unwrap();
+    let key = site.sender_key();
     let template = Wire::new(&site, &key).session.announce().to_vec();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flood = {
@@ -459,11 +447,7 @@ fn partial_objects_are_bounded_by_count_and_bytes() {
         ],
     );
     let mut r = site.start("recv");
-    let key = SecretKey::from_text(
-        &fs::read_to_string(site.path("keys/sender.key")).unwrap(),
-        Role::Sender,
-    )
-    .unwrap();
+    let key = site.sender_key();
     let mut w = Wire::new(&site, &key);
     w.announce();
     std::thread::sleep(Duration::from_millis(200));
@@ -519,11 +503,7 @@ fn an_envelope_with_no_approvals_configured_is_held_and_said_once() {
     t.remove("approvals");
     fs::write(&cfg, toml::to_string(&t).unwrap()).unwrap();
     let r = site.start("recv");
-    let key = SecretKey::from_text(
-        &fs::read_to_string(site.path("keys/sender.key")).unwrap(),
-        Role::Sender,
-    )
-    .unwrap();
+    let key = site.sender_key();
     let mut w = Wire::new(&site, &key);
     w.announce();
     std::thread::sleep(Duration::from_millis(100));
@@ -563,11 +543,7 @@ fn an_envelope_with_no_approvals_configured_is_held_and_said_once() {
 fn names_with_bidi_and_invisible_format_characters_are_refused() {
     let site = Site::new(&[]);
     let r = site.start("recv");
-    let key = SecretKey::from_text(
-        &fs::read_to_string(site.path("keys/sender.key")).unwrap(),
-        Role::Sender,
-    )
-    .unwrap();
+    let key = site.sender_key();
     let mut w = Wire::new(&site, &key);
     w.announce();
     std::thread::sleep(Duration::from_millis(100));
