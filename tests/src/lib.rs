@@ -9,6 +9,7 @@
 pub mod chat;
 pub mod envelopes;
 pub mod link;
+pub mod mount;
 pub mod serial;
 
 use link::Link;

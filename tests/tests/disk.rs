@@ -6,69 +6,30 @@
 
 use diode_proto::frame::{SEALED_HEADER_LEN, TAG_LEN};
 use diode_proto::object::{ObjectKind, ObjectMeta};
-use diode_proto::{FrameKind, PublicKey, Role, SecretKey, SenderSession};
+use diode_proto::{FrameKind, PublicKey, Role, SenderSession};
+use diode_tests::mount::Mount;
 use diode_tests::*;
 use std::fs;
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-/// An ext4 filesystem of `mib` MiB in an image file, mounted at `dir` until dropped.
-struct Ext4(PathBuf);
-
-impl Ext4 {
-    fn mount(image: &Path, dir: &Path, mib: u64) -> Option<Ext4> {
-        if std::env::var("DIODE_SKIP_NETNS").as_deref() == Ok("1") {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n*** SKIPPED disk test: DIODE_SKIP_NETNS=1, it did NOT run ***"
-            );
-            return None;
-        }
-        fs::create_dir_all(dir).unwrap();
-        fs::File::create(image).unwrap().set_len(mib << 20).unwrap();
-        run_ok(
-            Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-m", "0"])
-                .arg(image),
+/// Say loudly that a disk test did not run, as the emulated-diode tests do.
+fn skipped() -> bool {
+    if std::env::var("DIODE_SKIP_NETNS").as_deref() == Ok("1") {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED disk test: DIODE_SKIP_NETNS=1, it did NOT run ***"
         );
-        run_ok(
-            Command::new("mount")
-                .args(["-o", "loop"])
-                .arg(image)
-                .arg(dir),
-        );
-        Some(Ext4(dir.to_path_buf()))
+        return true;
     }
-
-    fn free(&self) -> u64 {
-        let out = run_ok(
-            Command::new("df")
-                .args(["-B1", "--output=avail"])
-                .arg(&self.0),
-        );
-        out.lines()
-            .nth(1)
-            .and_then(|l| l.trim().parse().ok())
-            .expect("df output")
-    }
+    false
 }
 
-impl Drop for Ext4 {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
+fn site_on_disk(mib: u64) -> Option<(Site, Mount)> {
+    if skipped() {
+        return None;
     }
-}
-
-fn site_on_disk(mib: u64) -> Option<(Site, Ext4)> {
     let site = Site::new_with(
         &[],
         &[
@@ -76,7 +37,7 @@ fn site_on_disk(mib: u64) -> Option<(Site, Ext4)> {
             ("state", "high/state".into()),
         ],
     );
-    let disk = Ext4::mount(&site.path("disk.img"), &site.path("high"), mib)?;
+    let disk = Mount::ext4(&site.path("disk.img"), &site.path("high"), mib);
     Some((site, disk))
 }
 

@@ -191,52 +191,6 @@ impl Drop for InboxWatch {
     }
 }
 
-/// A tmpfs mounted for the test, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        fs::create_dir_all(dir).unwrap();
-        run_ok(
-            Command::new("mount")
-                .args([
-                    "-t",
-                    "tmpfs",
-                    "-o",
-                    &format!("size={size},mode=0755"),
-                    "tmpfs",
-                ])
-                .arg(dir),
-        );
-        Tmpfs(dir.to_path_buf())
-    }
-
-    /// Bytes free on it.
-    fn free(&self) -> u64 {
-        let out = run_ok(
-            Command::new("df")
-                .args(["-B1", "--output=avail"])
-                .arg(&self.0),
-        );
-        out.lines()
-            .nth(1)
-            .and_then(|l| l.trim().parse().ok())
-            .expect("df output")
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
 /// hardware/relay.py running on the receiver's side; stopped (and its counts written) when dropped.
 struct Relay {
     child: Child,
@@ -574,7 +528,7 @@ fn receiver_disk_full_leaves_a_gap_that_replay_fills() {
             ("state", "high/state".into()),
         ],
     );
-    let disk = Tmpfs::mount(&site.path("high"), "48m");
+    let disk = diode_tests::mount::Mount::tmpfs(&site.path("high"), "48m");
     let r = site.start("recv");
     let _s = site.start("send");
     site.wait_session(Duration::from_secs(10));
