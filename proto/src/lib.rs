@@ -15,6 +15,7 @@ pub mod journal;
 pub mod keys;
 pub mod object;
 pub mod request;
+pub mod schedule;
 pub mod serial;
 pub mod session;
 

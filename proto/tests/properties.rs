@@ -12,9 +12,9 @@
 use diode_proto::fec::Geometry;
 use diode_proto::frame::{peek_kind, FrameKind, SealedHeader, SEALED_HEADER_LEN, TAG_LEN};
 use diode_proto::object::{
-    self, decode_heartbeat, encode_heartbeat, interleave, Assembly, Heartbeat, ObjectKind,
-    ObjectMeta, Step,
+    self, decode_heartbeat, encode_heartbeat, Assembly, Heartbeat, ObjectKind, ObjectMeta, Step,
 };
+use diode_proto::schedule::{self, Out, Pass};
 use diode_proto::session::{AnnounceOutcome, Drop, Opened, SenderSession, SessionTable};
 use diode_proto::{gap, BlockEncoder, KeyId, SecretKey};
 use proptest::prelude::*;
@@ -23,8 +23,6 @@ use rand::seq::{index, SliceRandom};
 use rand::{Rng, RngCore, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-/// Meta frames are repeated this often (in shard frames), as the sender does.
-const META_EVERY: usize = 128;
 /// Bound on blocks per generated object, so tiny geometries do not turn 3 MiB into 10^5 blocks.
 const MAX_BLOCKS: u64 = 48;
 const MAX_SIZE: u64 = 3 << 20;
@@ -119,9 +117,8 @@ fn meta_for(spec: &Spec, content: &[u8]) -> ObjectMeta {
     }
 }
 
-/// Encode and seal one object the way `sender/src/encoding.rs` does: two Meta frames, then block
-/// groups in `interleave` order with a Meta frame every `META_EVERY` shards, a closing Meta frame, and
-/// finally a heartbeat.
+/// Encode and seal one object in the sender's schedule (`proto::schedule::Pass`, which
+/// `sender/src/encoding.rs` follows), then a heartbeat.
 fn send(spec: &Spec) -> Sent {
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let mut content = vec![0u8; spec.size as usize];
@@ -137,82 +134,58 @@ fn send(spec: &Spec) -> Sent {
     assert_eq!(g, spec.geometry);
     let meta_bytes = meta.encode();
     let s = g.shard_size;
-    let size = meta.size;
 
+    // the sender's own schedule (proto::schedule), so the frames here are the frames it sends
     let mut frames = Vec::new();
-    for _ in 0..2 {
-        frames.push(seal_frame(
-            &mut session,
-            FrameKind::Meta,
-            meta.id,
-            0,
-            0,
-            &meta_bytes,
-        ));
+    let meta_frame = |session: &mut SenderSession| {
+        seal_frame(session, FrameKind::Meta, meta.id, 0, 0, &meta_bytes)
+    };
+    for _ in 0..schedule::OPENING_META {
+        frames.push(meta_frame(&mut session));
     }
     let mut enc = BlockEncoder::new();
-    let mut since_meta = 0;
-    let blocks: Vec<u64> = (0..g.block_count(size)).collect();
-    for group in blocks.chunks(spec.group) {
+    let mut pass = Pass::new(&meta, None, spec.group).expect("valid geometry");
+    while let Some(group) = pass.next_group() {
         let mut data = Vec::new();
         let mut starts = Vec::new();
-        let mut counts = Vec::new();
-        for &b in group {
-            let len = g.block_len(size, b) as usize;
-            let k = g.data_in(size, b);
+        for b in &group {
             let start = data.len();
-            data.resize(start + k * s, 0);
-            let from = (b * g.block_bytes()) as usize;
-            data[start..start + len].copy_from_slice(&content[from..from + len]);
+            data.resize(start + b.data_shards * s, 0);
+            let from = b.offset as usize;
+            data[start..start + b.len].copy_from_slice(&content[from..from + b.len]);
             starts.push(start);
-            counts.push(k);
         }
         let mut parity = vec![Vec::new(); group.len()];
-        let mut totals = Vec::new();
-        for (i, &k) in counts.iter().enumerate() {
-            let m = g.parity_for(k);
+        for (i, b) in group.iter().enumerate() {
+            let (k, m) = (b.data_shards, b.parity_shards);
             enc.encode(&data[starts[i]..starts[i] + k * s], s, m, &mut parity[i])
                 .expect("encode");
             assert_eq!(parity[i].len(), m * s);
-            totals.push(k + m);
         }
-        for (i, shard) in interleave(&totals) {
-            let k = counts[i];
+        for out in pass.frames(&group) {
+            let Out::Shard { slot, block, shard } = out else {
+                frames.push(meta_frame(&mut session));
+                continue;
+            };
+            let k = group[slot].data_shards;
             let payload = if shard < k {
-                &data[starts[i] + shard * s..starts[i] + (shard + 1) * s]
+                &data[starts[slot] + shard * s..starts[slot] + (shard + 1) * s]
             } else {
-                &parity[i][(shard - k) * s..(shard - k + 1) * s]
+                &parity[slot][(shard - k) * s..(shard - k + 1) * s]
             };
             frames.push(seal_frame(
                 &mut session,
                 FrameKind::Shard,
                 meta.id,
-                group[i] as u32,
+                block as u32,
                 shard as u16,
                 payload,
             ));
-            since_meta += 1;
-            if since_meta >= META_EVERY {
-                since_meta = 0;
-                frames.push(seal_frame(
-                    &mut session,
-                    FrameKind::Meta,
-                    meta.id,
-                    0,
-                    0,
-                    &meta_bytes,
-                ));
-            }
         }
     }
-    frames.push(seal_frame(
-        &mut session,
-        FrameKind::Meta,
-        meta.id,
-        0,
-        0,
-        &meta_bytes,
-    ));
+    for _ in 0..schedule::CLOSING_META {
+        frames.push(meta_frame(&mut session));
+    }
     let hb = encode_heartbeat(&Heartbeat {
         frames_sent: session.frames_sealed() + 1,
         objects_sent: 1,

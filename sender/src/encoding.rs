@@ -6,15 +6,13 @@ use crate::config::Config;
 use crate::transmit::Transmitter;
 use anyhow::{bail, Context, Result};
 use diode_proto::envelope::MAX_ENVELOPE_BYTES;
-use diode_proto::object::{interleave, ObjectKind, ObjectMeta, HASH_PENDING};
+use diode_proto::object::{ObjectKind, ObjectMeta, HASH_PENDING};
+use diode_proto::schedule::{self, Out, Pass};
 use diode_proto::{BlockEncoder, FrameKind};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// A meta frame goes out this often (in frames), so a receiver that joins mid-object learns what it is.
-const META_EVERY: usize = 64;
 
 /// Within a group of blocks, urgent objects are looked for at most this often.
 const BETWEEN_EVERY: Duration = Duration::from_millis(20);
@@ -117,23 +115,14 @@ impl Encoder {
         progress: &mut dyn FnMut(u64),
         between: &mut dyn FnMut(&mut Transmitter),
     ) -> Result<()> {
-        let g = meta.geometry()?;
-        let count = g.block_count(meta.size);
-        let list: Vec<u64> = match blocks {
-            None => (0..count).collect(),
-            Some(r) => r
-                .iter()
-                .flat_map(|(a, b)| *a as u64..=*b as u64)
-                .filter(|b| *b < count)
-                .collect(),
-        };
+        let mut pass = Pass::new(meta, blocks, self.interleave)?;
+        let s = pass.geometry().shard_size;
         let meta_bytes = meta.encode();
         let mut hasher = (!meta.hash_known() && blocks.is_none()).then(blake3::Hasher::new);
-        for _ in 0..3 {
+        for _ in 0..schedule::OPENING_META {
             tx.push(FrameKind::Meta, meta.id, 0, 0, &meta_bytes);
         }
-        let s = g.shard_size;
-        let mut since_meta = 0usize;
+        let mut sent = 0usize;
         let mut last_between = Instant::now();
         // large files are read through a map under a read lease (no copy); `map.bytes` says when the
         // lease is breaking, and from then on blocks are read into `data` as before. Only on a fast link:
@@ -142,7 +131,7 @@ impl Encoder {
         let mut map = fast
             .then(|| diode_host::mapped::Mapped::open(file, meta.size))
             .flatten();
-        for group in list.chunks(self.interleave) {
+        while let Some(group) = pass.next_group() {
             if map.as_ref().is_some_and(|m| !m.held()) {
                 tracing::info!(object = %diode_proto::journal::format_id(meta.id),
                     "someone opened the file for writing: reading it instead of mapping it");
@@ -150,19 +139,16 @@ impl Encoder {
             }
             // the group's data, each block padded to whole shards: a whole block straight from the map,
             // the rest read into `data` (a short last block is padded with zeros)
-            let mut counts = Vec::with_capacity(group.len());
             let mut sources: Vec<Option<&[u8]>> = Vec::with_capacity(group.len());
             let mut starts = Vec::with_capacity(group.len());
             let mut end = 0;
-            for &b in group {
-                let len = g.block_len(meta.size, b) as usize;
-                let k = g.data_in(meta.size, b);
+            for b in &group {
+                let (len, k) = (b.len, b.data_shards);
                 let mapped = map
                     .as_ref()
                     .filter(|_| len == k * s)
-                    .and_then(|m| m.bytes(b * g.block_bytes(), len));
+                    .and_then(|m| m.bytes(b.offset, len));
                 starts.push(end);
-                counts.push(k);
                 sources.push(mapped);
                 if mapped.is_some() {
                     continue;
@@ -173,7 +159,7 @@ impl Encoder {
                 if self.data.len() < end {
                     self.data.resize(end, 0);
                 }
-                file.read_exact_at(&mut self.data[start..start + len], b * g.block_bytes())
+                file.read_exact_at(&mut self.data[start..start + len], b.offset)
                     .context("the object's file changed or shrank while being sent")?;
                 self.data[start + len..end].fill(0);
             }
@@ -181,51 +167,49 @@ impl Encoder {
             let block_data = |i: usize| -> &[u8] {
                 match sources[i] {
                     Some(m) => m,
-                    None => &data[starts[i]..starts[i] + counts[i] * s],
+                    None => &data[starts[i]..starts[i] + group[i].data_shards * s],
                 }
             };
             if let Some(h) = hasher.as_mut() {
-                for (i, &b) in group.iter().enumerate() {
-                    let len = g.block_len(meta.size, b) as usize;
-                    h.update(&block_data(i)[..len]);
+                for (i, b) in group.iter().enumerate() {
+                    h.update(&block_data(i)[..b.len]);
                 }
             }
             self.parity.resize_with(group.len(), Vec::new);
-            let mut totals = Vec::with_capacity(group.len());
-            for (i, &k) in counts.iter().enumerate() {
-                let m = g.parity_for(k);
-                self.fec.encode(block_data(i), s, m, &mut self.parity[i])?;
-                totals.push(k + m);
+            for (i, b) in group.iter().enumerate() {
+                self.fec
+                    .encode(block_data(i), s, b.parity_shards, &mut self.parity[i])?;
             }
-            for (i, shard) in interleave(&totals) {
-                let k = counts[i];
+            for out in pass.frames(&group) {
+                let (slot, block, shard) = match out {
+                    Out::Meta => {
+                        tx.push(FrameKind::Meta, meta.id, 0, 0, &meta_bytes);
+                        continue;
+                    }
+                    Out::Shard { slot, block, shard } => (slot, block, shard),
+                };
+                let k = group[slot].data_shards;
                 let payload = if shard < k {
-                    &block_data(i)[shard * s..(shard + 1) * s]
+                    &block_data(slot)[shard * s..(shard + 1) * s]
                 } else {
-                    &self.parity[i][(shard - k) * s..(shard - k + 1) * s]
+                    &self.parity[slot][(shard - k) * s..(shard - k + 1) * s]
                 };
                 tx.push(
                     FrameKind::Shard,
                     meta.id,
-                    group[i] as u32,
+                    block as u32,
                     shard as u16,
                     payload,
                 );
-                since_meta += 1;
-                if since_meta >= META_EVERY {
-                    since_meta = 0;
-                    tx.push(FrameKind::Meta, meta.id, 0, 0, &meta_bytes);
-                }
+                sent += 1;
                 // on a slow line a group takes minutes (a frame alone 0.1 s at 115200 baud): look for
                 // urgent objects every 20 ms within it (on a fast link the clock is read every 8th frame)
-                if (!fast || since_meta.is_multiple_of(8))
-                    && last_between.elapsed() >= BETWEEN_EVERY
-                {
+                if (!fast || sent.is_multiple_of(8)) && last_between.elapsed() >= BETWEEN_EVERY {
                     between(tx);
                     last_between = Instant::now();
                 }
             }
-            progress(group.iter().map(|&b| g.block_len(meta.size, b)).sum());
+            progress(group.iter().map(|b| b.len as u64).sum());
             // urgent small objects (approval envelopes) go out here, not after the whole file
             between(tx);
             last_between = Instant::now();
@@ -238,7 +222,7 @@ impl Encoder {
         }
         // the closing metadata (with the hash) three times: one copy must survive the loss
         let meta_bytes = meta.encode();
-        for _ in 0..3 {
+        for _ in 0..schedule::CLOSING_META {
             tx.push(FrameKind::Meta, meta.id, 0, 0, &meta_bytes);
         }
         tx.flush();
