@@ -10,6 +10,7 @@
 //! - `audit.jsonl` (+ `.head`, `.lock`): the hash-chained audit log.
 
 use crate::config::{ApprovalsConfig, Config};
+use crate::hook_runner::HookRunner;
 use anyhow::{bail, Context, Result};
 use diode_host::atomic::write_atomic;
 use diode_host::audit::AuditLog;
@@ -29,6 +30,8 @@ pub struct Approvals {
     audit: AuditLog,
     seen: HashSet<String>,
     dir: PathBuf,
+    /// The helper that runs `[approvals] hook` outside the sandbox, when one is configured.
+    hooks: Option<HookRunner>,
 }
 
 fn registry(dir: &Path, name: &str) -> HashSet<String> {
@@ -64,7 +67,7 @@ fn load_keys(cfg: &ApprovalsConfig) -> Result<Vec<VerifyingKey>> {
 }
 
 impl Approvals {
-    pub fn open(cfg: &Config) -> Result<Option<Self>> {
+    pub fn open(cfg: &Config, hooks: Option<HookRunner>) -> Result<Option<Self>> {
         let Some(a) = cfg.approvals.clone() else {
             return Ok(None);
         };
@@ -82,6 +85,7 @@ impl Approvals {
             trusted,
             cfg: a,
             dir,
+            hooks,
         }))
     }
 
@@ -126,9 +130,9 @@ impl Approvals {
                 )?;
                 tracing::info!(id = %e.id, decision = %e.decision, artifact = %e.artifact.name, digest = %e.artifact.digest,
                     env = %e.environment, path = %path.display(), "approval envelope accepted");
-                if self.cfg.hook.is_some() {
+                if let Some(h) = &self.hooks {
                     // run by the helper outside the sandbox; it never holds up reception
-                    crate::hook_runner::submit(&e.id, &String::from_utf8_lossy(bytes));
+                    h.submit(&e.id, &String::from_utf8_lossy(bytes));
                 }
                 Ok(path)
             }

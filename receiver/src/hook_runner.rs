@@ -12,11 +12,14 @@ use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::process::{ChildStdin, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The pipe to the helper, set once at startup when a hook is configured.
-static RUNNER: Mutex<Option<ChildStdin>> = Mutex::new(None);
+/// The daemon's end of the pipe to the helper: what `Approvals` hands accepted envelopes to.
+#[derive(Clone)]
+pub struct HookRunner {
+    pipe: Arc<Mutex<ChildStdin>>,
+}
 
 /// One hook to run: the envelope id and its JSON, as the hook gets it on stdin.
 #[derive(Serialize, Deserialize)]
@@ -26,14 +29,14 @@ struct Job {
 }
 
 /// Start the helper if `[approvals] hook` is set. Call before the sandbox is installed.
-pub fn start(config: &Path, cfg: &Config) -> Result<()> {
+pub fn start(config: &Path, cfg: &Config) -> Result<Option<HookRunner>> {
     if cfg
         .approvals
         .as_ref()
         .and_then(|a| a.hook.as_ref())
         .is_none()
     {
-        return Ok(());
+        return Ok(None);
     }
     let exe =
         std::env::current_exe().context("cannot find this program to start the hook runner")?;
@@ -49,37 +52,39 @@ pub fn start(config: &Path, cfg: &Config) -> Result<()> {
         pid = child.id(),
         "approval hooks run in a helper process outside the sandbox"
     );
-    let stdin = child.stdin.take();
-    if let Ok(mut r) = RUNNER.lock() {
-        *r = stdin;
-    }
+    let stdin = child
+        .stdin
+        .take()
+        .context("the approval hook runner has no input pipe")?;
     // the helper is not waited for: it lives as long as this process and ends when the pipe closes
-    Ok(())
+    Ok(Some(HookRunner {
+        pipe: Arc::new(Mutex::new(stdin)),
+    }))
 }
 
-/// Hand an accepted envelope to the helper. Never blocks reception: the pipe is written from a thread.
-pub fn submit(id: &str, envelope: &str) {
-    let job = Job {
-        id: id.to_string(),
-        envelope: envelope.to_string(),
-    };
-    let Ok(mut line) = serde_json::to_string(&job) else {
-        return;
-    };
-    line.push('\n');
-    let id = id.to_string();
-    std::thread::spawn(move || {
-        let sent = match RUNNER.lock() {
-            Ok(mut r) => match r.as_mut() {
-                Some(pipe) => pipe.write_all(line.as_bytes()).and_then(|_| pipe.flush()),
-                None => Err(std::io::Error::other("no hook runner was started")),
-            },
-            Err(_) => Err(std::io::Error::other("the hook runner's pipe is poisoned")),
+impl HookRunner {
+    /// Hand an accepted envelope to the helper. Never blocks reception: the pipe is written from a thread.
+    pub fn submit(&self, id: &str, envelope: &str) {
+        let job = Job {
+            id: id.to_string(),
+            envelope: envelope.to_string(),
         };
-        if let Err(e) = sent {
-            tracing::error!(id, error = %e, "cannot hand the approval to the hook runner; the approval stays in approvals/ (restart diode-recv)");
-        }
-    });
+        let Ok(mut line) = serde_json::to_string(&job) else {
+            return;
+        };
+        line.push('\n');
+        let id = id.to_string();
+        let pipe = self.pipe.clone();
+        std::thread::spawn(move || {
+            let sent = match pipe.lock() {
+                Ok(mut pipe) => pipe.write_all(line.as_bytes()).and_then(|_| pipe.flush()),
+                Err(_) => Err(std::io::Error::other("the hook runner's pipe is poisoned")),
+            };
+            if let Err(e) = sent {
+                tracing::error!(id, error = %e, "cannot hand the approval to the hook runner; the approval stays in approvals/ (restart diode-recv)");
+            }
+        });
+    }
 }
 
 /// The helper's side (`diode-recv hook-runner`): run each job from stdin on its own thread, as the daemon

@@ -259,9 +259,9 @@ fn run(cli: Cli) -> Result<()> {
             // order matters: the hook runner before any sandbox (it must stay outside), Landlock before
             // the first thread (it covers the calling thread and those it starts), seccomp once the link
             // is open (it covers every thread)
-            hook_runner::start(&cli.config, &cfg)?;
+            let hooks = hook_runner::start(&cli.config, &cfg)?;
             let sandbox = sandbox::restrict_files(&cfg, &cli.config)?;
-            let mut receiver = receive::Receiver::new(cfg, table)?;
+            let mut receiver = receive::Receiver::new(cfg, table, hooks)?;
             sandbox.forbid_sending(receiver.link())?;
             receiver.run()
         }

@@ -5,8 +5,9 @@
 
 use crate::approvals::Approvals;
 use crate::config::Config;
+use crate::hook_runner::HookRunner;
 use crate::status::{self, LimitStatus, ObjectStatus, RefusedStatus, SessionStatus, Status};
-use crate::store::{Partial, PublishError};
+use crate::store::{Partial, PublishError, Storage};
 use crate::writer::{self, Done, FinishError, Job, Writer};
 use anyhow::{Context, Result};
 use diode_host::atomic::{append_line, write_atomic, Persister};
@@ -50,6 +51,8 @@ pub struct Receiver {
     cfg: Config,
     /// Saves progress, status and metrics off the receive loop (each save is an fsync).
     persist: Persister,
+    /// Where partial objects live and how they are written.
+    storage: Storage,
     /// Taken by `run`.
     rx: Option<LinkRx>,
     table: SessionTable,
@@ -103,16 +106,13 @@ fn retry_after(failures: u32) -> Duration {
 }
 
 impl Receiver {
-    pub fn new(cfg: Config, table: SessionTable) -> Result<Self> {
-        crate::store::DIRECT_IO.store(cfg.direct_io, std::sync::atomic::Ordering::Relaxed);
-        if crate::store::PERSIST.get().is_none() {
-            let p = Persister::spawn().context("cannot start the persist thread")?;
-            let _ = crate::store::PERSIST.set(p);
-        }
-        let persist = crate::store::PERSIST
-            .get()
-            .cloned()
-            .context("cannot start the persist thread")?;
+    pub fn new(cfg: Config, table: SessionTable, hooks: Option<HookRunner>) -> Result<Self> {
+        let persist = Persister::spawn().context("cannot start the persist thread")?;
+        let storage = Storage {
+            dir: cfg.partial_dir(),
+            persist: persist.clone(),
+            direct_io: cfg.direct_io,
+        };
         std::fs::create_dir_all(cfg.partial_dir())
             .with_context(|| format!("cannot create {}", cfg.partial_dir().display()))?;
         std::fs::create_dir_all(&cfg.inbox)
@@ -155,10 +155,10 @@ impl Receiver {
             }
         }
         let mut objects = HashMap::new();
-        for (path, bytes) in Partial::sweep_orphans(&cfg.partial_dir()) {
+        for (path, bytes) in Partial::sweep_orphans(&storage.dir) {
             tracing::warn!(file = %path.display(), bytes, "removed partial data that belonged to no object (its state was never saved)");
         }
-        for p in Partial::load_all(&cfg.partial_dir()) {
+        for p in Partial::load_all(&storage) {
             tracing::info!(object = %format_id(p.asm.meta.id), name = %p.asm.meta.name,
                 done = p.asm.done_count(), blocks = p.asm.block_count(), "resuming a partial object");
             objects.insert((p.sender, p.asm.meta.id), p);
@@ -187,7 +187,8 @@ impl Receiver {
             frames_since_check: 0,
             last_tick: now,
             last_drop_log: now,
-            approvals: Approvals::open(&cfg)?,
+            approvals: Approvals::open(&cfg, hooks)?,
+            storage,
             writer: Writer::spawn().context("cannot start the writer thread")?,
             persist,
             cfg,
@@ -406,7 +407,7 @@ impl Receiver {
             return;
         }
         let (name, size) = (meta.name.clone(), meta.size);
-        match Partial::create(&self.cfg.partial_dir(), sender, meta) {
+        match Partial::create(&self.storage, sender, meta) {
             Ok(p) => {
                 tracing::info!(object = %format_id(key.1), name = %name, bytes = size, blocks = p.asm.block_count(), "receiving");
                 self.objects.insert(key, p);

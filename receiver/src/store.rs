@@ -4,25 +4,29 @@
 //! whole file matches, the file is renamed into the inbox, so the inbox only ever shows whole files.
 
 use anyhow::{bail, Context, Result};
-use diode_host::atomic::{sync_dir, write_atomic, Persister};
+use diode_host::atomic::{sync_dir, Persister};
 use diode_proto::journal::format_id;
 use diode_proto::object::{safe_name, Assembly, AssemblyState, ObjectMeta};
 use diode_proto::KeyId;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 /// Objects at least this large are written with O_DIRECT where `direct_io` allows it.
 pub const DIRECT_MIN: u64 = 8 << 20;
 
-/// The receiver's persist thread, set once at start (progress is saved through it).
-pub static PERSIST: std::sync::OnceLock<Persister> = std::sync::OnceLock::new();
-
-/// `direct_io` from recv.toml (default on), set once at start.
-pub static DIRECT_IO: AtomicBool = AtomicBool::new(true);
+/// What every partial object of one receiver shares: where state is saved from, and how data is written.
+#[derive(Clone)]
+pub struct Storage {
+    /// The folder of partial objects (`state/partial/`).
+    pub dir: PathBuf,
+    /// The persist thread: progress is saved through it, off the receive loop.
+    pub persist: Persister,
+    /// `direct_io` from recv.toml: large objects written with O_DIRECT.
+    pub direct_io: bool,
+}
 
 /// A second, write-only handle with O_DIRECT; None where the filesystem refuses it (tmpfs), which
 /// leaves the object to the page cache as before.
@@ -60,6 +64,7 @@ pub struct Partial {
     pub error: Option<String>,
     /// The writer is verifying and syncing it.
     pub finishing: bool,
+    persist: Persister,
     /// Verified but not deliverable until the admin acts (a name the inbox refuses, no `[approvals]`):
     /// not tried again before a restart.
     pub held: Option<String>,
@@ -78,10 +83,11 @@ const KEEP_FREE: u64 = 64 << 20;
 impl Partial {
     /// A new object on disk: its data file and its first state. Whatever fails on the way is removed
     /// again, so no data file is ever left without the state file that `load_all` and expiry know it by.
-    pub fn create(dir: &Path, sender: KeyId, meta: ObjectMeta) -> Result<Self> {
+    pub fn create(storage: &Storage, sender: KeyId, meta: ObjectMeta) -> Result<Self> {
         let asm = Assembly::new(meta)?;
         let id = asm.meta.id;
-        Self::open(dir, sender, asm, true).inspect_err(|_| {
+        let dir = &storage.dir;
+        Self::open(storage, sender, asm, true).inspect_err(|_| {
             let s = stem(sender, id);
             let _ = fs::remove_file(dir.join(format!("{s}.data")));
             let _ = fs::remove_file(dir.join(format!("{s}.state")));
@@ -114,7 +120,8 @@ impl Partial {
         removed
     }
 
-    fn open(dir: &Path, sender: KeyId, asm: Assembly, fresh: bool) -> Result<Self> {
+    fn open(storage: &Storage, sender: KeyId, asm: Assembly, fresh: bool) -> Result<Self> {
+        let dir = &storage.dir;
         let s = stem(sender, asm.meta.id);
         let data_path = dir.join(format!("{s}.data"));
         let state_path = dir.join(format!("{s}.state"));
@@ -126,7 +133,7 @@ impl Partial {
             .open(&data_path)
             .with_context(|| format!("cannot open {}", data_path.display()))
             .map(Arc::new)?;
-        let direct = (asm.meta.size >= DIRECT_MIN && DIRECT_IO.load(Ordering::Relaxed))
+        let direct = (asm.meta.size >= DIRECT_MIN && storage.direct_io)
             .then(|| open_direct(&data_path))
             .flatten();
         if fresh && direct.is_some() {
@@ -147,6 +154,7 @@ impl Partial {
             last_progress: now,
             error: None,
             finishing: false,
+            persist: storage.persist.clone(),
             held: None,
             retry_at: None,
             failures: 0,
@@ -157,10 +165,11 @@ impl Partial {
         Ok(p)
     }
 
-    /// Every partial object found in `dir` (after a restart). Unreadable ones are reported and skipped.
-    pub fn load_all(dir: &Path) -> Vec<Partial> {
+    /// Every partial object found in the folder (after a restart). Unreadable ones are reported and
+    /// skipped.
+    pub fn load_all(storage: &Storage) -> Vec<Partial> {
         let mut out = Vec::new();
-        let Ok(rd) = fs::read_dir(dir) else {
+        let Ok(rd) = fs::read_dir(&storage.dir) else {
             return out;
         };
         for e in rd.flatten() {
@@ -168,7 +177,7 @@ impl Partial {
             if p.extension().is_none_or(|x| x != "state") {
                 continue;
             }
-            match Self::load(&p) {
+            match Self::load(storage, &p) {
                 Ok(part) => out.push(part),
                 Err(err) => {
                     tracing::error!(file = %p.display(), error = %format!("{err:#}"), "unreadable partial object state; it will be received again from scratch")
@@ -178,7 +187,7 @@ impl Partial {
         out
     }
 
-    fn load(state_path: &Path) -> Result<Partial> {
+    fn load(storage: &Storage, state_path: &Path) -> Result<Partial> {
         let bytes = fs::read(state_path)?;
         let (&v, rest) = bytes.split_first().context("empty state file")?;
         if v != STATE_VERSION {
@@ -187,34 +196,23 @@ impl Partial {
         let (sender, st): ([u8; 8], AssemblyState) =
             postcard::from_bytes(rest).context("state file does not decode")?;
         let asm = Assembly::from_state(st)?;
-        let mut p = Self::open(
-            state_path.parent().unwrap_or(Path::new(".")),
-            KeyId(sender),
-            asm,
-            false,
-        )?;
+        let mut p = Self::open(storage, KeyId(sender), asm, false)?;
         p.dirty = false;
         Ok(p)
     }
 
-    /// Save progress: through the persist thread once the receiver runs (the receive loop must not wait
-    /// for an fsync), at once before that.
+    /// Save progress through the persist thread (the receive loop must not wait for an fsync). A data
+    /// file whose first state never reached the disk is swept at the next start (`sweep_orphans`).
     pub fn persist(&mut self) -> Result<()> {
         let mut bytes = vec![STATE_VERSION];
         bytes.extend(postcard::to_allocvec(&(self.sender.0, self.asm.state()))?);
-        match PERSIST.get() {
-            Some(p) => p.write(&self.state_path, bytes, 0o600),
-            None => write_atomic(&self.state_path, &bytes, 0o600)?,
-        }
+        self.persist.write(&self.state_path, bytes, 0o600);
         self.dirty = false;
         Ok(())
     }
 
     fn remove_state(&self) {
-        let _ = match PERSIST.get() {
-            Some(p) => p.remove_now(&self.state_path),
-            None => fs::remove_file(&self.state_path),
-        };
+        let _ = self.persist.remove_now(&self.state_path);
     }
 
     pub fn file(&self) -> Arc<File> {
