@@ -5,11 +5,10 @@
 pub mod atomic;
 pub mod audit;
 pub mod keyfile;
+pub mod link;
 pub mod mapped;
 pub mod pace;
 pub mod sandbox;
-pub mod serial;
-pub mod udp;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -1,7 +1,8 @@
 //! `recv.toml`: every key is documented in `receiver/recv.example.toml`, which the tests load.
 
 use anyhow::{bail, Context, Result};
-use diode_host::serial::{Line, LinkKind};
+use diode_host::link::serial::Line;
+use diode_host::link::LinkKind;
 use diode_proto::envelope::Rule;
 use serde::Deserialize;
 use std::collections::BTreeMap;

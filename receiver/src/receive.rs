@@ -11,18 +11,15 @@ use crate::store::{Partial, PublishError, Storage};
 use crate::writer::{self, Done, FinishError, Job, Writer};
 use anyhow::{Context, Result};
 use diode_host::atomic::{append_line, write_atomic, Persister};
-use diode_host::serial::SerialRx;
-use diode_host::udp::{UdpRx, RX_BUF};
+use diode_host::link::{serial::SerialRx, udp::UdpRx, FramesIn};
 use diode_proto::envelope::MAX_ENVELOPE_BYTES;
 use diode_proto::frame::{self, FrameKind, SEALED_HEADER_LEN, TAG_LEN};
 use diode_proto::journal::format_id;
 use diode_proto::object::{decode_heartbeat, ObjectKind, ObjectMeta, Step};
 use diode_proto::session::{AnnounceOutcome, Opened};
 use diode_proto::{KeyId, SessionTable};
-use quinn_udp::RecvMeta;
 use reed_solomon_simd::ReedSolomonDecoder;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::io::IoSliceMut;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -41,12 +38,6 @@ struct Link {
     up: bool,
 }
 
-/// Where frames come from.
-enum LinkRx {
-    Udp(UdpRx),
-    Serial(SerialRx),
-}
-
 pub struct Receiver {
     cfg: Config,
     /// Saves progress, status and metrics off the receive loop (each save is an fsync).
@@ -54,7 +45,7 @@ pub struct Receiver {
     /// Where partial objects live and how they are written.
     storage: Storage,
     /// Taken by `run`.
-    rx: Option<LinkRx>,
+    rx: Option<Box<dyn FramesIn>>,
     table: SessionTable,
     objects: HashMap<Key, Partial>,
     completed: HashSet<Key>,
@@ -117,8 +108,8 @@ impl Receiver {
             .with_context(|| format!("cannot create {}", cfg.partial_dir().display()))?;
         std::fs::create_dir_all(&cfg.inbox)
             .with_context(|| format!("cannot create {}", cfg.inbox.display()))?;
-        let rx = match cfg.serial_line()? {
-            Some(line) => LinkRx::Serial(SerialRx::open(&line)?),
+        let rx: Box<dyn FramesIn> = match cfg.serial_line()? {
+            Some(line) => Box::new(SerialRx::open(&line)?),
             None => {
                 let rx = UdpRx::bind(cfg.udp_listen()?, cfg.rcvbuf_mb << 20)?;
                 if rx.recv_buffer_size() < (cfg.rcvbuf_mb << 20) {
@@ -127,7 +118,7 @@ impl Receiver {
                         "small UDP receive buffer: raise net.core.rmem_max (see hardware/README.md) or bursts will be lost"
                     );
                 }
-                LinkRx::Udp(rx)
+                Box::new(rx)
             }
         };
         let mut completed = HashSet::new();
@@ -197,10 +188,7 @@ impl Receiver {
 
     /// The UDP link socket before `run` takes it (none on a serial line), for the sandbox's probe.
     pub fn link(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        match &self.rx {
-            Some(LinkRx::Udp(u)) => Some(std::os::fd::AsFd::as_fd(u)),
-            _ => None,
-        }
+        self.rx.as_ref().and_then(|r| r.socket())
     }
 
     pub fn load_highest(cfg: &Config) -> HashMap<KeyId, u64> {
@@ -223,40 +211,18 @@ impl Receiver {
             anyhow::bail!("the receive loop is already running");
         };
         tracing::info!(link = %self.cfg.link_name()?, inbox = %self.cfg.inbox.display(), "receiving");
-        let mut bufs: Vec<Vec<u8>> = (0..8).map(|_| vec![0u8; RX_BUF]).collect();
-        let mut meta = [RecvMeta::default(); 8];
         loop {
             self.clock = Instant::now();
-            match &mut rx {
-                LinkRx::Udp(udp) => {
-                    let n = {
-                        let mut slices: Vec<IoSliceMut> =
-                            bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-                        udp.recv(&mut slices, &mut meta)
-                            .context("receive on the link failed")?
-                    };
+            let mut fresh = true;
+            let noise = rx.recv(&mut |f| {
+                // the clock is read once per batch of datagrams (when the batch came), not once per frame
+                if std::mem::take(&mut fresh) {
                     self.clock = Instant::now();
-                    for (buf, m) in bufs.iter_mut().zip(meta.iter()).take(n) {
-                        let stride = m.stride.max(1);
-                        for f in buf[..m.len.min(RX_BUF)].chunks_mut(stride) {
-                            self.frame(f);
-                        }
-                    }
                 }
-                LinkRx::Serial(serial) => {
-                    serial.recv(|f| self.frame(f))?;
-                    // line noise is counted with the other drop reasons
-                    let st = std::mem::take(&mut serial.deframer.stats);
-                    for (why, n) in [
-                        ("serial_crc", st.bad_crc),
-                        ("serial_malformed", st.malformed),
-                        ("serial_oversize", st.oversize),
-                    ] {
-                        if n > 0 {
-                            *self.drops.entry(why).or_default() += n;
-                        }
-                    }
-                }
+                self.frame(f)
+            })?;
+            for (why, n) in noise {
+                *self.drops.entry(why).or_default() += n;
             }
             self.drain_writer();
             if self.last_tick.elapsed() >= Duration::from_secs(1) {

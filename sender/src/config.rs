@@ -1,7 +1,8 @@
 //! `send.toml`: every key is documented in `sender/send.example.toml`, which the tests load.
 
 use anyhow::{bail, Context, Result};
-use diode_host::serial::{Line, LinkKind};
+use diode_host::link::serial::Line;
+use diode_host::link::LinkKind;
 use diode_proto::frame::shard_size_for_mtu;
 use diode_proto::Geometry;
 use serde::Deserialize;
@@ -176,7 +177,7 @@ impl Config {
             (None, None) => 1_000_000_000,
         };
         if let Some(l) = &line {
-            diode_host::serial::check_rate(l, bps)?;
+            diode_host::link::serial::check_rate(l, bps)?;
         }
         Ok(bps)
     }

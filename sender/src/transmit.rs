@@ -5,46 +5,19 @@
 
 use crate::config::Config;
 use anyhow::{Context, Result};
-use diode_host::serial::{Line, SerialTx};
-use diode_host::{pace::Pacer, udp::UdpTx};
-use diode_proto::frame::{IP_UDP_OVERHEAD, SEALED_HEADER_LEN, TAG_LEN};
+use diode_host::link::{serial::SerialTx, udp::UdpTx, FramesOut, LinkKind};
+use diode_host::pace::Pacer;
+use diode_proto::frame::{SEALED_HEADER_LEN, TAG_LEN};
 use diode_proto::object::Heartbeat;
 use diode_proto::{FrameKind, PublicKey, SecretKey, SenderSession};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// Where frames go.
-enum Link {
-    Udp(UdpTx),
-    Serial(SerialTx, Line),
-}
-
-impl Link {
-    fn send(&mut self, contents: &[u8], segment: usize) -> std::io::Result<()> {
-        match self {
-            Link::Udp(u) => u.send(contents, segment),
-            Link::Serial(s, _) => s.send(contents, segment),
-        }
-    }
-
-    /// What the pacer counts for one frame of `len` bytes.
-    fn paced(&self, len: usize) -> usize {
-        match self {
-            Link::Udp(_) => len + IP_UDP_OVERHEAD,
-            Link::Serial(_, line) => line.paced_bytes(len),
-        }
-    }
-}
-
 /// The link is only ever written: from here on the kernel refuses, on every thread, recvfrom, recvmsg
 /// and recvmmsg on any socket and read(2) and its variants on the link's descriptor (EPERM). Reading
 /// files, inotify and the journal are unaffected. `sandbox = false` in send.toml skips it (debugging).
-fn forbid_receiving(cfg: &Config, link: &Link) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = match link {
-        Link::Udp(u) => u.as_raw_fd(),
-        Link::Serial(s, _) => s.as_raw_fd(),
-    };
+fn forbid_receiving(cfg: &Config, link: &dyn FramesOut) -> Result<()> {
+    let fd = link.raw_fd();
     if cfg.sandbox {
         let refused = diode_host::sandbox::forbid_receiving(fd)?;
         tracing::info!(refused = %refused, "sandbox: seccomp filter on every thread: receiving on the link is refused (EPERM)");
@@ -62,7 +35,7 @@ fn forbid_receiving(cfg: &Config, link: &Link) -> Result<()> {
 }
 
 pub struct Transmitter {
-    tx: Link,
+    tx: Box<dyn FramesOut>,
     me: SecretKey,
     receiver: PublicKey,
     counter_file: PathBuf,
@@ -90,22 +63,17 @@ pub struct Transmitter {
 impl Transmitter {
     pub fn new(cfg: &Config, me: SecretKey, receiver: PublicKey) -> Result<Self> {
         let rate_bps = cfg.rate_bps()?;
-        let (tx, max_segments, link_name) = match cfg.serial_line()? {
-            Some(line) => {
-                let s = SerialTx::open(&line)?;
-                let name = line.describe();
-                // one frame at a time: each is paced on its own, so an urgent frame never waits
-                // behind a batch that takes a second to cross the line
-                (Link::Serial(s, line), 1, name)
-            }
-            None => {
-                let target = cfg.udp_target()?;
-                let u = UdpTx::new(target, cfg.bind, 8 << 20)?;
-                let segments = if cfg.use_gso()? { u.max_segments() } else { 1 };
-                (Link::Udp(u), segments, target.to_string())
-            }
+        let tx: Box<dyn FramesOut> = match cfg.serial_line()? {
+            Some(line) => Box::new(SerialTx::open(&line)?),
+            None => Box::new(UdpTx::new(cfg.udp_target()?, cfg.bind, 8 << 20)?),
         };
-        forbid_receiving(cfg, &tx)?;
+        let max_segments = if cfg.link == LinkKind::Udp && !cfg.use_gso()? {
+            1
+        } else {
+            tx.max_segments()
+        };
+        let link_name = tx.describe();
+        forbid_receiving(cfg, tx.as_ref())?;
         let counter_file = cfg.state.join("session.counter");
         let session = start_session(&me, &receiver, &counter_file)?;
         let now = Instant::now();
@@ -143,7 +111,7 @@ impl Transmitter {
     /// Queue one sealed frame carrying `payload`.
     /// A UDP link paced at 100 Mbit/s or more: a group of blocks is out in about half a second.
     pub fn fast_link(&self) -> bool {
-        matches!(self.tx, Link::Udp(_)) && self.rate_bps >= 100_000_000
+        self.tx.kind() == LinkKind::Udp && self.rate_bps >= 100_000_000
     }
 
     pub fn push(&mut self, kind: FrameKind, object: u64, block: u32, shard: u16, payload: &[u8]) {
@@ -184,7 +152,7 @@ impl Transmitter {
         if self.batch_frames > 0 {
             // a batch holds frames of one length (`push` flushes when it changes)
             self.pacer
-                .wait(self.tx.paced(self.segment) * self.batch_frames);
+                .wait(self.tx.paced_bytes(self.segment) * self.batch_frames);
             if let Err(e) = self.tx.send(&self.batch[..self.batch_len], self.segment) {
                 self.send_error(e);
             }
@@ -224,7 +192,7 @@ impl Transmitter {
 
     fn announce(&mut self) {
         let a = self.session.announce().to_vec();
-        self.pacer.wait(self.tx.paced(a.len()));
+        self.pacer.wait(self.tx.paced_bytes(a.len()));
         if let Err(e) = self.tx.send(&a, a.len()) {
             self.send_error(e);
         }
@@ -248,7 +216,7 @@ impl Transmitter {
             .seal(FrameKind::Heartbeat, 0, 0, 0, &mut f)
             .is_some()
         {
-            self.pacer.wait(self.tx.paced(f.len()));
+            self.pacer.wait(self.tx.paced_bytes(f.len()));
             if let Err(e) = self.tx.send(&f, f.len()) {
                 self.send_error(e);
             }

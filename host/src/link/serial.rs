@@ -9,14 +9,8 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// `link` in both configs: the UDP link (default) or a serial line.
-#[derive(serde::Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LinkKind {
-    #[default]
-    Udp,
-    Serial,
-}
+pub use super::LinkKind;
+use super::{FramesIn, FramesOut, Noise};
 
 /// A serial line as configured (`device`, `baud`, `data_bits`, `parity`, `stop_bits`).
 #[derive(Clone, Debug)]
@@ -104,6 +98,7 @@ impl Line {
 pub struct SerialTx {
     port: TTYPort,
     buf: Vec<u8>,
+    line: Line,
 }
 
 impl SerialTx {
@@ -116,6 +111,7 @@ impl SerialTx {
         Ok(SerialTx {
             port,
             buf: Vec::with_capacity(16 << 10),
+            line: line.clone(),
         })
     }
 
@@ -131,10 +127,27 @@ impl SerialTx {
     }
 }
 
-/// The tty, for the sandbox's filter on it.
-impl std::os::fd::AsRawFd for SerialTx {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+impl FramesOut for SerialTx {
+    fn kind(&self) -> LinkKind {
+        LinkKind::Serial
+    }
+    fn send(&mut self, contents: &[u8], segment: usize) -> io::Result<()> {
+        SerialTx::send(self, contents, segment)
+    }
+    fn paced_bytes(&self, len: usize) -> usize {
+        self.line.paced_bytes(len)
+    }
+    /// One frame at a time: each is paced on its own, so an urgent frame never waits behind a batch
+    /// that takes a second to cross the line.
+    fn max_segments(&self) -> usize {
+        1
+    }
+    /// The tty, for the sandbox's filter on it.
+    fn raw_fd(&self) -> std::os::fd::RawFd {
         std::os::fd::AsRawFd::as_raw_fd(&self.port)
+    }
+    fn describe(&self) -> String {
+        self.line.describe()
     }
 }
 
@@ -201,6 +214,25 @@ impl SerialRx {
 
     pub fn device(&self) -> &Path {
         &self.line.device
+    }
+}
+
+impl FramesIn for SerialRx {
+    fn recv(&mut self, on_frame: &mut dyn FnMut(&mut [u8])) -> Result<Noise> {
+        SerialRx::recv(self, on_frame)?;
+        // line noise is counted with the other drop reasons
+        let st = std::mem::take(&mut self.deframer.stats);
+        Ok([
+            ("serial_crc", st.bad_crc),
+            ("serial_malformed", st.malformed),
+            ("serial_oversize", st.oversize),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect())
+    }
+    fn socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
     }
 }
 

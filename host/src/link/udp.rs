@@ -10,6 +10,9 @@ use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
+use super::{FramesIn, FramesOut, LinkKind, Noise};
+use diode_proto::frame::IP_UDP_OVERHEAD;
+
 pub struct UdpTx {
     sock: UdpSocket,
     state: UdpSocketState,
@@ -80,6 +83,9 @@ impl std::os::fd::AsRawFd for UdpTx {
 pub struct UdpRx {
     sock: UdpSocket,
     state: UdpSocketState,
+    /// GRO batches land here: 8 buffers of `RX_BUF`, reused.
+    bufs: Vec<Vec<u8>>,
+    meta: [RecvMeta; 8],
 }
 
 /// Space for one GRO batch: 64 datagrams of up to 1500 bytes fit twice over.
@@ -107,7 +113,12 @@ impl UdpRx {
         // until a datagram comes (or 100 ms pass, for its timers), not spin a core away
         sock.set_nonblocking(false)?;
         sock.set_read_timeout(Some(Duration::from_millis(100)))?;
-        Ok(UdpRx { sock, state })
+        Ok(UdpRx {
+            sock,
+            state,
+            bufs: (0..8).map(|_| vec![0u8; RX_BUF]).collect(),
+            meta: [RecvMeta::default(); 8],
+        })
     }
 
     pub fn recv_buffer_size(&self) -> usize {
@@ -115,31 +126,71 @@ impl UdpRx {
             .recv_buffer_size((&self.sock).into())
             .unwrap_or(0)
     }
-
-    /// Receive into `bufs`; returns how many buffers were filled (0 on timeout). Each filled buffer holds
-    /// `meta.len` bytes of datagrams `meta.stride` apart.
-    pub fn recv(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> io::Result<usize> {
-        match self.state.recv((&self.sock).into(), bufs, meta) {
-            Ok(n) => Ok(n),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(0)
-            }
-            Err(e) => Err(e),
-        }
-    }
 }
 
 /// The socket, for the sandbox's probe of it.
 impl std::os::fd::AsFd for UdpRx {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         std::os::fd::AsFd::as_fd(&self.sock)
+    }
+}
+
+impl FramesIn for UdpRx {
+    /// One system call for up to 8 GRO batches; each batch is cut at the kernel's stride into its
+    /// datagrams (socket drop counters count batches, so frames are counted by the receiver itself).
+    fn recv(&mut self, on_frame: &mut dyn FnMut(&mut [u8])) -> Result<Noise> {
+        let n = {
+            let mut slices: Vec<IoSliceMut> =
+                self.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            match self
+                .state
+                .recv((&self.sock).into(), &mut slices, &mut self.meta)
+            {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    0
+                }
+                Err(e) => return Err(e).context("receive on the link failed"),
+            }
+        };
+        for (buf, m) in self.bufs.iter_mut().zip(self.meta.iter()).take(n) {
+            let stride = m.stride.max(1);
+            for f in buf[..m.len.min(RX_BUF)].chunks_mut(stride) {
+                on_frame(f);
+            }
+        }
+        Ok(Vec::new())
+    }
+    fn socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(std::os::fd::AsFd::as_fd(&self.sock))
+    }
+}
+
+impl FramesOut for UdpTx {
+    fn kind(&self) -> LinkKind {
+        LinkKind::Udp
+    }
+    fn send(&mut self, contents: &[u8], segment: usize) -> io::Result<()> {
+        UdpTx::send(self, contents, segment)
+    }
+    fn paced_bytes(&self, len: usize) -> usize {
+        len + IP_UDP_OVERHEAD
+    }
+    fn max_segments(&self) -> usize {
+        UdpTx::max_segments(self)
+    }
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.sock)
+    }
+    fn describe(&self) -> String {
+        self.target.to_string()
     }
 }
 
