@@ -15,7 +15,7 @@
 //! the sender reach the rate-limited HPKE step (docs/protocol.md §5).
 
 use crate::frame::FrameKey;
-use crate::frame::{self, FrameKind, SealedHeader, MAGIC, VERSION};
+use crate::frame::{self, FrameKind, SealedHeader, MAGIC, SEALED_HEADER_LEN, TAG_LEN, VERSION};
 use crate::keys::{Kem, KeyId, PublicKey, SecretKey};
 use hpke::{
     aead::ChaCha20Poly1305 as HpkeChaCha, kdf::HkdfSha256, Deserializable, OpModeR, OpModeS,
@@ -186,6 +186,23 @@ impl SenderSession {
         }
         self.next_seq += 1;
         Some(seq)
+    }
+
+    /// A new sealed frame carrying `payload`: the one place that lays one out (docs/protocol.md §5.1:
+    /// header, payload's ciphertext, tag), for callers that do not seal in a buffer of their own. None
+    /// only if sealing fails, which no payload that fits a frame makes it do.
+    pub fn seal_payload(
+        &mut self,
+        kind: FrameKind,
+        object: u64,
+        block: u32,
+        shard: u16,
+        payload: &[u8],
+    ) -> Option<Vec<u8>> {
+        let mut frame = vec![0u8; SEALED_HEADER_LEN + payload.len() + TAG_LEN];
+        frame[SEALED_HEADER_LEN..SEALED_HEADER_LEN + payload.len()].copy_from_slice(payload);
+        self.seal(kind, object, block, shard, &mut frame)?;
+        Some(frame)
     }
 }
 
@@ -496,7 +513,6 @@ impl SessionTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{SEALED_HEADER_LEN, TAG_LEN};
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
@@ -508,10 +524,7 @@ mod tests {
     }
 
     fn shard_frame(s: &mut SenderSession, body: &[u8]) -> Vec<u8> {
-        let mut f = vec![0u8; SEALED_HEADER_LEN + body.len() + TAG_LEN];
-        f[SEALED_HEADER_LEN..SEALED_HEADER_LEN + body.len()].copy_from_slice(body);
-        s.seal(FrameKind::Shard, 1, 0, 0, &mut f).unwrap();
-        f
+        s.seal_payload(FrameKind::Shard, 1, 0, 0, body).unwrap()
     }
 
     #[test]

@@ -74,12 +74,11 @@ fn seal_frame(
     shard: u16,
     payload: &[u8],
 ) -> Tx {
-    let mut frame = vec![0u8; SEALED_HEADER_LEN + payload.len() + TAG_LEN];
-    frame[SEALED_HEADER_LEN..SEALED_HEADER_LEN + payload.len()].copy_from_slice(payload);
     let before = s.frames_sealed();
-    let seq = s
-        .seal(kind, object, block, shard, &mut frame)
-        .expect("a correctly sized frame seals");
+    let frame = s
+        .seal_payload(kind, object, block, shard, payload)
+        .expect("a frame of this payload seals");
+    let seq = SealedHeader::parse(&frame).expect("a sealed header").seq;
     assert_eq!(seq, before, "sequence numbers are consecutive");
     assert_eq!(s.frames_sealed(), before + 1);
     Tx {

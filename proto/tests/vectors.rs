@@ -80,22 +80,6 @@ fn heartbeat(frames_sent: u64) -> Heartbeat {
     }
 }
 
-/// A sealed frame of `payload`, as the sender builds it.
-fn seal(
-    s: &mut SenderSession,
-    kind: FrameKind,
-    object: u64,
-    block: u32,
-    shard: u16,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut f = vec![0u8; SEALED_HEADER_LEN + payload.len() + TAG_LEN];
-    f[SEALED_HEADER_LEN..SEALED_HEADER_LEN + payload.len()].copy_from_slice(payload);
-    s.seal(kind, object, block, shard, &mut f)
-        .expect("a correctly sized frame seals");
-    f
-}
-
 /// One sealed frame and what the receiver must find in it.
 struct Expected {
     name: String,
@@ -128,7 +112,9 @@ fn build() -> (Vec<(String, Vec<u8>)>, Vec<Expected>) {
     let meta = meta();
     let meta_bytes = meta.encode();
     out.push(("meta.payload".into(), meta_bytes.clone()));
-    let f = seal(&mut s, FrameKind::Meta, meta.id, 0, 0, &meta_bytes);
+    let f = s
+        .seal_payload(FrameKind::Meta, meta.id, 0, 0, &meta_bytes)
+        .expect("a frame of this payload seals");
     let e = Expected {
         name: "meta".into(),
         kind: FrameKind::Meta,
@@ -157,7 +143,9 @@ fn build() -> (Vec<(String, Vec<u8>)>, Vec<Expected>) {
         } else {
             &parity[(shard - k) * ss..(shard - k + 1) * ss]
         };
-        let f = seal(&mut s, FrameKind::Shard, meta.id, 0, shard as u16, payload);
+        let f = s
+            .seal_payload(FrameKind::Shard, meta.id, 0, shard as u16, payload)
+            .expect("a frame of this payload seals");
         let e = Expected {
             name: format!("shard.0.{shard}"),
             kind: FrameKind::Shard,
@@ -170,7 +158,9 @@ fn build() -> (Vec<(String, Vec<u8>)>, Vec<Expected>) {
 
     let hb = encode_heartbeat(&heartbeat(s.frames_sealed() + 1));
     out.push(("heartbeat.payload".into(), hb.clone()));
-    let f = seal(&mut s, FrameKind::Heartbeat, 0, 0, 0, &hb);
+    let f = s
+        .seal_payload(FrameKind::Heartbeat, 0, 0, 0, &hb)
+        .expect("a frame of this payload seals");
     let mut line = Vec::new();
     serial::encode(&f, &mut line);
     let e = Expected {
