@@ -9,7 +9,7 @@
 //! signature over those bytes, so whitespace, key order or number spelling in the JSON cannot matter and
 //! cannot smuggle anything past the signature.
 
-use ed25519_dalek::{Signer, Verifier};
+use ed25519_dalek::Signer;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -452,13 +452,6 @@ impl VerifyingKey {
     pub fn verify_bytes(&self, msg: &[u8], sig: &[u8; 64]) -> bool {
         self.key
             .verify_strict(msg, &ed25519_dalek::Signature::from_bytes(sig))
-            .is_ok()
-    }
-
-    /// Plain `verify` (for callers that must accept what any Ed25519 implementation makes).
-    pub fn verify_loose(&self, msg: &[u8], sig: &[u8; 64]) -> bool {
-        self.key
-            .verify(msg, &ed25519_dalek::Signature::from_bytes(sig))
             .is_ok()
     }
 }
