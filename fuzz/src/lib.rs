@@ -5,7 +5,6 @@
 //! Nothing here is a real key: every secret is derived from a constant.
 
 use diode_proto::envelope::{Rule, SigningKey, VerifyingKey};
-use diode_proto::frame::{SEALED_HEADER_LEN, TAG_LEN};
 use diode_proto::object::{ObjectKind, ObjectMeta};
 use diode_proto::session::{SenderSession, SessionTable};
 use diode_proto::{FrameKind, SecretKey};
@@ -65,7 +64,8 @@ pub fn sender_session() -> SenderSession {
     }
 }
 
-/// A sealed frame of `payload` under `s`, as the sender builds it.
+/// A sealed frame of `payload` under `s` (`SenderSession::seal_payload`, which cannot fail on the
+/// payloads the targets seal: a failure is a finding).
 pub fn seal_frame(
     s: &mut SenderSession,
     kind: FrameKind,
@@ -74,12 +74,10 @@ pub fn seal_frame(
     shard: u16,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut f = vec![0u8; SEALED_HEADER_LEN + payload.len() + TAG_LEN];
-    f[SEALED_HEADER_LEN..SEALED_HEADER_LEN + payload.len()].copy_from_slice(payload);
-    if s.seal(kind, object, block, shard, &mut f).is_none() {
-        panic!("sealing a frame of {} bytes failed", f.len());
+    match s.seal_payload(kind, object, block, shard, payload) {
+        Some(f) => f,
+        None => panic!("sealing a payload of {} bytes failed", payload.len()),
     }
-    f
 }
 
 /// A receiver's session table that trusts the fixed sender, with nothing established yet.

@@ -9,7 +9,8 @@
 //! signature over those bytes, so whitespace, key order or number spelling in the JSON cannot matter and
 //! cannot smuggle anything past the signature.
 
-use ed25519_dalek::{Signer, Verifier};
+use crate::keys::{key_line, parse_key_line, parse_secret_line, secret_line, LineError};
+use ed25519_dalek::Signer;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -356,9 +357,18 @@ pub struct VerifyingKey {
     key: ed25519_dalek::VerifyingKey,
 }
 
-fn decode32(digits: &str) -> Result<[u8; 32], SigningKeyError> {
-    let v = hex::decode(digits).map_err(|_| SigningKeyError::Digits)?;
-    v.try_into().map_err(|_| SigningKeyError::Digits)
+impl SigningKeyError {
+    fn from_line(e: LineError, role: SignerRole) -> Self {
+        match e {
+            LineError::Format => SigningKeyError::Format(role.word()),
+            LineError::WrongRole(found) => SigningKeyError::WrongRole {
+                found,
+                expected: role.word(),
+            },
+            LineError::Digits => SigningKeyError::Digits,
+            LineError::Check => SigningKeyError::Check,
+        }
+    }
 }
 
 impl SigningKey {
@@ -375,25 +385,13 @@ impl SigningKey {
     }
 
     pub fn to_text(&self, role: SignerRole) -> String {
-        format!(
-            "diode {} secret {}\n",
-            role.word(),
-            hex::encode(self.key.to_bytes())
-        )
+        secret_line(role.word(), &self.key.to_bytes())
     }
 
     pub fn from_text(text: &str, role: SignerRole) -> Result<Self, SigningKeyError> {
-        let w: Vec<&str> = text.split_whitespace().collect();
-        if w.len() != 4 || w[0] != "diode" || w[2] != "secret" {
-            return Err(SigningKeyError::Format(role.word()));
-        }
-        if w[1] != role.word() {
-            return Err(SigningKeyError::WrongRole {
-                found: w[1].to_string(),
-                expected: role.word(),
-            });
-        }
-        Ok(Self::from_seed(&decode32(w[3])?))
+        let seed = parse_secret_line(text, role.word())
+            .map_err(|e| SigningKeyError::from_line(e, role))?;
+        Ok(Self::from_seed(&seed))
     }
 
     /// Sign arbitrary bytes (callers add their own domain prefix).
@@ -416,33 +414,12 @@ impl VerifyingKey {
     }
 
     pub fn to_text(&self, role: SignerRole) -> String {
-        let hex = hex::encode(self.key.as_bytes());
-        let groups: Vec<&str> = (0..8).map(|i| &hex[i * 8..i * 8 + 8]).collect();
-        let check = hex::encode(&Sha256::digest(self.key.as_bytes())[..2]);
-        format!(
-            "diode {} key {} check {}\n",
-            role.word(),
-            groups.join(" "),
-            check
-        )
+        key_line(role.word(), self.key.as_bytes())
     }
 
     pub fn from_text(text: &str, role: SignerRole) -> Result<Self, SigningKeyError> {
-        let w: Vec<&str> = text.split_whitespace().collect();
-        if w.len() != 13 || w[0] != "diode" || w[2] != "key" || w[11] != "check" {
-            return Err(SigningKeyError::Format(role.word()));
-        }
-        if w[1] != role.word() {
-            return Err(SigningKeyError::WrongRole {
-                found: w[1].to_string(),
-                expected: role.word(),
-            });
-        }
-        let bytes = decode32(&w[3..11].concat())?;
-        let check = hex::encode(&Sha256::digest(bytes)[..2]);
-        if !w[12].eq_ignore_ascii_case(&check) {
-            return Err(SigningKeyError::Check);
-        }
+        let bytes =
+            parse_key_line(text, role.word()).map_err(|e| SigningKeyError::from_line(e, role))?;
         let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
             .map_err(|_| SigningKeyError::Invalid)?;
         Ok(VerifyingKey { key })
@@ -452,13 +429,6 @@ impl VerifyingKey {
     pub fn verify_bytes(&self, msg: &[u8], sig: &[u8; 64]) -> bool {
         self.key
             .verify_strict(msg, &ed25519_dalek::Signature::from_bytes(sig))
-            .is_ok()
-    }
-
-    /// Plain `verify` (for callers that must accept what any Ed25519 implementation makes).
-    pub fn verify_loose(&self, msg: &[u8], sig: &[u8; 64]) -> bool {
-        self.key
-            .verify(msg, &ed25519_dalek::Signature::from_bytes(sig))
             .is_ok()
     }
 }

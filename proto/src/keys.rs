@@ -4,6 +4,9 @@
 //! `diode sender key 8f1c22ab 39cd0e11 ... (8 groups of 8 hex digits) check 9f3e`, where `check` is the
 //! first two bytes of SHA-256 over the key, so a typo is caught instead of silently trusting another key.
 //! A secret key file is `diode sender secret <64 hex digits>`; the binaries keep it mode 0600.
+//!
+//! The two lines are written and read here alone (`key_line`, `secret_line` and their parsers), for these
+//! keys and for the Ed25519 signing keys of `envelope`, whose files differ only in the role word.
 
 use hpke::{kem::X25519HkdfSha256, Deserializable, Kem as KemTrait, Serializable};
 use sha2::{Digest, Sha256};
@@ -86,35 +89,12 @@ impl PublicKey {
 
     /// The one-line text form (with a trailing newline).
     pub fn to_text(&self, role: Role) -> String {
-        let hex = hex::encode(self.bytes);
-        let groups: Vec<&str> = (0..8).map(|i| &hex[i * 8..i * 8 + 8]).collect();
-        let check = hex::encode(&Sha256::digest(self.bytes)[..2]);
-        format!(
-            "diode {} key {} check {}\n",
-            role.word(),
-            groups.join(" "),
-            check
-        )
+        key_line(role.word(), &self.bytes)
     }
 
     /// Parse the text form; `role` is the role this place in a config expects.
     pub fn from_text(text: &str, role: Role) -> Result<Self, KeyError> {
-        let words: Vec<&str> = text.split_whitespace().collect();
-        if words.len() != 13 || words[0] != "diode" || words[2] != "key" || words[11] != "check" {
-            return Err(KeyError::Format(role.word()));
-        }
-        if words[1] != role.word() {
-            return Err(KeyError::WrongRole {
-                found: words[1].to_string(),
-                expected: role.word(),
-            });
-        }
-        let digits: String = words[3..11].concat();
-        let bytes = decode32(&digits)?;
-        let check = hex::encode(&Sha256::digest(bytes)[..2]);
-        if !words[12].eq_ignore_ascii_case(&check) {
-            return Err(KeyError::Check);
-        }
+        let bytes = parse_key_line(text, role.word()).map_err(|e| e.into_key_error(role))?;
         Self::from_bytes(&bytes)
     }
 }
@@ -123,11 +103,6 @@ impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "PublicKey({})", self.id())
     }
-}
-
-fn decode32(digits: &str) -> Result<[u8; 32], KeyError> {
-    let v = hex::decode(digits).map_err(|_| KeyError::Digits)?;
-    v.try_into().map_err(|_| KeyError::Digits)
 }
 
 impl SecretKey {
@@ -160,25 +135,12 @@ impl SecretKey {
     }
 
     pub fn to_text(&self, role: Role) -> String {
-        format!(
-            "diode {} secret {}\n",
-            role.word(),
-            hex::encode(self.key.to_bytes())
-        )
+        secret_line(role.word(), &self.key.to_bytes().into())
     }
 
     pub fn from_text(text: &str, role: Role) -> Result<Self, KeyError> {
-        let words: Vec<&str> = text.split_whitespace().collect();
-        if words.len() != 4 || words[0] != "diode" || words[2] != "secret" || words[3].len() != 64 {
-            return Err(KeyError::Format(role.word()));
-        }
-        if words[1] != role.word() {
-            return Err(KeyError::WrongRole {
-                found: words[1].to_string(),
-                expected: role.word(),
-            });
-        }
-        Self::from_bytes(&decode32(words[3])?)
+        let bytes = parse_secret_line(text, role.word()).map_err(|e| e.into_key_error(role))?;
+        Self::from_bytes(&bytes)
     }
 }
 
@@ -187,6 +149,88 @@ impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SecretKey(public {})", self.public.id())
     }
+}
+
+/// What is wrong with a key line, before the caller names the kind of key it wanted.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum LineError {
+    /// Not `diode <role> key ... check ...` (or `diode <role> secret ...`).
+    Format,
+    /// A well-formed line of another role: the word found.
+    WrongRole(String),
+    /// The key is not 64 hex digits.
+    Digits,
+    /// The check group does not match the key.
+    Check,
+}
+
+impl LineError {
+    fn into_key_error(self, role: Role) -> KeyError {
+        match self {
+            LineError::Format => KeyError::Format(role.word()),
+            LineError::WrongRole(found) => KeyError::WrongRole {
+                found,
+                expected: role.word(),
+            },
+            LineError::Digits => KeyError::Digits,
+            LineError::Check => KeyError::Check,
+        }
+    }
+}
+
+/// The check group of a key line: the first two bytes of SHA-256 of the key, 4 hex digits.
+fn check_group(key: &[u8; 32]) -> String {
+    hex::encode(&Sha256::digest(key)[..2])
+}
+
+/// `diode <role> key <8 groups of 8 hex digits> check <4 hex digits>` and a newline.
+pub(crate) fn key_line(role: &str, key: &[u8; 32]) -> String {
+    let hex = hex::encode(key);
+    let groups: Vec<&str> = (0..8).map(|i| &hex[i * 8..i * 8 + 8]).collect();
+    format!(
+        "diode {role} key {} check {}\n",
+        groups.join(" "),
+        check_group(key)
+    )
+}
+
+/// The key of a `key_line` for `role`: any whitespace between the 13 words, hex digits and the check
+/// group in either case.
+pub(crate) fn parse_key_line(text: &str, role: &str) -> Result<[u8; 32], LineError> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if words.len() != 13 || words[0] != "diode" || words[2] != "key" || words[11] != "check" {
+        return Err(LineError::Format);
+    }
+    if words[1] != role {
+        return Err(LineError::WrongRole(words[1].to_string()));
+    }
+    let key = decode32(&words[3..11].concat())?;
+    if !words[12].eq_ignore_ascii_case(&check_group(&key)) {
+        return Err(LineError::Check);
+    }
+    Ok(key)
+}
+
+/// `diode <role> secret <64 hex digits>` and a newline.
+pub(crate) fn secret_line(role: &str, key: &[u8; 32]) -> String {
+    format!("diode {role} secret {}\n", hex::encode(key))
+}
+
+/// The key of a `secret_line` for `role`.
+pub(crate) fn parse_secret_line(text: &str, role: &str) -> Result<[u8; 32], LineError> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if words.len() != 4 || words[0] != "diode" || words[2] != "secret" {
+        return Err(LineError::Format);
+    }
+    if words[1] != role {
+        return Err(LineError::WrongRole(words[1].to_string()));
+    }
+    decode32(words[3])
+}
+
+fn decode32(digits: &str) -> Result<[u8; 32], LineError> {
+    let v = hex::decode(digits).map_err(|_| LineError::Digits)?;
+    v.try_into().map_err(|_| LineError::Digits)
 }
 
 #[cfg(test)]
@@ -222,5 +266,15 @@ mod tests {
         let back = SecretKey::from_text(&st, Role::Sender).unwrap();
         assert_eq!(back.public().as_bytes(), sk.public().as_bytes());
         assert!(!format!("{back:?}").contains(&st[14..30]));
+        // the secret line: another role, then digits of the wrong length
+        assert!(matches!(
+            SecretKey::from_text(&st, Role::Receiver),
+            Err(KeyError::WrongRole { .. })
+        ));
+        assert_eq!(
+            SecretKey::from_text(&st.replacen(" secret ", " secret 0", 1), Role::Sender)
+                .unwrap_err(),
+            KeyError::Digits
+        );
     }
 }

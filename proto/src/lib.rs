@@ -23,4 +23,4 @@ pub use fec::{BlockAssembly, BlockEncoder, Geometry};
 pub use frame::{FrameKind, SealedHeader};
 pub use keys::{KeyId, PublicKey, Role, SecretKey};
 pub use object::{Assembly, ObjectKind, ObjectMeta};
-pub use session::{Drop, SenderSession, SessionTable};
+pub use session::{DropReason, SenderSession, SessionTable};

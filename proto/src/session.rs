@@ -15,7 +15,7 @@
 //! the sender reach the rate-limited HPKE step (docs/protocol.md §5).
 
 use crate::frame::FrameKey;
-use crate::frame::{self, FrameKind, SealedHeader, MAGIC, VERSION};
+use crate::frame::{self, FrameKind, SealedHeader, MAGIC, SEALED_HEADER_LEN, TAG_LEN, VERSION};
 use crate::keys::{Kem, KeyId, PublicKey, SecretKey};
 use hpke::{
     aead::ChaCha20Poly1305 as HpkeChaCha, kdf::HkdfSha256, Deserializable, OpModeR, OpModeS,
@@ -187,11 +187,28 @@ impl SenderSession {
         self.next_seq += 1;
         Some(seq)
     }
+
+    /// A new sealed frame carrying `payload`: the one place that lays one out (docs/protocol.md §5.1:
+    /// header, payload's ciphertext, tag), for callers that do not seal in a buffer of their own. None
+    /// only if sealing fails, which no payload that fits a frame makes it do.
+    pub fn seal_payload(
+        &mut self,
+        kind: FrameKind,
+        object: u64,
+        block: u32,
+        shard: u16,
+        payload: &[u8],
+    ) -> Option<Vec<u8>> {
+        let mut frame = vec![0u8; SEALED_HEADER_LEN + payload.len() + TAG_LEN];
+        frame[SEALED_HEADER_LEN..SEALED_HEADER_LEN + payload.len()].copy_from_slice(payload);
+        self.seal(kind, object, block, shard, &mut frame)?;
+        Some(frame)
+    }
 }
 
 /// Why the receiver dropped a frame. Each has a counter in the receiver's logs and status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Drop {
+pub enum DropReason {
     /// Wrong magic or version, unknown kind, bad length.
     Malformed,
     /// An announce addressed to another receiver key.
@@ -211,28 +228,28 @@ pub enum Drop {
     BadSeal,
 }
 
-impl Drop {
-    pub const ALL: [Drop; 8] = [
-        Drop::Malformed,
-        Drop::OtherReceiver,
-        Drop::UnknownSender,
-        Drop::BadAnnounce,
-        Drop::OldSession,
-        Drop::RateLimited,
-        Drop::UnknownSession,
-        Drop::BadSeal,
+impl DropReason {
+    pub const ALL: [DropReason; 8] = [
+        DropReason::Malformed,
+        DropReason::OtherReceiver,
+        DropReason::UnknownSender,
+        DropReason::BadAnnounce,
+        DropReason::OldSession,
+        DropReason::RateLimited,
+        DropReason::UnknownSession,
+        DropReason::BadSeal,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
-            Drop::Malformed => "malformed",
-            Drop::OtherReceiver => "other_receiver",
-            Drop::UnknownSender => "unknown_sender",
-            Drop::BadAnnounce => "bad_announce",
-            Drop::OldSession => "old_session",
-            Drop::RateLimited => "rate_limited",
-            Drop::UnknownSession => "unknown_session",
-            Drop::BadSeal => "bad_seal",
+            DropReason::Malformed => "malformed",
+            DropReason::OtherReceiver => "other_receiver",
+            DropReason::UnknownSender => "unknown_sender",
+            DropReason::BadAnnounce => "bad_announce",
+            DropReason::OldSession => "old_session",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::UnknownSession => "unknown_session",
+            DropReason::BadSeal => "bad_seal",
         }
     }
 }
@@ -289,7 +306,7 @@ pub struct SessionTable {
     highest: HashMap<KeyId, u64>,
     sessions: HashMap<u64, Established>,
     /// Announces already handled, by encapsulated key, so a repeat costs no key agreement.
-    seen: HashMap<[u8; 32], Result<u64, Drop>>,
+    seen: HashMap<[u8; 32], Result<u64, DropReason>>,
     tokens: f64,
     tokens_at_ms: u64,
     dirty: bool,
@@ -343,30 +360,34 @@ impl SessionTable {
         }
     }
 
-    pub fn on_announce(&mut self, frame: &[u8], now_ms: u64) -> Result<AnnounceOutcome, Drop> {
+    pub fn on_announce(
+        &mut self,
+        frame: &[u8],
+        now_ms: u64,
+    ) -> Result<AnnounceOutcome, DropReason> {
         if frame::peek_kind(frame) != Ok(FrameKind::Announce) || frame.len() < ANNOUNCE_HEADER_LEN {
-            return Err(Drop::Malformed);
+            return Err(DropReason::Malformed);
         }
         let body_len = u16::from_le_bytes([frame[52], frame[53]]) as usize;
         if frame.len() != ANNOUNCE_HEADER_LEN + body_len + ANNOUNCE_TRAILER_LEN {
-            return Err(Drop::Malformed);
+            return Err(DropReason::Malformed);
         }
         let mut id = [0u8; 8];
         id.copy_from_slice(&frame[12..20]);
         if KeyId(id) != self.me.public.id() {
-            return Err(Drop::OtherReceiver);
+            return Err(DropReason::OtherReceiver);
         }
         id.copy_from_slice(&frame[4..12]);
         let sender = KeyId(id);
         let Some((sender_pk, mac_key)) = self.trusted.get(&sender) else {
-            return Err(Drop::UnknownSender);
+            return Err(DropReason::UnknownSender);
         };
         // The cheap check first: without the sender's or the receiver's static secret nobody can make
         // this MAC, so a forged announce ends here, having cost one HMAC (ring's verify compares in
         // constant time) and taken nothing a genuine announce needs.
         let (signed, mac) = frame.split_at(frame.len() - ANNOUNCE_MAC_LEN);
         if ring::hmac::verify(mac_key, signed, mac).is_err() {
-            return Err(Drop::BadAnnounce);
+            return Err(DropReason::BadAnnounce);
         }
         let sender_pk = sender_pk.clone();
         let at = ANNOUNCE_HEADER_LEN + body_len;
@@ -378,19 +399,19 @@ impl SessionTable {
             .get(&sender)
             .is_some_and(|h| clear_counter < *h)
         {
-            return Err(Drop::OldSession);
+            return Err(DropReason::OldSession);
         }
         let mut enc_bytes = [0u8; 32];
         enc_bytes.copy_from_slice(&frame[20..52]);
         if let Some(r) = self.seen.get(&enc_bytes) {
             return match r {
                 Ok(tag) if self.sessions.contains_key(tag) => Ok(AnnounceOutcome::Known),
-                Ok(_) => Err(Drop::OldSession), // established once, since replaced
+                Ok(_) => Err(DropReason::OldSession), // established once, since replaced
                 Err(d) => Err(*d),
             };
         }
         if !self.take_token(now_ms) {
-            return Err(Drop::RateLimited);
+            return Err(DropReason::RateLimited);
         }
         let result = self.establish(frame, sender, &sender_pk, &enc_bytes, clear_counter, now_ms);
         // Only announces whose MAC held get here: every outcome is the sender's own and is remembered.
@@ -409,26 +430,27 @@ impl SessionTable {
         enc_bytes: &[u8; 32],
         clear_counter: u64,
         now_ms: u64,
-    ) -> Result<(u64, u64), Drop> {
+    ) -> Result<(u64, u64), DropReason> {
         let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc_bytes)
-            .map_err(|_| Drop::BadAnnounce)?;
+            .map_err(|_| DropReason::BadAnnounce)?;
         let mode = OpModeR::<Kem>::Auth(sender_pk.key.clone());
         let mut ctx =
             hpke::setup_receiver::<HpkeChaCha, HkdfSha256, Kem>(&mode, &self.me.key, &enc, INFO)
-                .map_err(|_| Drop::BadAnnounce)?;
+                .map_err(|_| DropReason::BadAnnounce)?;
         let sealed_body = &frame[ANNOUNCE_HEADER_LEN..frame.len() - ANNOUNCE_TRAILER_LEN];
         let body = ctx
             .open(sealed_body, &frame[..ANNOUNCE_HEADER_LEN])
-            .map_err(|_| Drop::BadAnnounce)?;
-        let body: AnnounceBody = postcard::from_bytes(&body).map_err(|_| Drop::BadAnnounce)?;
+            .map_err(|_| DropReason::BadAnnounce)?;
+        let body: AnnounceBody =
+            postcard::from_bytes(&body).map_err(|_| DropReason::BadAnnounce)?;
         if body.counter != clear_counter {
-            return Err(Drop::BadAnnounce);
+            return Err(DropReason::BadAnnounce);
         }
         let highest = self.highest.get(&sender).copied().unwrap_or(0);
         if body.counter < highest {
-            return Err(Drop::OldSession);
+            return Err(DropReason::OldSession);
         }
-        let keys = export_keys(|c, o| ctx.export(c, o)).map_err(|_| Drop::BadAnnounce)?;
+        let keys = export_keys(|c, o| ctx.export(c, o)).map_err(|_| DropReason::BadAnnounce)?;
         let tag = keys.tag;
         if body.counter > highest || !self.highest.contains_key(&sender) {
             self.highest.insert(sender, body.counter);
@@ -471,17 +493,17 @@ impl SessionTable {
         frame: &mut [u8],
         now_ms: u64,
         wanted: impl FnOnce(&SealedHeader, KeyId) -> bool,
-    ) -> Result<Opened, Drop> {
-        let header = SealedHeader::parse(frame).map_err(|_| Drop::Malformed)?;
+    ) -> Result<Opened, DropReason> {
+        let header = SealedHeader::parse(frame).map_err(|_| DropReason::Malformed)?;
         let Some(s) = self.sessions.get_mut(&header.session) else {
-            return Err(Drop::UnknownSession);
+            return Err(DropReason::UnknownSession);
         };
         if !wanted(&header, s.sender) {
             s.redundant += 1;
             return Ok(Opened::Redundant);
         }
         if !frame::open(&s.keys.aead, &header, frame) {
-            return Err(Drop::BadSeal);
+            return Err(DropReason::BadSeal);
         }
         if s.frames == 0 || header.seq < s.first_seq {
             s.first_seq = header.seq;
@@ -496,7 +518,6 @@ impl SessionTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{SEALED_HEADER_LEN, TAG_LEN};
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
@@ -508,10 +529,7 @@ mod tests {
     }
 
     fn shard_frame(s: &mut SenderSession, body: &[u8]) -> Vec<u8> {
-        let mut f = vec![0u8; SEALED_HEADER_LEN + body.len() + TAG_LEN];
-        f[SEALED_HEADER_LEN..SEALED_HEADER_LEN + body.len()].copy_from_slice(body);
-        s.seal(FrameKind::Shard, 1, 0, 0, &mut f).unwrap();
-        f
+        s.seal_payload(FrameKind::Shard, 1, 0, 0, body).unwrap()
     }
 
     #[test]
@@ -524,7 +542,7 @@ mod tests {
         // before the announce: unknown session, no state
         assert_eq!(
             t.open(&mut f.clone(), 0, |_, _| true),
-            Err(Drop::UnknownSession)
+            Err(DropReason::UnknownSession)
         );
         assert_eq!(
             t.on_announce(s.announce(), 0),
@@ -549,23 +567,35 @@ mod tests {
         let (stranger, other_rcv) = pair(3);
         let mut t = SessionTable::new(rcv.clone(), vec![snd.public().clone()], HashMap::new());
         let s = SenderSession::start(&stranger, rcv.public(), 5, 0, &mut rng).unwrap();
-        assert_eq!(t.on_announce(s.announce(), 0), Err(Drop::UnknownSender));
+        assert_eq!(
+            t.on_announce(s.announce(), 0),
+            Err(DropReason::UnknownSender)
+        );
         let s = SenderSession::start(&snd, other_rcv.public(), 5, 0, &mut rng).unwrap();
-        assert_eq!(t.on_announce(s.announce(), 0), Err(Drop::OtherReceiver));
+        assert_eq!(
+            t.on_announce(s.announce(), 0),
+            Err(DropReason::OtherReceiver)
+        );
         // an old recorded session after a newer one: refused
         let old = SenderSession::start(&snd, rcv.public(), 5, 0, &mut rng).unwrap();
         let new = SenderSession::start(&snd, rcv.public(), 6, 0, &mut rng).unwrap();
         assert!(t.on_announce(new.announce(), 0).is_ok());
-        assert_eq!(t.on_announce(old.announce(), 0), Err(Drop::OldSession));
+        assert_eq!(
+            t.on_announce(old.announce(), 0),
+            Err(DropReason::OldSession)
+        );
         // the persisted counter survives a restart of the receiver
         let mut t2 = SessionTable::new(rcv, vec![snd.public().clone()], t.highest().clone());
-        assert_eq!(t2.on_announce(old.announce(), 0), Err(Drop::OldSession));
+        assert_eq!(
+            t2.on_announce(old.announce(), 0),
+            Err(DropReason::OldSession)
+        );
         // a frame of one session does not open under another session's key (replayed across sessions)
         let mut s2 = SenderSession::start(&snd, rcv_pub(&t), 7, 0, &mut rng).unwrap();
         assert!(t.on_announce(s2.announce(), 0).is_ok());
         let mut f = shard_frame(&mut s2, b"x");
         f[4..12].copy_from_slice(&new.keys.tag.to_le_bytes());
-        assert_eq!(t.open(&mut f, 0, |_, _| true), Err(Drop::BadSeal));
+        assert_eq!(t.open(&mut f, 0, |_, _| true), Err(DropReason::BadSeal));
     }
 
     /// An announce as an attacker on the low-side network makes it: the right key ids in clear (they
@@ -591,7 +621,11 @@ mod tests {
         let mut t = SessionTable::new(rcv.clone(), vec![snd.public().clone()], HashMap::new());
         for i in 0..50_000 {
             let f = forged(s1.announce(), &mut rng);
-            assert_eq!(t.on_announce(&f, 0), Err(Drop::BadAnnounce), "forgery {i}");
+            assert_eq!(
+                t.on_announce(&f, 0),
+                Err(DropReason::BadAnnounce),
+                "forgery {i}"
+            );
         }
         assert_eq!(t.tokens, 8.0, "a forged announce took a token");
         assert_eq!(
@@ -605,7 +639,7 @@ mod tests {
         let s2 = SenderSession::start(&snd, rcv.public(), 101, 0, &mut rng).unwrap();
         for _ in 0..50_000 {
             let f = forged(s2.announce(), &mut rng);
-            assert_eq!(t.on_announce(&f, 1), Err(Drop::BadAnnounce));
+            assert_eq!(t.on_announce(&f, 1), Err(DropReason::BadAnnounce));
         }
         assert!(matches!(
             t.on_announce(s2.announce(), 1),
@@ -615,7 +649,7 @@ mod tests {
         let mut t2 = SessionTable::new(rcv, vec![snd.public().clone()], t.highest().clone());
         for _ in 0..1000 {
             let f = forged(s2.announce(), &mut rng);
-            assert_eq!(t2.on_announce(&f, 0), Err(Drop::BadAnnounce));
+            assert_eq!(t2.on_announce(&f, 0), Err(DropReason::BadAnnounce));
         }
         assert!(matches!(
             t2.on_announce(s2.announce(), 0),
@@ -639,7 +673,7 @@ mod tests {
         let tokens = t.tokens;
         for _ in 0..100 {
             for o in &olds {
-                assert_eq!(t.on_announce(o.announce(), 0), Err(Drop::OldSession));
+                assert_eq!(t.on_announce(o.announce(), 0), Err(DropReason::OldSession));
             }
         }
         assert_eq!(t.tokens, tokens);
@@ -647,7 +681,7 @@ mod tests {
         let mut raised = olds[0].announce().to_vec();
         let at = raised.len() - ANNOUNCE_TRAILER_LEN;
         raised[at..at + 8].copy_from_slice(&99u64.to_le_bytes());
-        assert_eq!(t.on_announce(&raised, 0), Err(Drop::BadAnnounce));
+        assert_eq!(t.on_announce(&raised, 0), Err(DropReason::BadAnnounce));
         let later = SenderSession::start(&snd, rcv.public(), 51, 0, &mut rng).unwrap();
         assert!(matches!(
             t.on_announce(later.announce(), 0),

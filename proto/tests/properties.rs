@@ -15,7 +15,7 @@ use diode_proto::object::{
     self, decode_heartbeat, encode_heartbeat, Assembly, Heartbeat, ObjectKind, ObjectMeta, Step,
 };
 use diode_proto::schedule::{self, Out, Pass};
-use diode_proto::session::{AnnounceOutcome, Drop, Opened, SenderSession, SessionTable};
+use diode_proto::session::{AnnounceOutcome, DropReason, Opened, SenderSession, SessionTable};
 use diode_proto::{gap, BlockEncoder, KeyId, SecretKey};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -72,12 +72,11 @@ fn seal_frame(
     shard: u16,
     payload: &[u8],
 ) -> Tx {
-    let mut frame = vec![0u8; SEALED_HEADER_LEN + payload.len() + TAG_LEN];
-    frame[SEALED_HEADER_LEN..SEALED_HEADER_LEN + payload.len()].copy_from_slice(payload);
     let before = s.frames_sealed();
-    let seq = s
-        .seal(kind, object, block, shard, &mut frame)
-        .expect("a correctly sized frame seals");
+    let frame = s
+        .seal_payload(kind, object, block, shard, payload)
+        .expect("a frame of this payload seals");
+    let seq = SealedHeader::parse(&frame).expect("a sealed header").seq;
     assert_eq!(seq, before, "sequence numbers are consecutive");
     assert_eq!(s.frames_sealed(), before + 1);
     Tx {
@@ -631,7 +630,7 @@ proptest! {
         let cut = announce_cut.index(sent.announce.len());
         prop_assert!(table.on_announce(&sent.announce[..cut], 0).is_err());
         let mut f = sent.frames[0].frame.clone();
-        prop_assert_eq!(table.open(&mut f, 0, |_, _| true), Err(Drop::UnknownSession));
+        prop_assert_eq!(table.open(&mut f, 0, |_, _| true), Err(DropReason::UnknownSession));
         let established = table.on_announce(&sent.announce, 0);
         prop_assert!(matches!(established, Ok(AnnounceOutcome::New { .. })),
             "genuine announce after a damaged copy (bit {}): {:?}", bit, established);
@@ -660,13 +659,13 @@ proptest! {
             let r = table.open(&mut f, 1, |_, _| true);
             let byte = bit / 8;
             let expected = match byte {
-                0..=2 => Drop::Malformed,
+                0..=2 => DropReason::Malformed,
                 3 => match f[3] {
-                    2..=4 => Drop::BadSeal, // another sealed kind: the header is authenticated
-                    _ => Drop::Malformed,
+                    2..=4 => DropReason::BadSeal, // another sealed kind: the header is authenticated
+                    _ => DropReason::Malformed,
                 },
-                4..=11 => Drop::UnknownSession,
-                _ => Drop::BadSeal,
+                4..=11 => DropReason::UnknownSession,
+                _ => DropReason::BadSeal,
             };
             prop_assert_eq!(r, Err(expected), "flip of bit {} (byte {}) of a {:?} frame", bit, byte, t.kind);
         }
@@ -674,12 +673,12 @@ proptest! {
             let t = fi.get(&sent.frames);
             let cut = ci.index(t.frame.len());
             let mut f = t.frame[..cut].to_vec();
-            let expected = if cut < SEALED_HEADER_LEN + TAG_LEN { Drop::Malformed } else { Drop::BadSeal };
+            let expected = if cut < SEALED_HEADER_LEN + TAG_LEN { DropReason::Malformed } else { DropReason::BadSeal };
             prop_assert_eq!(table.open(&mut f, 1, |_, _| true), Err(expected),
                 "truncation to {} of {} bytes", cut, t.frame.len());
             let mut f = t.frame.clone();
             f.extend_from_slice(&t.frame[..1 + cut % 32]);
-            prop_assert_eq!(table.open(&mut f, 1, |_, _| true), Err(Drop::BadSeal), "extended frame");
+            prop_assert_eq!(table.open(&mut f, 1, |_, _| true), Err(DropReason::BadSeal), "extended frame");
         }
         // the untouched frames still open, to exactly what was sealed
         for t in &sent.frames {
@@ -725,13 +724,13 @@ proptest! {
         let real_tag = SealedHeader::parse(&sent.frames[0].frame).unwrap().session;
 
         let foreign = [
-            (SenderSession::start(trusted, other_rcv.public(), counter + 1, 0, &mut rng).unwrap(), Drop::OtherReceiver, None),
-            (SenderSession::start(&stranger, me.public(), counter + 1, 0, &mut rng).unwrap(), Drop::UnknownSender, None),
+            (SenderSession::start(trusted, other_rcv.public(), counter + 1, 0, &mut rng).unwrap(), DropReason::OtherReceiver, None),
+            (SenderSession::start(&stranger, me.public(), counter + 1, 0, &mut rng).unwrap(), DropReason::UnknownSender, None),
             // a stranger claiming the trusted sender's id: HPKE Auth mode catches it
-            (SenderSession::start(&stranger, me.public(), counter + 1, 0, &mut rng).unwrap(), Drop::BadAnnounce,
+            (SenderSession::start(&stranger, me.public(), counter + 1, 0, &mut rng).unwrap(), DropReason::BadAnnounce,
                 Some((4usize, trusted.public().id()))),
             // a session to another receiver, re-addressed to this one
-            (SenderSession::start(trusted, other_rcv.public(), counter + 1, 0, &mut rng).unwrap(), Drop::BadAnnounce,
+            (SenderSession::start(trusted, other_rcv.public(), counter + 1, 0, &mut rng).unwrap(), DropReason::BadAnnounce,
                 Some((12usize, me.public().id()))),
         ];
         for (i, (mut s, why, rewrite)) in foreign.into_iter().enumerate() {
@@ -743,11 +742,11 @@ proptest! {
             for kind in [FrameKind::Shard, FrameKind::Meta, FrameKind::Heartbeat] {
                 let t = seal_frame(&mut s, kind, sent.meta.id, 0, 0, &payload);
                 let mut f = t.frame.clone();
-                prop_assert_eq!(table.open(&mut f, 2, |_, _| true), Err(Drop::UnknownSession));
+                prop_assert_eq!(table.open(&mut f, 2, |_, _| true), Err(DropReason::UnknownSession));
                 // pretending to belong to the real session does not help
                 let mut f = t.frame.clone();
                 f[4..12].copy_from_slice(&real_tag.to_le_bytes());
-                prop_assert_eq!(table.open(&mut f, 2, |_, _| true), Err(Drop::BadSeal));
+                prop_assert_eq!(table.open(&mut f, 2, |_, _| true), Err(DropReason::BadSeal));
             }
         }
         // the real session was not disturbed

@@ -4,7 +4,6 @@
 //! full. Needs root (CI runs as root) for mount; `DIODE_SKIP_NETNS=1` skips these loudly, as it does
 //! the emulated-diode tests.
 
-use diode_proto::frame::{SEALED_HEADER_LEN, TAG_LEN};
 use diode_proto::object::{ObjectKind, ObjectMeta};
 use diode_proto::{FrameKind, PublicKey, Role, SenderSession};
 use diode_tests::mount::Mount;
@@ -71,10 +70,7 @@ fn meta_frame(s: &mut SenderSession, id: u64, name: &str, size: u64) -> Vec<u8> 
         mtime: 0,
     }
     .encode();
-    let mut f = vec![0u8; SEALED_HEADER_LEN + m.len() + TAG_LEN];
-    f[SEALED_HEADER_LEN..SEALED_HEADER_LEN + m.len()].copy_from_slice(&m);
-    s.seal(FrameKind::Meta, id, 0, 0, &mut f).unwrap();
-    f
+    s.seal_payload(FrameKind::Meta, id, 0, 0, &m).unwrap()
 }
 
 /// Issue 14, point 3. One metadata frame declaring 1 GiB, on a 256 MiB ext4 state disk: before, the
@@ -143,17 +139,15 @@ fn one_metadata_frame_cannot_fill_the_disk_and_orphaned_partial_data_is_swept() 
     let g = m.geometry().unwrap();
     let k = g.data_in(m.size, 0);
     let enc = m.encode();
-    let mut f = vec![0u8; SEALED_HEADER_LEN + enc.len() + TAG_LEN];
-    f[SEALED_HEADER_LEN..SEALED_HEADER_LEN + enc.len()].copy_from_slice(&enc);
-    s.seal(FrameKind::Meta, 8, 0, 0, &mut f).unwrap();
+    let f = s.seal_payload(FrameKind::Meta, 8, 0, 0, &enc).unwrap();
     sock.send(&f).unwrap();
     let mut padded = data.clone();
     padded.resize(k * 1408, 0);
     for i in 0..k {
-        let mut f = vec![0u8; SEALED_HEADER_LEN + 1408 + TAG_LEN];
-        f[SEALED_HEADER_LEN..SEALED_HEADER_LEN + 1408]
-            .copy_from_slice(&padded[i * 1408..(i + 1) * 1408]);
-        s.seal(FrameKind::Shard, 8, 0, i as u16, &mut f).unwrap();
+        let shard = &padded[i * 1408..(i + 1) * 1408];
+        let f = s
+            .seal_payload(FrameKind::Shard, 8, 0, i as u16, shard)
+            .unwrap();
         sock.send(&f).unwrap();
     }
     site.wait_inbox(&[("after.bin".into(), data)], Duration::from_secs(10))

@@ -3,7 +3,6 @@
 //! survive: nothing is written outside the inbox or for a refused name, every drop is counted by reason,
 //! and the receiver keeps receiving good files afterwards.
 
-use diode_proto::frame::{SEALED_HEADER_LEN, TAG_LEN};
 use diode_proto::object::{interleave, ObjectKind, ObjectMeta};
 use diode_proto::{BlockEncoder, FrameKind, PublicKey, Role, SecretKey, SenderSession};
 use diode_tests::*;
@@ -51,12 +50,9 @@ impl Wire {
         shard: u16,
         payload: &[u8],
     ) -> Vec<u8> {
-        let mut f = vec![0u8; SEALED_HEADER_LEN + payload.len() + TAG_LEN];
-        f[SEALED_HEADER_LEN..SEALED_HEADER_LEN + payload.len()].copy_from_slice(payload);
         self.session
-            .seal(kind, object, block, shard, &mut f)
-            .unwrap();
-        f
+            .seal_payload(kind, object, block, shard, payload)
+            .unwrap()
     }
 
     /// Send a whole object of one block under `name` (no name checks: that is the point).
