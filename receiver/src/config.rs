@@ -37,6 +37,9 @@ pub struct Config {
     pub link_down_secs: u64,
     #[serde(default = "d_expire")]
     pub expire_hours: u64,
+    /// Seconds shards that came before their object's metadata are held for it.
+    #[serde(default = "d_pending_secs")]
+    pub pending_secs: u64,
     /// Objects being received at once (each a data and a state file in state/partial/).
     #[serde(default = "d_max_partial_objects")]
     pub max_partial_objects: usize,
@@ -82,6 +85,9 @@ pub struct ApprovalsConfig {
     pub rules: BTreeMap<String, Rule>,
 }
 
+fn d_pending_secs() -> u64 {
+    30
+}
 fn d_max_partial_objects() -> usize {
     4096
 }

@@ -60,7 +60,7 @@ pub struct Receiver {
     limit_log: HashMap<&'static str, (Option<Instant>, u64)>,
     /// Authenticated shards that arrived before their object's metadata (its first copies were lost),
     /// kept until the metadata comes; bounded by `PENDING_MAX` frames in all.
-    pending: HashMap<Key, Vec<(u32, u16, Vec<u8>)>>,
+    pending: HashMap<Key, (Instant, Vec<(u32, u16, Vec<u8>)>)>,
     pending_frames: usize,
     drops: BTreeMap<&'static str, u64>,
     drops_logged: BTreeMap<&'static str, u64>,
@@ -320,9 +320,7 @@ impl Receiver {
             Err(e) => {
                 // the object id is inside the metadata; if it does not decode there is nothing to name
                 let id = postcard::from_bytes::<u64>(payload).unwrap_or(0);
-                if let Some(early) = self.pending.remove(&(sender, id)) {
-                    self.pending_frames -= early.len();
-                }
+                self.take_pending((sender, id));
                 if self.refused.insert((sender, id)) {
                     tracing::error!(sender = %sender, object = %format_id(id), error = %e, "refused an object: nothing is written");
                 }
@@ -332,6 +330,7 @@ impl Receiver {
         };
         let key = (sender, meta.id);
         if meta.kind == ObjectKind::Envelope && meta.size > MAX_ENVELOPE_BYTES as u64 {
+            self.take_pending(key);
             if self.refused.insert(key) {
                 tracing::error!(sender = %sender, object = %format_id(meta.id), bytes = meta.size,
                     "refused an envelope larger than {MAX_ENVELOPE_BYTES} bytes: nothing is written");
@@ -356,9 +355,7 @@ impl Receiver {
             return;
         }
         if let Some((limit, why)) = self.over_limit(meta.size) {
-            if let Some(early) = self.pending.remove(&key) {
-                self.pending_frames -= early.len();
-            }
+            self.take_pending(key);
             let clock = self.clock;
             let (last, since) = self.limit_log.entry(limit).or_insert((None, 0));
             *since += 1;
@@ -377,11 +374,8 @@ impl Receiver {
             Ok(p) => {
                 tracing::info!(object = %format_id(key.1), name = %name, bytes = size, blocks = p.asm.block_count(), "receiving");
                 self.objects.insert(key, p);
-                if let Some(early) = self.pending.remove(&key) {
-                    self.pending_frames -= early.len();
-                    for (block, shard, bytes) in early {
-                        self.on_shard(key, block, shard, &bytes);
-                    }
+                for (block, shard, bytes) in self.take_pending(key) {
+                    self.on_shard(key, block, shard, &bytes);
                 }
             }
             Err(e) => {
@@ -418,12 +412,43 @@ impl Receiver {
         None
     }
 
+    /// The shards held for `key` before its metadata, out of the pending buffer.
+    fn take_pending(&mut self, key: Key) -> Vec<(u32, u16, Vec<u8>)> {
+        let early = self
+            .pending
+            .remove(&key)
+            .map(|(_, e)| e)
+            .unwrap_or_default();
+        self.pending_frames -= early.len();
+        early
+    }
+
+    /// Let go of early shards whose metadata is overdue (recv.toml `pending_secs`), so they cannot fill
+    /// the buffer for good: metadata is repeated every 64 shards (docs/protocol.md §9.1).
+    fn age_pending(&mut self) {
+        let now = Instant::now();
+        let age = Duration::from_secs(self.cfg.pending_secs);
+        let old: Vec<Key> = self
+            .pending
+            .iter()
+            .filter(|(_, (first, _))| now.saturating_duration_since(*first) >= age)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in old {
+            let n = self.take_pending(key).len() as u64;
+            *self.drops.entry("shard_before_meta").or_default() += n;
+            tracing::debug!(object = %format_id(key.1), frames = n, "early shards let go: their metadata never came");
+        }
+    }
+
     fn on_shard(&mut self, key: Key, block: u32, shard: u16, payload: &[u8]) {
         let Some(p) = self.objects.get_mut(&key) else {
             if self.pending_frames < PENDING_MAX && !self.completed.contains(&key) {
+                let clock = self.clock;
                 self.pending
                     .entry(key)
-                    .or_default()
+                    .or_insert_with(|| (clock, Vec::new()))
+                    .1
                     .push((block, shard, payload.to_vec()));
                 self.pending_frames += 1;
             }
@@ -751,6 +776,7 @@ impl Receiver {
             }
         }
         self.expire();
+        self.age_pending();
         // complete objects not yet delivered (resumed after a restart, or a failed finish whose pause is
         // over): try again; held ones wait for a restart
         let now = Instant::now();

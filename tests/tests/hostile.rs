@@ -61,6 +61,21 @@ impl Wire {
     }
 
     fn object_of(&mut self, kind: ObjectKind, id: u64, name: &str, data: &[u8]) {
+        let (meta, shards) = self.frames_of(kind, id, name, data);
+        self.raw(&meta);
+        for f in shards {
+            self.raw(&f);
+        }
+    }
+
+    /// The metadata frame and the shard frames (one block) of an object.
+    fn frames_of(
+        &mut self,
+        kind: ObjectKind,
+        id: u64,
+        name: &str,
+        data: &[u8],
+    ) -> (Vec<u8>, Vec<Vec<u8>>) {
         let s = 1408;
         let meta = ObjectMeta {
             id,
@@ -74,8 +89,7 @@ impl Wire {
             mtime: 0,
         };
         let m = meta.encode();
-        let f = self.sealed(FrameKind::Meta, id, 0, 0, &m);
-        self.raw(&f);
+        let meta_frame = self.sealed(FrameKind::Meta, id, 0, 0, &m);
         let g = meta.geometry().unwrap();
         let k = g.data_in(meta.size, 0);
         let mut padded = data.to_vec();
@@ -84,15 +98,16 @@ impl Wire {
         BlockEncoder::new()
             .encode(&padded, s, g.parity_for(k), &mut parity)
             .unwrap();
+        let mut shards = Vec::new();
         for (_, i) in interleave(&[k + g.parity_for(k)]) {
             let p = if i < k {
                 &padded[i * s..(i + 1) * s]
             } else {
                 &parity[(i - k) * s..(i - k + 1) * s]
             };
-            let f = self.sealed(FrameKind::Shard, id, 0, i as u16, p);
-            self.raw(&f);
+            shards.push(self.sealed(FrameKind::Shard, id, 0, i as u16, p));
         }
+        (meta_frame, shards)
     }
 }
 
@@ -609,4 +624,35 @@ fn an_unsendable_object_is_set_aside_once_and_not_retried_at_every_start() {
         !log.contains("huge.envelope"),
         "taken again after a restart: {log}"
     );
+}
+
+/// Shards that arrive before their object's metadata are held (2048 frames at most) until it comes.
+/// Those of objects whose metadata never came used to stay until a restart, and once the buffer was full
+/// every early shard was dropped. A compromised low side sends 2,100 shards of 20 objects that never get
+/// metadata; after `pending_secs` they are let go, and an object whose metadata comes after its shards
+/// still arrives.
+#[test]
+fn early_shards_whose_metadata_never_comes_are_let_go() {
+    let site = Site::new_with(&[], &[("pending_secs", 2.into())]);
+    let _r = site.start("recv");
+    let mut w = Wire::new(&site, &site.sender_key());
+    w.announce();
+    std::thread::sleep(Duration::from_millis(100));
+    for id in 0..20u64 {
+        for i in 0..105u16 {
+            let f = w.sealed(FrameKind::Shard, 9000 + id, 0, i, &[id as u8; 1408]);
+            w.raw(&f);
+        }
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    let data = random_bytes(50_000);
+    let (meta, shards) = w.frames_of(ObjectKind::File, 500, "late-meta.bin", &data);
+    for f in &shards {
+        w.raw(f);
+    }
+    w.raw(&meta);
+    if let Err(e) = site.wait_inbox(&[("late-meta.bin".into(), data)], Duration::from_secs(10)) {
+        panic!("{e}\nstatus: {}", site.status_json());
+    }
+    assert!(drops(&site)["shard_before_meta"].as_u64().unwrap_or(0) >= 2048);
 }
