@@ -24,6 +24,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 type Key = (KeyId, u64);
+/// A shard that came before its object's metadata: block, shard index, payload.
+type EarlyShard = (u32, u16, Vec<u8>);
 
 /// Shards held while waiting for metadata: about 3 MiB at the default shard size.
 const PENDING_MAX: usize = 2048;
@@ -60,7 +62,7 @@ pub struct Receiver {
     limit_log: HashMap<&'static str, (Option<Instant>, u64)>,
     /// Authenticated shards that arrived before their object's metadata (its first copies were lost),
     /// kept until the metadata comes; bounded by `PENDING_MAX` frames in all.
-    pending: HashMap<Key, (Instant, Vec<(u32, u16, Vec<u8>)>)>,
+    pending: HashMap<Key, (Instant, Vec<EarlyShard>)>,
     pending_frames: usize,
     drops: BTreeMap<&'static str, u64>,
     drops_logged: BTreeMap<&'static str, u64>,
@@ -413,7 +415,7 @@ impl Receiver {
     }
 
     /// The shards held for `key` before its metadata, out of the pending buffer.
-    fn take_pending(&mut self, key: Key) -> Vec<(u32, u16, Vec<u8>)> {
+    fn take_pending(&mut self, key: Key) -> Vec<EarlyShard> {
         let early = self
             .pending
             .remove(&key)
