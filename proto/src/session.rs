@@ -206,8 +206,11 @@ impl SenderSession {
     }
 }
 
-/// Why the receiver dropped a frame. Each has a counter in the receiver's logs and status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Why the receiver dropped a frame. Each has a counter in the receiver's logs, status and metrics, under
+/// its `name`. The first eight are decided here, by the session table; the others by the receiver's
+/// reception of authenticated frames (docs/protocol.md §11.1) and, for the last three, by the serial
+/// link's deframer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DropReason {
     /// Wrong magic or version, unknown kind, bad length.
     Malformed,
@@ -226,10 +229,33 @@ pub enum DropReason {
     UnknownSession,
     /// A sealed frame that failed authentication: forged, altered, or under another key.
     BadSeal,
+    /// A shard of an object with no metadata yet, when the buffer of early shards is full, or let go
+    /// when its metadata did not come in time.
+    ShardBeforeMeta,
+    /// Metadata that does not decode or fails its checks (names, sizes, geometry, envelope size).
+    RefusedObject,
+    /// Metadata of a known object that differs from the first copy in more than a pending hash.
+    MetaConflict,
+    /// The object's files could not be created.
+    CannotStore,
+    /// A shard of the wrong length or outside its block.
+    BadShard,
+    /// A heartbeat whose payload does not decode.
+    BadHeartbeat,
+    /// A new object past the bound on objects in progress (`max_partial_objects`).
+    MaxPartialObjects,
+    /// A new object past the bound on declared bytes in progress (`max_partial_mb`).
+    MaxPartialMb,
+    /// Serial line: a frame whose CRC-32 does not match.
+    SerialCrc,
+    /// Serial line: bytes between delimiters that are not a COBS frame.
+    SerialMalformed,
+    /// Serial line: more bytes than any frame before a delimiter.
+    SerialOversize,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::Malformed,
         DropReason::OtherReceiver,
         DropReason::UnknownSender,
@@ -238,6 +264,17 @@ impl DropReason {
         DropReason::RateLimited,
         DropReason::UnknownSession,
         DropReason::BadSeal,
+        DropReason::ShardBeforeMeta,
+        DropReason::RefusedObject,
+        DropReason::MetaConflict,
+        DropReason::CannotStore,
+        DropReason::BadShard,
+        DropReason::BadHeartbeat,
+        DropReason::MaxPartialObjects,
+        DropReason::MaxPartialMb,
+        DropReason::SerialCrc,
+        DropReason::SerialMalformed,
+        DropReason::SerialOversize,
     ];
 
     pub fn name(self) -> &'static str {
@@ -250,6 +287,17 @@ impl DropReason {
             DropReason::RateLimited => "rate_limited",
             DropReason::UnknownSession => "unknown_session",
             DropReason::BadSeal => "bad_seal",
+            DropReason::ShardBeforeMeta => "shard_before_meta",
+            DropReason::RefusedObject => "refused_object",
+            DropReason::MetaConflict => "meta_conflict",
+            DropReason::CannotStore => "cannot_store",
+            DropReason::BadShard => "bad_shard",
+            DropReason::BadHeartbeat => "bad_heartbeat",
+            DropReason::MaxPartialObjects => "max_partial_objects",
+            DropReason::MaxPartialMb => "max_partial_mb",
+            DropReason::SerialCrc => "serial_crc",
+            DropReason::SerialMalformed => "serial_malformed",
+            DropReason::SerialOversize => "serial_oversize",
         }
     }
 }
@@ -596,6 +644,24 @@ mod tests {
         let mut f = shard_frame(&mut s2, b"x");
         f[4..12].copy_from_slice(&new.keys.tag.to_le_bytes());
         assert_eq!(t.open(&mut f, 0, |_, _| true), Err(DropReason::BadSeal));
+    }
+
+    /// Every drop reason has its own name, and docs/protocol.md §11.1 lists each one in its table (the
+    /// spec follows the code).
+    #[test]
+    fn every_drop_reason_is_named_once_and_documented() {
+        let names: std::collections::BTreeSet<&str> =
+            DropReason::ALL.iter().map(|d| d.name()).collect();
+        assert_eq!(names.len(), DropReason::ALL.len());
+        let spec =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md"))
+                .unwrap();
+        for n in names {
+            assert!(
+                spec.contains(&format!("| `{n}` |")),
+                "{n} is not in docs/protocol.md §11.1"
+            );
+        }
     }
 
     /// An announce as an attacker on the low-side network makes it: the right key ids in clear (they

@@ -17,7 +17,7 @@ use diode_proto::frame::{self, FrameKind, SEALED_HEADER_LEN, TAG_LEN};
 use diode_proto::journal::format_id;
 use diode_proto::object::{decode_heartbeat, ObjectKind, ObjectMeta, Step};
 use diode_proto::session::{AnnounceOutcome, Opened};
-use diode_proto::{KeyId, SessionTable};
+use diode_proto::{DropReason, KeyId, SessionTable};
 use reed_solomon_simd::ReedSolomonDecoder;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -59,13 +59,13 @@ pub struct Receiver {
     refused_total: u64,
     /// Per bound on partial objects: when it was last logged, and the refusals since (a flood of new
     /// objects logs one line per bound every 10 s, not one per object).
-    limit_log: HashMap<&'static str, (Option<Instant>, u64)>,
+    limit_log: HashMap<DropReason, (Option<Instant>, u64)>,
     /// Authenticated shards that arrived before their object's metadata (its first copies were lost),
     /// kept until the metadata comes; bounded by `PENDING_MAX` frames in all.
     pending: HashMap<Key, (Instant, Vec<EarlyShard>)>,
     pending_frames: usize,
-    drops: BTreeMap<&'static str, u64>,
-    drops_logged: BTreeMap<&'static str, u64>,
+    drops: BTreeMap<DropReason, u64>,
+    drops_logged: BTreeMap<DropReason, u64>,
     decoder: Option<ReedSolomonDecoder>,
     start: Instant,
     /// The clock, read once per batch of received datagrams (not once per frame).
@@ -233,7 +233,7 @@ impl Receiver {
         }
     }
 
-    fn drop(&mut self, why: &'static str) {
+    fn drop(&mut self, why: DropReason) {
         *self.drops.entry(why).or_default() += 1;
     }
 
@@ -244,14 +244,14 @@ impl Receiver {
     fn frame(&mut self, f: &mut [u8]) {
         let now = self.now_ms();
         match frame::peek_kind(f) {
-            Err(_) => self.drop("malformed"),
+            Err(_) => self.drop(DropReason::Malformed),
             Ok(FrameKind::Announce) => match self.table.on_announce(f, now) {
                 Ok(AnnounceOutcome::New { sender, counter }) => {
                     tracing::info!(sender = %sender, session = counter, "new session");
                     self.seen(sender);
                 }
                 Ok(AnnounceOutcome::Known) => {}
-                Err(d) => self.drop(d.name()),
+                Err(d) => self.drop(d),
             },
             Ok(_) => {
                 let (objects, completed, refused) = (&self.objects, &self.completed, &self.refused);
@@ -276,10 +276,10 @@ impl Receiver {
                     }
                 });
                 match r {
-                    Err(d) => self.drop(d.name()),
+                    Err(d) => self.drop(d),
                     Ok(Opened::Redundant) => {
                         if no_meta {
-                            self.drop("shard_before_meta");
+                            self.drop(DropReason::ShardBeforeMeta);
                         }
                     }
                     Ok(Opened::Fresh(h, sender)) => {
@@ -292,7 +292,7 @@ impl Receiver {
                             }
                             FrameKind::Heartbeat => {
                                 if decode_heartbeat(payload).is_none() {
-                                    self.drop("bad_heartbeat");
+                                    self.drop(DropReason::BadHeartbeat);
                                 }
                             }
                             FrameKind::Announce => {}
@@ -326,7 +326,7 @@ impl Receiver {
                 if self.refused.insert((sender, id)) {
                     tracing::error!(sender = %sender, object = %format_id(id), error = %e, "refused an object: nothing is written");
                 }
-                self.drop("refused_object");
+                self.drop(DropReason::RefusedObject);
                 return;
             }
         };
@@ -337,13 +337,13 @@ impl Receiver {
                 tracing::error!(sender = %sender, object = %format_id(meta.id), bytes = meta.size,
                     "refused an envelope larger than {MAX_ENVELOPE_BYTES} bytes: nothing is written");
             }
-            self.drop("refused_object");
+            self.drop(DropReason::RefusedObject);
             return;
         }
         if let Some(p) = self.objects.get_mut(&key) {
             // a later copy of the metadata: it may bring the content hash
             if !p.asm.meta.same_object(&meta) {
-                self.drop("meta_conflict");
+                self.drop(DropReason::MetaConflict);
                 return;
             }
             if meta.hash_known() && !p.asm.meta.hash_known() {
@@ -363,7 +363,7 @@ impl Receiver {
             *since += 1;
             if last.is_none_or(|t| clock.saturating_duration_since(t) >= Duration::from_secs(10)) {
                 tracing::warn!(sender = %sender, object = %format_id(meta.id), name = %meta.name, bytes = meta.size,
-                    limit, refused_since_last_line = *since,
+                    limit = limit.name(), refused_since_last_line = *since,
                     "not starting an object: {why}; it can start once objects in progress finish or expire");
                 *last = Some(clock);
                 *since = 0;
@@ -381,7 +381,7 @@ impl Receiver {
                 }
             }
             Err(e) => {
-                self.drop("cannot_store");
+                self.drop(DropReason::CannotStore);
                 tracing::error!(object = %format_id(key.1), name = %name, error = %format!("{e:#}"), "cannot start the object on disk");
             }
         }
@@ -389,11 +389,11 @@ impl Receiver {
 
     /// Would one more object of `size` bytes pass the limits on partial objects (recv.toml
     /// `max_partial_objects`, `max_partial_mb`)? If not, the limit's name and what it says.
-    fn over_limit(&self, size: u64) -> Option<(&'static str, String)> {
+    fn over_limit(&self, size: u64) -> Option<(DropReason, String)> {
         let max = self.cfg.max_partial_objects;
         if self.objects.len() >= max {
             return Some((
-                "max_partial_objects",
+                DropReason::MaxPartialObjects,
                 format!(
                     "{} objects in progress, max_partial_objects = {max}",
                     self.objects.len()
@@ -404,7 +404,7 @@ impl Receiver {
         let held: u64 = self.objects.values().map(|p| p.asm.meta.size).sum();
         if held.saturating_add(size) > max_bytes {
             return Some((
-                "max_partial_mb",
+                DropReason::MaxPartialMb,
                 format!(
                     "{held} bytes in progress + {size} would pass max_partial_mb = {}",
                     self.cfg.max_partial_mb
@@ -438,7 +438,7 @@ impl Receiver {
             .collect();
         for key in old {
             let n = self.take_pending(key).len() as u64;
-            *self.drops.entry("shard_before_meta").or_default() += n;
+            *self.drops.entry(DropReason::ShardBeforeMeta).or_default() += n;
             tracing::debug!(object = %format_id(key.1), frames = n, "early shards let go: their metadata never came");
         }
     }
@@ -460,7 +460,7 @@ impl Receiver {
         loop {
             match p.asm.insert(block, shard, payload) {
                 Err(_) => {
-                    *self.drops.entry("bad_shard").or_default() += 1;
+                    *self.drops.entry(DropReason::BadShard).or_default() += 1;
                     return;
                 }
                 Ok(Step::Restore(which)) => {
@@ -820,7 +820,11 @@ impl Receiver {
         {
             self.last_drop_log = Instant::now();
             self.drops_logged = self.drops.clone();
-            let text: Vec<String> = self.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let text: Vec<String> = self
+                .drops
+                .iter()
+                .map(|(k, v)| format!("{}={v}", k.name()))
+                .collect();
             tracing::info!(drops = %text.join(" "), "dropped frames so far");
         }
         if let Err(e) = self.write_status() {
@@ -931,7 +935,7 @@ impl Receiver {
             drops: self
                 .drops
                 .iter()
-                .map(|(k, v)| (k.to_string(), *v))
+                .map(|(k, v)| (k.name().to_string(), *v))
                 .collect(),
             received_files: self.received_files,
             received_bytes: self.received_bytes,

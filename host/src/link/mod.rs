@@ -38,7 +38,7 @@ pub trait FramesOut {
 
 /// What the link itself threw away since the last call (line noise on a serial line), by reason; the
 /// receiver counts these with its other drop reasons.
-pub type Noise = Vec<(&'static str, u64)>;
+pub type Noise = Vec<(diode_proto::DropReason, u64)>;
 
 /// The receiver's side of a link.
 pub trait FramesIn {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub use super::LinkKind;
 use super::{FramesIn, FramesOut, Noise};
+use diode_proto::DropReason;
 
 /// A serial line as configured (`device`, `baud`, `data_bits`, `parity`, `stop_bits`).
 #[derive(Clone, Debug)]
@@ -223,9 +224,9 @@ impl FramesIn for SerialRx {
         // line noise is counted with the other drop reasons
         let st = std::mem::take(&mut self.deframer.stats);
         Ok([
-            ("serial_crc", st.bad_crc),
-            ("serial_malformed", st.malformed),
-            ("serial_oversize", st.oversize),
+            (DropReason::SerialCrc, st.bad_crc),
+            (DropReason::SerialMalformed, st.malformed),
+            (DropReason::SerialOversize, st.oversize),
         ]
         .into_iter()
         .filter(|(_, n)| *n > 0)
