@@ -14,6 +14,7 @@ pub mod gap;
 pub mod journal;
 pub mod keys;
 pub mod object;
+pub mod reception;
 pub mod request;
 pub mod schedule;
 pub mod serial;

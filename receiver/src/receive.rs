@@ -16,6 +16,7 @@ use diode_proto::envelope::MAX_ENVELOPE_BYTES;
 use diode_proto::frame::{self, FrameKind, SEALED_HEADER_LEN, TAG_LEN};
 use diode_proto::journal::format_id;
 use diode_proto::object::{decode_heartbeat, ObjectKind, ObjectMeta, Step};
+use diode_proto::reception::{EarlyShard, EarlyShards, Limits, ObjectKey, Versions};
 use diode_proto::session::{AnnounceOutcome, Opened};
 use diode_proto::{DropReason, KeyId, SessionTable};
 use reed_solomon_simd::ReedSolomonDecoder;
@@ -23,9 +24,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-type Key = (KeyId, u64);
-/// A shard that came before its object's metadata: block, shard index, payload.
-type EarlyShard = (u32, u16, Vec<u8>);
+type Key = ObjectKey;
 
 /// Shards held while waiting for metadata: about 3 MiB at the default shard size.
 const PENDING_MAX: usize = 2048;
@@ -54,7 +53,7 @@ pub struct Receiver {
     refused: HashSet<Key>,
     /// The newest object delivered at each inbox path, by sender: an object of the same sender with a
     /// lower id is an older version (withheld and released late) and never replaces it.
-    paths: HashMap<String, Key>,
+    paths: Versions,
     refused_recent: VecDeque<RefusedStatus>,
     refused_total: u64,
     /// Per bound on partial objects: when it was last logged, and the refusals since (a flood of new
@@ -62,8 +61,7 @@ pub struct Receiver {
     limit_log: HashMap<DropReason, (Option<Instant>, u64)>,
     /// Authenticated shards that arrived before their object's metadata (its first copies were lost),
     /// kept until the metadata comes; bounded by `PENDING_MAX` frames in all.
-    pending: HashMap<Key, (Instant, Vec<EarlyShard>)>,
-    pending_frames: usize,
+    pending: EarlyShards,
     drops: BTreeMap<DropReason, u64>,
     drops_logged: BTreeMap<DropReason, u64>,
     decoder: Option<ReedSolomonDecoder>,
@@ -124,7 +122,7 @@ impl Receiver {
             }
         };
         let mut completed = HashSet::new();
-        let mut paths: HashMap<String, Key> = HashMap::new();
+        let mut paths = Versions::default();
         if let Ok(text) = std::fs::read_to_string(completed_path(&cfg)) {
             for line in text.lines().rev().take(100_000) {
                 let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -142,7 +140,7 @@ impl Receiver {
                     if let (Some(name), Some(ORDERED_IDS), None) =
                         (v["name"].as_str(), v["proto"].as_u64(), v["kind"].as_str())
                     {
-                        paths.entry(name.to_string()).or_insert((KeyId(s), o));
+                        paths.remember(name, (KeyId(s), o));
                     }
                 }
             }
@@ -167,8 +165,7 @@ impl Receiver {
             refused_recent: VecDeque::new(),
             refused_total: 0,
             limit_log: HashMap::new(),
-            pending: HashMap::new(),
-            pending_frames: 0,
+            pending: EarlyShards::new(PENDING_MAX),
             drops: BTreeMap::new(),
             drops_logged: BTreeMap::new(),
             decoder: None,
@@ -255,7 +252,7 @@ impl Receiver {
             },
             Ok(_) => {
                 let (objects, completed, refused) = (&self.objects, &self.completed, &self.refused);
-                let pending_room = self.pending_frames < PENDING_MAX;
+                let pending_room = self.pending.has_room();
                 let mut no_meta = false;
                 let r = self.table.open(f, now, |h, sender| {
                     let key = (sender, h.object);
@@ -390,69 +387,40 @@ impl Receiver {
     /// Would one more object of `size` bytes pass the limits on partial objects (recv.toml
     /// `max_partial_objects`, `max_partial_mb`)? If not, the limit's name and what it says.
     fn over_limit(&self, size: u64) -> Option<(DropReason, String)> {
-        let max = self.cfg.max_partial_objects;
-        if self.objects.len() >= max {
-            return Some((
-                DropReason::MaxPartialObjects,
-                format!(
-                    "{} objects in progress, max_partial_objects = {max}",
-                    self.objects.len()
-                ),
-            ));
-        }
-        let max_bytes = (self.cfg.max_partial_mb as u64).saturating_mul(1 << 20);
         let held: u64 = self.objects.values().map(|p| p.asm.meta.size).sum();
-        if held.saturating_add(size) > max_bytes {
-            return Some((
-                DropReason::MaxPartialMb,
-                format!(
-                    "{held} bytes in progress + {size} would pass max_partial_mb = {}",
-                    self.cfg.max_partial_mb
-                ),
-            ));
+        self.limits().admit(self.objects.len(), held, size).err()
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_objects: self.cfg.max_partial_objects,
+            max_bytes: (self.cfg.max_partial_mb as u64).saturating_mul(1 << 20),
         }
-        None
     }
 
     /// The shards held for `key` before its metadata, out of the pending buffer.
     fn take_pending(&mut self, key: Key) -> Vec<EarlyShard> {
-        let early = self
-            .pending
-            .remove(&key)
-            .map(|(_, e)| e)
-            .unwrap_or_default();
-        self.pending_frames -= early.len();
-        early
+        self.pending.take(key)
     }
 
     /// Let go of early shards whose metadata is overdue (recv.toml `pending_secs`), so they cannot fill
     /// the buffer for good: metadata is repeated every 64 shards (docs/protocol.md §9.1).
     fn age_pending(&mut self) {
-        let now = Instant::now();
-        let age = Duration::from_secs(self.cfg.pending_secs);
-        let old: Vec<Key> = self
+        let now = self.now_ms();
+        let n = self
             .pending
-            .iter()
-            .filter(|(_, (first, _))| now.saturating_duration_since(*first) >= age)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in old {
-            let n = self.take_pending(key).len() as u64;
+            .expire(now, self.cfg.pending_secs.saturating_mul(1000));
+        if n > 0 {
             *self.drops.entry(DropReason::ShardBeforeMeta).or_default() += n;
-            tracing::debug!(object = %format_id(key.1), frames = n, "early shards let go: their metadata never came");
+            tracing::debug!(frames = n, "early shards let go: their metadata never came");
         }
     }
 
     fn on_shard(&mut self, key: Key, block: u32, shard: u16, payload: &[u8]) {
         let Some(p) = self.objects.get_mut(&key) else {
-            if self.pending_frames < PENDING_MAX && !self.completed.contains(&key) {
-                let clock = self.clock;
-                self.pending
-                    .entry(key)
-                    .or_insert_with(|| (clock, Vec::new()))
-                    .1
-                    .push((block, shard, payload.to_vec()));
-                self.pending_frames += 1;
+            if !self.completed.contains(&key) {
+                let now = self.now_ms();
+                self.pending.hold(key, block, shard, payload, now);
             }
             return;
         };
@@ -580,18 +548,14 @@ impl Receiver {
         if result.is_ok() {
             // A newer object of this sender already holds the path: this one was withheld on the link and
             // released late (or replayed). It must never replace the newer one.
-            if let Some(&newer) = self
-                .paths
-                .get(&name)
-                .filter(|k| k.0 == key.0 && k.1 > key.1)
-            {
+            if let Some(newer) = self.paths.newer_than(&name, key) {
                 return self.refuse_object(
                     key,
                     "older_version",
                     format!(
                         "an older version of {name:?} than the one already delivered (object {}): frames withheld \
                          on the link and released late, or a replay of an old object; the newer file stays",
-                        format_id(newer.1)
+                        format_id(newer)
                     ),
                 );
             }
@@ -623,7 +587,7 @@ impl Receiver {
                 self.received_bytes += m.size;
                 self.completed.insert(key);
                 self.objects.remove(&key);
-                self.paths.insert(m.name, key);
+                self.paths.delivered(&m.name, key);
             }
             Err(PublishError::Refused(msg)) => self.hold(key, msg),
             Err(PublishError::Failed(e)) => self.failed(key, format!("{e:#}")),
