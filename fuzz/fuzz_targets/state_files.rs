@@ -1,7 +1,7 @@
 //! The high side's persisted state, read back after a restart from files an attacker with write access
 //! to `state/` (or a torn write) may have changed:
 //! - bit 0..1 of the first byte = 0: a partial object's state file, `state/partial/*.state`: version byte,
-//!   then postcard `([u8; 8], AssemblyState)`, into `Assembly::from_state`, as
+//!   then postcard `([u8; 8], AssemblyState)` (`object::decode_partial_state`), into `Assembly::from_state`, as
 //!   `receiver/src/store.rs` (`Partial::load`) reads it;
 //! - = 1: a hash-chained audit log (`state/approvals/audit.jsonl`, the adapter's audit) and its head,
 //!   `audit::verify` and `Head::from_text`; the rest is `head line \n log`;
@@ -12,13 +12,10 @@
 
 use diode_proto::audit::{self, Head};
 use diode_proto::journal::JournalRecord;
-use diode_proto::object::{Assembly, AssemblyState};
+use diode_proto::object::{decode_partial_state, encode_partial_state, Assembly};
 use diode_proto::{gap, KeyId};
 use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeMap;
-
-/// `STATE_VERSION` in `receiver/src/store.rs`.
-const STATE_VERSION: u8 = 1;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
@@ -55,21 +52,19 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn partial_state(bytes: &[u8]) {
-    let Some((&v, rest)) = bytes.split_first() else {
-        return;
-    };
-    if v != STATE_VERSION {
-        return;
-    }
-    let Ok((_sender, st)) = postcard::from_bytes::<([u8; 8], AssemblyState)>(rest) else {
+    let Ok((sender, st)) = decode_partial_state(bytes) else {
         return;
     };
     if let Ok(asm) = Assembly::from_state(st) {
         // what was restored persists again as a state that restores to the same
         let again = asm.state();
-        if let Ok(asm2) = Assembly::from_state(again.clone()) {
-            assert_eq!(asm2.state(), again);
-            assert_eq!(asm2.done_count(), asm.done_count());
+        let bytes = encode_partial_state(sender, &again);
+        if let Ok((s2, st2)) = decode_partial_state(&bytes) {
+            assert_eq!(s2, sender);
+            if let Ok(asm2) = Assembly::from_state(st2) {
+                assert_eq!(asm2.state(), again);
+                assert_eq!(asm2.done_count(), asm.done_count());
+            }
         }
     }
 }

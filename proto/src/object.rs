@@ -7,6 +7,7 @@
 //! inbox (no absolute paths, `..`, NUL, control characters or device names).
 
 use crate::fec::{BlockAssembly, FecError, Geometry};
+use crate::keys::KeyId;
 use reed_solomon_simd::ReedSolomonDecoder;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -256,6 +257,39 @@ pub struct AssemblyState {
     pub meta: ObjectMeta,
     pub done: Vec<u32>,
     pub spilled: Vec<(u32, Vec<u32>)>,
+}
+
+/// Version byte of the receiver's saved state of a partial object (docs/protocol.md §13.2).
+pub const PARTIAL_STATE_VERSION: u8 = 1;
+
+/// Why a saved partial state cannot be read back.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StateError {
+    #[error("empty state file")]
+    Empty,
+    #[error("state file version {0} is not {PARTIAL_STATE_VERSION}")]
+    Version(u8),
+    #[error("state file does not decode")]
+    Decode,
+}
+
+/// The bytes the receiver saves for a partial object: the version byte, then postcard of
+/// `(sender key id, AssemblyState)`. Written here only, read back by `decode_partial_state`.
+pub fn encode_partial_state(sender: KeyId, state: &AssemblyState) -> Vec<u8> {
+    let mut bytes = vec![PARTIAL_STATE_VERSION];
+    // postcard cannot fail on this type except by allocation failure
+    bytes.extend(postcard::to_allocvec(&(sender.0, state)).unwrap_or_default());
+    bytes
+}
+
+pub fn decode_partial_state(bytes: &[u8]) -> Result<(KeyId, AssemblyState), StateError> {
+    let (&v, rest) = bytes.split_first().ok_or(StateError::Empty)?;
+    if v != PARTIAL_STATE_VERSION {
+        return Err(StateError::Version(v));
+    }
+    let (sender, st): ([u8; 8], AssemblyState) =
+        postcard::from_bytes(rest).map_err(|_| StateError::Decode)?;
+    Ok((KeyId(sender), st))
 }
 
 impl Assembly {

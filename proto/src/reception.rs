@@ -3,7 +3,10 @@
 //! and the bounds on objects in progress. Time comes in as milliseconds from the caller's clock. These are
 //! the first parts of the receiver endpoint to live here (docs/ARCHITECTURE-NOTES.md §4).
 
+use crate::envelope::MAX_ENVELOPE_BYTES;
+use crate::frame::{FrameKind, SealedHeader};
 use crate::keys::KeyId;
+use crate::object::{Assembly, ObjectKind, ObjectMeta};
 use crate::session::DropReason;
 use std::collections::HashMap;
 
@@ -142,9 +145,216 @@ impl Limits {
     }
 }
 
+/// What the receiver knows of the object a sealed frame names, when it decides whether to open it.
+#[derive(Clone, Copy)]
+pub enum Known<'a> {
+    /// Being received.
+    InProgress(&'a Assembly),
+    /// Delivered or refused: nothing of it is wanted.
+    Done,
+    /// No metadata yet.
+    Unknown,
+}
+
+/// Whether a sealed frame could carry anything new, judged on its header before it is opened
+/// (docs/protocol.md §11.2): a frame that cannot is skipped without decryption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Worth {
+    Open,
+    /// Nothing new (a finished block, a metadata copy without news, a done object).
+    Skip,
+    /// A shard of an object with no metadata yet, with no room to hold it (`shard_before_meta`).
+    SkipNoRoom,
+}
+
+pub fn worth_opening(h: &SealedHeader, known: Known<'_>, early_room: bool) -> Worth {
+    let yes = |b: bool| if b { Worth::Open } else { Worth::Skip };
+    match (h.kind, known) {
+        (FrameKind::Shard, Known::InProgress(a)) => yes(a.wants(h.block, h.shard)),
+        (FrameKind::Shard, Known::Unknown) if early_room => Worth::Open,
+        (FrameKind::Shard, Known::Unknown) => Worth::SkipNoRoom,
+        // later metadata is wanted only while the content hash is still to come
+        (FrameKind::Meta, Known::InProgress(a)) => yes(!a.meta.hash_known()),
+        (FrameKind::Meta, Known::Unknown) => Worth::Open,
+        (FrameKind::Shard | FrameKind::Meta, Known::Done) => Worth::Skip,
+        (FrameKind::Heartbeat | FrameKind::Announce, _) => Worth::Open,
+    }
+}
+
+/// What an authenticated metadata frame means for its object (docs/protocol.md §11.3, §11.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaVerdict {
+    /// A new object to start.
+    Start(ObjectMeta),
+    /// The metadata fails its checks (or does not decode: `id` is then what could be read of it, or 0):
+    /// the object is refused and nothing is written.
+    Refuse { id: u64, why: String },
+    /// A copy that differs from the object's metadata in more than a pending hash (`meta_conflict`).
+    Conflict,
+    /// The content hash object `id` was waiting for.
+    HashArrived { id: u64, hash: [u8; 32] },
+    /// Nothing new.
+    Repeat,
+}
+
+/// `known` gives the metadata of the object in progress under an id, if there is one.
+pub fn judge_meta<'a>(
+    payload: &[u8],
+    known: impl FnOnce(u64) -> Option<&'a ObjectMeta>,
+) -> MetaVerdict {
+    let meta = match ObjectMeta::decode(payload) {
+        Ok(m) => m,
+        Err(e) => {
+            // the object id leads the metadata; if even it does not decode there is nothing to name
+            let id = postcard::from_bytes::<u64>(payload).unwrap_or(0);
+            return MetaVerdict::Refuse {
+                id,
+                why: e.to_string(),
+            };
+        }
+    };
+    if meta.kind == ObjectKind::Envelope && meta.size > MAX_ENVELOPE_BYTES as u64 {
+        return MetaVerdict::Refuse {
+            id: meta.id,
+            why: format!(
+                "an envelope of {} bytes: at most {MAX_ENVELOPE_BYTES}",
+                meta.size
+            ),
+        };
+    }
+    match known(meta.id) {
+        None => MetaVerdict::Start(meta),
+        // a copy from before the hash was known, arriving late, is the same object
+        Some(k) if !(k.same_object(&meta) || meta.same_object(k)) => MetaVerdict::Conflict,
+        Some(k) if meta.hash_known() && !k.hash_known() => MetaVerdict::HashArrived {
+            id: meta.id,
+            hash: meta.hash,
+        },
+        Some(_) => MetaVerdict::Repeat,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::object::HASH_PENDING;
+
+    fn meta(id: u64, hash: [u8; 32]) -> ObjectMeta {
+        ObjectMeta {
+            id,
+            name: "a.bin".into(),
+            size: 300_000,
+            hash,
+            kind: ObjectKind::File,
+            shard_size: 1408,
+            data_shards: 128,
+            parity_shards: 24,
+            mtime: 7,
+        }
+    }
+
+    /// The first copy starts the object; a copy with the hash it waited for brings it (a late hash);
+    /// a copy that differs in anything else is a conflict; a repeat is nothing; bad metadata and an
+    /// oversize envelope are refused with the id they carry.
+    #[test]
+    fn metadata_starts_brings_a_late_hash_conflicts_or_is_refused() {
+        let pending = meta(9, HASH_PENDING);
+        assert_eq!(
+            judge_meta(&pending.encode(), |_| None),
+            MetaVerdict::Start(pending.clone())
+        );
+        let hashed = meta(9, [5; 32]);
+        assert_eq!(
+            judge_meta(&hashed.encode(), |_| Some(&pending)),
+            MetaVerdict::HashArrived {
+                id: 9,
+                hash: [5; 32]
+            }
+        );
+        assert_eq!(
+            judge_meta(&hashed.encode(), |_| Some(&hashed)),
+            MetaVerdict::Repeat
+        );
+        assert_eq!(
+            judge_meta(&pending.encode(), |_| Some(&hashed)),
+            MetaVerdict::Repeat
+        );
+        let mut other = hashed.clone();
+        other.size += 1;
+        assert_eq!(
+            judge_meta(&other.encode(), |_| Some(&hashed)),
+            MetaVerdict::Conflict
+        );
+        let mut other_hash = hashed.clone();
+        other_hash.hash = [6; 32];
+        assert_eq!(
+            judge_meta(&other_hash.encode(), |_| Some(&hashed)),
+            MetaVerdict::Conflict
+        );
+        let mut bad = hashed.clone();
+        bad.name = "../up".into();
+        assert!(matches!(
+            judge_meta(&bad.encode(), |_| None),
+            MetaVerdict::Refuse { id: 9, .. }
+        ));
+        let mut env = hashed.clone();
+        env.kind = ObjectKind::Envelope;
+        assert!(matches!(
+            judge_meta(&env.encode(), |_| None),
+            MetaVerdict::Refuse { id: 9, .. }
+        ));
+        assert!(matches!(
+            judge_meta(b"", |_| None),
+            MetaVerdict::Refuse { id: 0, .. }
+        ));
+    }
+
+    /// Frames that cannot bring anything new are skipped before decryption.
+    #[test]
+    fn only_frames_that_can_bring_something_new_are_opened() {
+        let h = |kind, block, shard| SealedHeader {
+            kind,
+            session: 1,
+            seq: 1,
+            object: 9,
+            block,
+            shard,
+        };
+        let mut a = Assembly::new(meta(9, HASH_PENDING)).unwrap();
+        assert_eq!(
+            worth_opening(&h(FrameKind::Shard, 0, 0), Known::InProgress(&a), false),
+            Worth::Open
+        );
+        assert_eq!(
+            worth_opening(&h(FrameKind::Shard, 7, 0), Known::InProgress(&a), true),
+            Worth::Skip
+        );
+        assert_eq!(
+            worth_opening(&h(FrameKind::Meta, 0, 0), Known::InProgress(&a), true),
+            Worth::Open
+        );
+        a.meta.hash = [1; 32];
+        assert_eq!(
+            worth_opening(&h(FrameKind::Meta, 0, 0), Known::InProgress(&a), true),
+            Worth::Skip
+        );
+        assert_eq!(
+            worth_opening(&h(FrameKind::Shard, 0, 0), Known::Unknown, true),
+            Worth::Open
+        );
+        assert_eq!(
+            worth_opening(&h(FrameKind::Shard, 0, 0), Known::Unknown, false),
+            Worth::SkipNoRoom
+        );
+        assert_eq!(
+            worth_opening(&h(FrameKind::Meta, 0, 0), Known::Done, true),
+            Worth::Skip
+        );
+        assert_eq!(
+            worth_opening(&h(FrameKind::Heartbeat, 0, 0), Known::Done, true),
+            Worth::Open
+        );
+    }
 
     const A: KeyId = KeyId([1; 8]);
     const B: KeyId = KeyId([2; 8]);

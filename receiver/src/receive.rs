@@ -15,8 +15,11 @@ use diode_host::link::{serial::SerialRx, udp::UdpRx, FramesIn};
 use diode_proto::envelope::MAX_ENVELOPE_BYTES;
 use diode_proto::frame::{self, FrameKind, SEALED_HEADER_LEN, TAG_LEN};
 use diode_proto::journal::format_id;
-use diode_proto::object::{decode_heartbeat, ObjectKind, ObjectMeta, Step};
-use diode_proto::reception::{EarlyShard, EarlyShards, Limits, ObjectKey, Versions};
+use diode_proto::object::{decode_heartbeat, ObjectKind, Step};
+use diode_proto::reception::{
+    judge_meta, worth_opening, EarlyShard, EarlyShards, Known, Limits, MetaVerdict, ObjectKey,
+    Versions, Worth,
+};
 use diode_proto::session::{AnnounceOutcome, Opened};
 use diode_proto::{DropReason, KeyId, SessionTable};
 use reed_solomon_simd::ReedSolomonDecoder;
@@ -252,30 +255,23 @@ impl Receiver {
             },
             Ok(_) => {
                 let (objects, completed, refused) = (&self.objects, &self.completed, &self.refused);
-                let pending_room = self.pending.has_room();
-                let mut no_meta = false;
+                let early_room = self.pending.has_room();
+                let mut no_room = false;
                 let r = self.table.open(f, now, |h, sender| {
                     let key = (sender, h.object);
-                    match h.kind {
-                        FrameKind::Shard => match objects.get(&key) {
-                            Some(p) => p.asm.wants(h.block, h.shard),
-                            None => {
-                                no_meta = !completed.contains(&key) && !refused.contains(&key);
-                                no_meta && pending_room
-                            }
-                        },
-                        FrameKind::Meta => match objects.get(&key) {
-                            // wanted only while the content hash is still to come
-                            Some(p) => !p.asm.meta.hash_known(),
-                            None => !(completed.contains(&key) || refused.contains(&key)),
-                        },
-                        _ => true,
-                    }
+                    let known = match objects.get(&key) {
+                        Some(p) => Known::InProgress(&p.asm),
+                        None if completed.contains(&key) || refused.contains(&key) => Known::Done,
+                        None => Known::Unknown,
+                    };
+                    let worth = worth_opening(h, known, early_room);
+                    no_room = worth == Worth::SkipNoRoom;
+                    worth == Worth::Open
                 });
                 match r {
                     Err(d) => self.drop(d),
                     Ok(Opened::Redundant) => {
-                        if no_meta {
+                        if no_room {
                             self.drop(DropReason::ShardBeforeMeta);
                         }
                     }
@@ -314,45 +310,35 @@ impl Receiver {
     }
 
     fn on_meta(&mut self, sender: KeyId, payload: &[u8]) {
-        let meta = match ObjectMeta::decode(payload) {
-            Ok(m) => m,
-            Err(e) => {
-                // the object id is inside the metadata; if it does not decode there is nothing to name
-                let id = postcard::from_bytes::<u64>(payload).unwrap_or(0);
+        let objects = &self.objects;
+        let meta = match judge_meta(payload, |id| {
+            objects.get(&(sender, id)).map(|p| &p.asm.meta)
+        }) {
+            MetaVerdict::Start(m) => m,
+            MetaVerdict::Refuse { id, why } => {
                 self.take_pending((sender, id));
                 if self.refused.insert((sender, id)) {
-                    tracing::error!(sender = %sender, object = %format_id(id), error = %e, "refused an object: nothing is written");
+                    tracing::error!(sender = %sender, object = %format_id(id), error = %why, "refused an object: nothing is written");
                 }
                 self.drop(DropReason::RefusedObject);
                 return;
             }
-        };
-        let key = (sender, meta.id);
-        if meta.kind == ObjectKind::Envelope && meta.size > MAX_ENVELOPE_BYTES as u64 {
-            self.take_pending(key);
-            if self.refused.insert(key) {
-                tracing::error!(sender = %sender, object = %format_id(meta.id), bytes = meta.size,
-                    "refused an envelope larger than {MAX_ENVELOPE_BYTES} bytes: nothing is written");
-            }
-            self.drop(DropReason::RefusedObject);
-            return;
-        }
-        if let Some(p) = self.objects.get_mut(&key) {
-            // a later copy of the metadata: it may bring the content hash
-            if !p.asm.meta.same_object(&meta) {
-                self.drop(DropReason::MetaConflict);
+            MetaVerdict::Conflict => return self.drop(DropReason::MetaConflict),
+            MetaVerdict::Repeat => return,
+            MetaVerdict::HashArrived { id, hash } => {
+                let key = (sender, id);
+                if let Some(p) = self.objects.get_mut(&key) {
+                    tracing::debug!(object = %format_id(key.1), "the content hash arrived");
+                    p.asm.meta.hash = hash;
+                    p.dirty = true;
+                    if p.asm.is_complete() {
+                        self.finish(key);
+                    }
+                }
                 return;
             }
-            if meta.hash_known() && !p.asm.meta.hash_known() {
-                tracing::debug!(object = %format_id(key.1), "the content hash arrived");
-                p.asm.meta.hash = meta.hash;
-                p.dirty = true;
-                if p.asm.is_complete() {
-                    self.finish(key);
-                }
-            }
-            return;
-        }
+        };
+        let key = (sender, meta.id);
         if let Some((limit, why)) = self.over_limit(meta.size) {
             self.take_pending(key);
             let clock = self.clock;

@@ -6,7 +6,9 @@
 use anyhow::{bail, Context, Result};
 use diode_host::atomic::{sync_dir, Persister};
 use diode_proto::journal::format_id;
-use diode_proto::object::{safe_name, Assembly, AssemblyState, ObjectMeta};
+use diode_proto::object::{
+    decode_partial_state, encode_partial_state, safe_name, Assembly, ObjectMeta,
+};
 use diode_proto::KeyId;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -44,9 +46,6 @@ fn open_direct(path: &Path) -> Option<Arc<File>> {
         }
     }
 }
-
-/// Version tag of the state file format.
-const STATE_VERSION: u8 = 1;
 
 pub struct Partial {
     pub sender: KeyId,
@@ -189,14 +188,9 @@ impl Partial {
 
     fn load(storage: &Storage, state_path: &Path) -> Result<Partial> {
         let bytes = fs::read(state_path)?;
-        let (&v, rest) = bytes.split_first().context("empty state file")?;
-        if v != STATE_VERSION {
-            bail!("state file version {v} is not {STATE_VERSION}");
-        }
-        let (sender, st): ([u8; 8], AssemblyState) =
-            postcard::from_bytes(rest).context("state file does not decode")?;
+        let (sender, st) = decode_partial_state(&bytes)?;
         let asm = Assembly::from_state(st)?;
-        let mut p = Self::open(storage, KeyId(sender), asm, false)?;
+        let mut p = Self::open(storage, sender, asm, false)?;
         p.dirty = false;
         Ok(p)
     }
@@ -204,8 +198,7 @@ impl Partial {
     /// Save progress through the persist thread (the receive loop must not wait for an fsync). A data
     /// file whose first state never reached the disk is swept at the next start (`sweep_orphans`).
     pub fn persist(&mut self) -> Result<()> {
-        let mut bytes = vec![STATE_VERSION];
-        bytes.extend(postcard::to_allocvec(&(self.sender.0, self.asm.state()))?);
+        let bytes = encode_partial_state(self.sender, &self.asm.state());
         self.persist.write(&self.state_path, bytes, 0o600);
         self.dirty = false;
         Ok(())
