@@ -7,6 +7,10 @@
 
 use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 
+/// A Reed-Solomon decoder kept across blocks (its tables are reused); `None` until the first block that
+/// needs one. The receiver holds one and lends it to `Assembly::take_ready`.
+pub type Decoder = Option<ReedSolomonDecoder>;
+
 pub const MIN_PARITY: usize = 4;
 /// reed-solomon-simd allows at most 32768 original and 32768 recovery shards per block.
 pub const MAX_SHARDS: usize = 32768;

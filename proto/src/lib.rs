@@ -11,6 +11,7 @@ pub mod envelope;
 pub mod fec;
 pub mod frame;
 pub mod gap;
+pub mod hash;
 pub mod journal;
 pub mod keys;
 pub mod object;

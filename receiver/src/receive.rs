@@ -22,7 +22,6 @@ use diode_proto::reception::{
 };
 use diode_proto::session::{AnnounceOutcome, Opened};
 use diode_proto::{DropReason, KeyId, SessionTable};
-use reed_solomon_simd::ReedSolomonDecoder;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -67,7 +66,7 @@ pub struct Receiver {
     pending: EarlyShards,
     drops: BTreeMap<DropReason, u64>,
     drops_logged: BTreeMap<DropReason, u64>,
-    decoder: Option<ReedSolomonDecoder>,
+    decoder: diode_proto::fec::Decoder,
     start: Instant,
     /// The clock, read once per batch of received datagrams (not once per frame).
     clock: Instant,

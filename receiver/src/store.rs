@@ -259,7 +259,7 @@ impl Partial {
             bail!("the content hash has not arrived yet");
         }
         self.file.set_len(meta.size)?;
-        let mut h = blake3::Hasher::new();
+        let mut h = diode_proto::hash::ContentHasher::new();
         let mut pos = 0;
         let mut buf = vec![0u8; 1 << 20];
         while pos < meta.size {
@@ -268,7 +268,7 @@ impl Partial {
             h.update(&buf[..want]);
             pos += want as u64;
         }
-        let got: [u8; 32] = h.finalize().into();
+        let got: [u8; 32] = h.finalize();
         if got != meta.hash {
             self.reset()?;
             bail!(

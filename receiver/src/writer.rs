@@ -72,7 +72,7 @@ pub enum FinishError {
 
 #[derive(Default)]
 struct Running {
-    hasher: blake3::Hasher,
+    hasher: diode_proto::hash::ContentHasher,
     /// Blocks 0..hashed are in the hasher.
     hashed: u32,
     /// Blocks written past `hashed`, waiting for their turn.
@@ -264,7 +264,7 @@ fn finish(
         h.update(&buf[..n]);
         pos += n as u64;
     }
-    let got: [u8; 32] = h.finalize().into();
+    let got: [u8; 32] = h.finalize();
     if got != want {
         return Err(FinishError::Mismatch(format!(
             "content hash mismatch ({} instead of {})",

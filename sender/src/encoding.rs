@@ -49,7 +49,7 @@ pub fn describe(
             ))
             .into());
         }
-        hash = *blake3::hash(&bytes).as_bytes();
+        hash = diode_proto::hash::content_hash(&bytes);
     } else if kind == ObjectKind::Envelope {
         return Err(Unsendable(format!("{size} bytes: too large to be an envelope")).into());
     }
@@ -118,7 +118,8 @@ impl Encoder {
         let mut pass = Pass::new(meta, blocks, self.interleave)?;
         let s = pass.geometry().shard_size;
         let meta_bytes = meta.encode();
-        let mut hasher = (!meta.hash_known() && blocks.is_none()).then(blake3::Hasher::new);
+        let mut hasher =
+            (!meta.hash_known() && blocks.is_none()).then(diode_proto::hash::ContentHasher::new);
         for _ in 0..schedule::OPENING_META {
             tx.push(FrameKind::Meta, meta.id, 0, 0, &meta_bytes);
         }
@@ -215,7 +216,7 @@ impl Encoder {
             last_between = Instant::now();
         }
         if let Some(h) = hasher {
-            meta.hash = *h.finalize().as_bytes();
+            meta.hash = h.finalize();
             if !meta.hash_known() {
                 bail!("the content hash is all zeros; this cannot travel"); // 2^-256
             }
