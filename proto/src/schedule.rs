@@ -136,6 +136,70 @@ impl Pass {
     }
 }
 
+/// When the sender's periodic frames are due (docs/protocol.md §9.2): a new session every `rekey_ms`
+/// after the current one started, the announce every `announce_ms`, a heartbeat every `heartbeat_ms`.
+/// Time is milliseconds of the driver's clock; the driver asks between batches and says what it sent.
+#[derive(Debug, Clone)]
+pub struct Timers {
+    announce_ms: u64,
+    heartbeat_ms: u64,
+    rekey_ms: u64,
+    session_started: u64,
+    last_announce: u64,
+    last_heartbeat: u64,
+}
+
+/// What is due now, in the order to do it: a rekey (whose new session's announce follows at once), the
+/// announce, a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Due {
+    pub rekey: bool,
+    pub announce: bool,
+    pub heartbeat: bool,
+}
+
+impl Timers {
+    /// A session started (and was announced) at `now`.
+    pub fn new(now: u64, announce_ms: u64, heartbeat_ms: u64, rekey_ms: u64) -> Self {
+        Timers {
+            announce_ms: announce_ms.max(1),
+            heartbeat_ms: heartbeat_ms.max(1),
+            rekey_ms: rekey_ms.max(1),
+            session_started: now,
+            last_announce: now,
+            last_heartbeat: now,
+        }
+    }
+
+    pub fn due(&self, now: u64) -> Due {
+        Due {
+            rekey: now.saturating_sub(self.session_started) >= self.rekey_ms,
+            announce: now.saturating_sub(self.last_announce) >= self.announce_ms,
+            heartbeat: now.saturating_sub(self.last_heartbeat) >= self.heartbeat_ms,
+        }
+    }
+
+    /// A new session started at `now` (a failed rekey is not reported, and is due again at once).
+    pub fn rekeyed(&mut self, now: u64) {
+        self.session_started = now;
+    }
+
+    pub fn announced(&mut self, now: u64) {
+        self.last_announce = now;
+    }
+
+    pub fn heartbeat_sent(&mut self, now: u64) {
+        self.last_heartbeat = now;
+    }
+
+    /// When the next of them falls due: how long an idle driver may wait.
+    pub fn next_deadline(&self) -> u64 {
+        (self.session_started + self.rekey_ms)
+            .min(self.last_announce + self.announce_ms)
+            .min(self.last_heartbeat + self.heartbeat_ms)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +260,34 @@ mod tests {
         seen.sort_unstable();
         seen.dedup();
         assert_eq!(seen.len(), expected, "a shard went out twice");
+    }
+
+    /// Announces every second, heartbeats every 2 s, a rekey after 10 s whose announce resets the
+    /// announce timer; a failed rekey stays due.
+    #[test]
+    fn timers_say_what_is_due_and_when_next() {
+        let mut t = Timers::new(0, 1000, 2000, 10_000);
+        assert_eq!(t.due(999), Due::default());
+        assert_eq!(t.next_deadline(), 1000);
+        assert_eq!(
+            t.due(1000),
+            Due {
+                announce: true,
+                ..Due::default()
+            }
+        );
+        t.announced(1000);
+        assert!(t.due(2000).heartbeat && t.due(2000).announce);
+        t.announced(2000);
+        t.heartbeat_sent(2000);
+        assert_eq!(t.next_deadline(), 3000);
+        assert!(t.due(10_000).rekey);
+        assert!(t.due(10_500).rekey, "a rekey not done stays due");
+        t.rekeyed(10_500);
+        t.announced(10_500);
+        assert!(!t.due(10_600).rekey);
+        t.heartbeat_sent(10_500);
+        assert_eq!(t.next_deadline(), 11_500);
     }
 
     /// A replay names blocks; those past the end are left out.

@@ -9,9 +9,10 @@ use diode_host::link::{serial::SerialTx, udp::UdpTx, FramesOut, LinkKind};
 use diode_host::pace::Pacer;
 use diode_proto::frame::{SEALED_HEADER_LEN, TAG_LEN};
 use diode_proto::object::Heartbeat;
+use diode_proto::schedule::Timers;
 use diode_proto::{FrameKind, PublicKey, SecretKey, SenderSession};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The link is only ever written: from here on the kernel refuses, on every thread, recvfrom, recvmsg
 /// and recvmmsg on any socket and read(2) and its variants on the link's descriptor (EPERM). Reading
@@ -40,7 +41,11 @@ pub struct Transmitter {
     receiver: PublicKey,
     counter_file: PathBuf,
     session: SenderSession,
-    session_started: Instant,
+    /// The driver's clock: milliseconds since this instant are what the timers count.
+    start: Instant,
+    /// When the announce, heartbeat and rekey are due (`proto::schedule::Timers`).
+    timers: Timers,
+    heartbeat_ms: u64,
     pacer: Pacer,
     /// Frames waiting for one send: `batch[..batch_len]` (the buffer only grows, so it is never cleared
     /// or zeroed: every byte of a frame is written before it is sent).
@@ -49,11 +54,6 @@ pub struct Transmitter {
     batch_frames: usize,
     segment: usize,
     max_segments: usize,
-    last_announce: Instant,
-    last_heartbeat: Instant,
-    announce_every: Duration,
-    heartbeat_every: Duration,
-    rekey_every: Duration,
     rate_bps: u64,
     pub objects_sent: u64,
     pub current_object: Option<u64>,
@@ -77,24 +77,27 @@ impl Transmitter {
         let counter_file = cfg.state.join("session.counter");
         let session = start_session(&me, &receiver, &counter_file)?;
         let now = Instant::now();
+        let heartbeat_ms = (cfg.heartbeat_secs.clamp(0.05, 60.0) * 1000.0) as u64;
         let mut t = Transmitter {
             tx,
             me,
             receiver,
             counter_file,
             session,
-            session_started: now,
+            start: now,
+            timers: Timers::new(
+                0,
+                (cfg.announce_secs.clamp(0.05, 60.0) * 1000.0) as u64,
+                heartbeat_ms,
+                cfg.rekey_secs.max(10) * 1000,
+            ),
+            heartbeat_ms,
             pacer: Pacer::new(rate_bps),
             batch: Vec::with_capacity(64 * 9000),
             batch_len: 0,
             batch_frames: 0,
             segment: 0,
             max_segments,
-            last_announce: now,
-            last_heartbeat: now,
-            announce_every: Duration::from_secs_f64(cfg.announce_secs.clamp(0.05, 60.0)),
-            heartbeat_every: Duration::from_secs_f64(cfg.heartbeat_secs.clamp(0.05, 60.0)),
-            rekey_every: Duration::from_secs(cfg.rekey_secs.max(10)),
             rate_bps,
             objects_sent: 0,
             current_object: None,
@@ -169,23 +172,28 @@ impl Transmitter {
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
     fn tick(&mut self) {
-        let now = Instant::now();
-        if now.duration_since(self.session_started) >= self.rekey_every {
+        let now = self.now_ms();
+        let due = self.timers.due(now);
+        if due.rekey {
             match start_session(&self.me, &self.receiver, &self.counter_file) {
                 Ok(s) => {
                     self.session = s;
-                    self.session_started = now;
+                    self.timers.rekeyed(now);
                     tracing::info!(session = self.session.counter(), "rekeyed: new session");
                     self.announce();
                 }
                 Err(e) => tracing::error!(error = %e, "rekey failed; keeping the current session"),
             }
         }
-        if now.duration_since(self.last_announce) >= self.announce_every {
+        if self.timers.due(now).announce {
             self.announce();
         }
-        if now.duration_since(self.last_heartbeat) >= self.heartbeat_every {
+        if due.heartbeat {
             self.heartbeat();
         }
     }
@@ -196,25 +204,24 @@ impl Transmitter {
         if let Err(e) = self.tx.send(&a, a.len()) {
             self.send_error(e);
         }
-        self.last_announce = Instant::now();
+        let now = self.now_ms();
+        self.timers.announced(now);
     }
 
     fn heartbeat(&mut self) {
-        self.last_heartbeat = Instant::now();
+        let now = self.now_ms();
+        self.timers.heartbeat_sent(now);
         let hb = Heartbeat {
             frames_sent: self.session.frames_sealed() + 1,
             objects_sent: self.objects_sent,
             current_object: self.current_object,
             rate_bps: self.rate_bps,
-            interval_ms: self.heartbeat_every.as_millis() as u32,
+            interval_ms: self.heartbeat_ms as u32,
         };
         let body = diode_proto::object::encode_heartbeat(&hb);
-        let mut f = vec![0u8; SEALED_HEADER_LEN + body.len() + TAG_LEN];
-        f[SEALED_HEADER_LEN..SEALED_HEADER_LEN + body.len()].copy_from_slice(&body);
-        if self
+        if let Some(f) = self
             .session
-            .seal(FrameKind::Heartbeat, 0, 0, 0, &mut f)
-            .is_some()
+            .seal_payload(FrameKind::Heartbeat, 0, 0, 0, &body)
         {
             self.pacer.wait(self.tx.paced_bytes(f.len()));
             if let Err(e) = self.tx.send(&f, f.len()) {
