@@ -14,6 +14,7 @@ use diode_proto::frame::{peek_kind, FrameKind, SealedHeader, SEALED_HEADER_LEN, 
 use diode_proto::object::{
     self, decode_heartbeat, encode_heartbeat, Assembly, Heartbeat, ObjectKind, ObjectMeta, Step,
 };
+use diode_proto::reception::{judge_meta, worth_opening, Known, MetaVerdict, Worth};
 use diode_proto::schedule::{self, Out, Pass};
 use diode_proto::session::{AnnounceOutcome, DropReason, Opened, SenderSession, SessionTable};
 use diode_proto::{gap, BlockEncoder, KeyId, SecretKey};
@@ -104,7 +105,8 @@ fn meta_for(spec: &Spec, content: &[u8]) -> ObjectMeta {
         name: format!("inbox/dir {}/object-{:x}.bin", spec.group, spec.seed),
         size: content.len() as u64,
         hash: *blake3::hash(content).as_bytes(),
-        kind: if spec.seed & 1 == 0 {
+        // envelopes only as large as a sender sends them (larger ones are refused on both sides)
+        kind: if spec.seed & 1 == 0 || content.len() > diode_proto::envelope::MAX_ENVELOPE_BYTES {
             ObjectKind::File
         } else {
             ObjectKind::Envelope
@@ -327,11 +329,14 @@ fn deliver(
                 Err(d) => panic!("authentic announce refused: {d:?}"),
             },
             _ => {
+                // the receiver's own rule for which frames are worth opening (proto::reception)
                 let asm = &rx.asm;
-                let r = rx.table.open(&mut f, rx.now, |h, _| match h.kind {
-                    FrameKind::Shard => asm.as_ref().is_some_and(|a| a.wants(h.block, h.shard)),
-                    FrameKind::Meta => asm.is_none(),
-                    _ => true,
+                let r = rx.table.open(&mut f, rx.now, |h, _| {
+                    let known = match asm {
+                        Some(a) => Known::InProgress(a),
+                        None => Known::Unknown,
+                    };
+                    worth_opening(h, known, false) == Worth::Open
                 });
                 let h = match r {
                     Ok(Opened::Fresh(h, sender)) => {
@@ -347,9 +352,19 @@ fn deliver(
                 let payload = &f[SEALED_HEADER_LEN..f.len() - TAG_LEN];
                 match h.kind {
                     FrameKind::Meta => {
-                        let meta = ObjectMeta::decode(payload).expect("metadata decodes");
-                        rx.out = vec![0u8; meta.size as usize];
-                        rx.asm = Some(Assembly::new(meta).expect("metadata accepted"));
+                        match judge_meta(payload, |_| rx.asm.as_ref().map(|a| &a.meta)) {
+                            MetaVerdict::Start(meta) => {
+                                rx.out = vec![0u8; meta.size as usize];
+                                rx.asm = Some(Assembly::new(meta).expect("metadata accepted"));
+                            }
+                            MetaVerdict::HashArrived { hash, .. } => {
+                                if let Some(a) = rx.asm.as_mut() {
+                                    a.meta.hash = hash;
+                                }
+                            }
+                            MetaVerdict::Repeat => {}
+                            v => panic!("authentic metadata judged {v:?}"),
+                        }
                     }
                     FrameKind::Heartbeat => {
                         decode_heartbeat(payload).expect("heartbeat decodes");
