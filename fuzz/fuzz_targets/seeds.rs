@@ -66,9 +66,9 @@ fn serial(dir: &Path) {
     let mut s = sender_session();
     let meta = small_meta();
     let mut line = vec![0u8];
-    diode_proto::serial::encode(s.announce(), &mut line);
+    diode_proto::stream::encode(s.announce(), &mut line);
     let f = seal_frame(&mut s, FrameKind::Meta, meta.id, 0, 0, &meta.encode());
-    diode_proto::serial::encode(&f, &mut line);
+    diode_proto::stream::encode(&f, &mut line);
     for cut in [1u8, 64, 255] {
         put(dir, &format!("line-cut-{cut}"), &with_mode(cut, &line));
     }

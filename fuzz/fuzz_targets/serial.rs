@@ -1,11 +1,11 @@
-//! The serial link's byte stream (`diode_proto::serial::Deframer`): any bytes, cut into reads at
+//! The serial link's byte stream (`diode_proto::stream::Deframer`): any bytes, cut into reads at
 //! places the input chooses, must never panic or grow memory past one frame, and every frame it hands on
 //! must be one whose CRC-32 matched; those frames then go to the session table as on UDP. Seeds are real
 //! framed announces and sealed frames under the fixed keys.
 #![no_main]
 
 use diode_fuzz::{session_table, NOW};
-use diode_proto::serial::Deframer;
+use diode_proto::stream::Deframer;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

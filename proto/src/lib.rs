@@ -18,8 +18,8 @@ pub mod object;
 pub mod reception;
 pub mod request;
 pub mod schedule;
-pub mod serial;
 pub mod session;
+pub mod stream;
 
 pub use fec::{BlockAssembly, BlockEncoder, Geometry};
 pub use frame::{FrameKind, SealedHeader};

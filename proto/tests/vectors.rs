@@ -6,7 +6,7 @@
 //! `vectors/protocol-v3.txt` holds one vector a line, `name hex`, after `#` comments. The test rebuilds
 //! every vector with the real code (`SenderSession::start(..).announce()`, `ObjectMeta::encode`,
 //! `BlockEncoder`, `object::interleave`, `Geometry::parity_for`, `object::encode_heartbeat`,
-//! `serial::encode`), compares it with the file byte for byte, and then has a receiver open the file's
+//! `stream::encode`), compares it with the file byte for byte, and then has a receiver open the file's
 //! frames: the announce establishes the session, every sealed frame opens fresh with the expected header
 //! and payload, and the block rebuilds from a mix of data and parity shards.
 //!
@@ -26,8 +26,8 @@ use diode_proto::object::{
     decode_heartbeat, encode_heartbeat, interleave, Assembly, Heartbeat, ObjectKind, ObjectMeta,
     Step,
 };
-use diode_proto::serial::{self, Deframer};
 use diode_proto::session::{AnnounceOutcome, Opened, SenderSession, SessionTable};
+use diode_proto::stream::{self, Deframer};
 use diode_proto::{BlockEncoder, SecretKey};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -162,7 +162,7 @@ fn build() -> (Vec<(String, Vec<u8>)>, Vec<Expected>) {
         .seal_payload(FrameKind::Heartbeat, 0, 0, 0, &hb)
         .expect("a frame of this payload seals");
     let mut line = Vec::new();
-    serial::encode(&f, &mut line);
+    stream::encode(&f, &mut line);
     let e = Expected {
         name: "heartbeat".into(),
         kind: FrameKind::Heartbeat,

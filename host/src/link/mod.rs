@@ -1,7 +1,7 @@
 //! Links behind one seam: a link is a way to move sealed frames one way. The sender holds its side as
 //! `FramesOut` (it never reads), the receiver its side as `FramesIn` (it never writes); each kind of link
 //! is one file here (`udp`: datagrams, GSO and GRO batching and their splitting; `serial`: a tty with the
-//! byte-stream framing of `diode_proto::serial`) plus its lines in the configs. Protocol logic stays in
+//! byte-stream framing of `diode_proto::stream`) plus its lines in the configs. Protocol logic stays in
 //! proto: a link only moves bytes.
 
 pub mod serial;

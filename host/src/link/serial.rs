@@ -1,9 +1,9 @@
 //! The serial link: the same sealed frames as over UDP, framed for a byte stream by
-//! `diode_proto::serial` (COBS + CRC-32, zero delimiters), on a tty opened raw through `serialport`.
+//! `diode_proto::stream` (COBS + CRC-32, zero delimiters), on a tty opened raw through `serialport`.
 //! The sender's line is never read; the receiver's is never written.
 
 use anyhow::{bail, Context, Result};
-use diode_proto::serial::{encode, wire_len, Deframer};
+use diode_proto::stream::{encode, wire_len, Deframer};
 use serialport::{DataBits, FlowControl, Parity, StopBits, TTYPort};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
