@@ -93,6 +93,15 @@ where
     })
 }
 
+/// The MAC a sender `me` puts after the announce bytes `signed` for the receiver `to` (docs/protocol.md
+/// §4.1). Public so that tests and the fuzz targets can reach the steps after the MAC with bodies they
+/// altered; it needs the sender's secret key, as any announce does.
+pub fn announce_mac(me: &SecretKey, to: &PublicKey, signed: &[u8]) -> Option<[u8; 32]> {
+    let key = announce_key(me, to, me.public.id(), to.id())?;
+    let tag = ring::hmac::sign(&key, signed);
+    tag.as_ref().try_into().ok()
+}
+
 /// The sending end of one session.
 pub struct SenderSession {
     keys: Keys,
@@ -133,11 +142,10 @@ impl SenderSession {
             .map_err(|e| SessionError::Hpke(e.to_string()))?;
         announce.extend_from_slice(&sealed);
         announce.extend_from_slice(&counter.to_le_bytes());
-        let mac_key = announce_key(me, to, me.public.id(), to.id()).ok_or_else(|| {
+        let mac = announce_mac(me, to, &announce).ok_or_else(|| {
             SessionError::Hpke("the receiver key is not a usable X25519 key".into())
         })?;
-        let mac = ring::hmac::sign(&mac_key, &announce);
-        announce.extend_from_slice(mac.as_ref());
+        announce.extend_from_slice(&mac);
         let keys =
             export_keys(|c, o| ctx.export(c, o)).map_err(|e| SessionError::Hpke(e.to_string()))?;
         Ok(SenderSession {
