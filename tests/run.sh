@@ -40,7 +40,9 @@ cargo test --release --workspace --no-fail-fast 2>&1 | tee target/test.log | gre
 stamp "fuzz smoke"
 # every fuzz target for a few seconds from its seeds (tests/fuzz-smoke.sh; docs/fuzzing.md): a line each
 bash tests/fuzz-smoke.sh >target/fuzz-smoke.log 2>&1 || true
-grep -E '^fuzz ' target/fuzz-smoke.log || tail -20 target/fuzz-smoke.log
+# a failing target's panic message and where its input was kept, so a failure can be read from CI's log
+grep -E '^fuzz |panicked|assertion|left:|right:|Test unit written' target/fuzz-smoke.log ||
+  tail -20 target/fuzz-smoke.log
 stamp "cargo deny"
 # licenses, bans and sources (deny.toml), and advisories with a database carried in (docs/supply-chain.md);
 # `cargo fetch` first: cargo-deny reads the metadata of every platform's crates, offline.

@@ -65,14 +65,19 @@ pub enum ChainError {
     #[error("the log ends after record {found}, but {expected} were written (records removed from the end)")]
     Truncated { found: u64, expected: u64 },
     #[error(
-        "the last record's hash is not the one recorded in the head file (the tail was replaced)"
+        "record {count}'s hash is not the one recorded in the head file (records up to it were replaced)"
     )]
-    HeadMismatch,
+    HeadMismatch { count: u64 },
 }
 
-/// Verify a whole log; `head` is what the writer recorded (None: no head file to compare with).
+/// Verify a whole log; `head` is what the writer recorded (None: no head file to compare with). The log
+/// may run past the head (a record appended before the head was rewritten), but the record at the
+/// head's count must carry the head's hash.
 pub fn verify(text: &str, head: Option<&Head>) -> Result<Head, ChainError> {
     let mut cur = Head::default();
+    if head.is_some_and(|h| h.count == 0 && h.hash != GENESIS) {
+        return Err(ChainError::HeadMismatch { count: 0 });
+    }
     for (i, line) in text.lines().enumerate() {
         let n = i as u64 + 1;
         let broken = |why: String| ChainError::Broken { line: n, why };
@@ -109,6 +114,9 @@ pub fn verify(text: &str, head: Option<&Head>) -> Result<Head, ChainError> {
             count: n,
             hash: want,
         };
+        if head.is_some_and(|h| h.count == n && h.hash != want) {
+            return Err(ChainError::HeadMismatch { count: n });
+        }
     }
     if let Some(h) = head {
         if cur.count < h.count {
@@ -118,7 +126,7 @@ pub fn verify(text: &str, head: Option<&Head>) -> Result<Head, ChainError> {
             });
         }
         if cur.count == h.count && cur.hash != h.hash {
-            return Err(ChainError::HeadMismatch);
+            return Err(ChainError::HeadMismatch { count: h.count });
         }
     }
     Ok(cur)
@@ -175,5 +183,23 @@ mod tests {
                 expected: 5
             })
         ));
+    }
+
+    #[test]
+    fn a_head_behind_the_log_must_match_the_record_at_its_count() {
+        let (text, head) = log(3);
+        let (_, at_one) = log(1);
+        // a record appended before the head was rewritten: the log runs one past its head
+        assert_eq!(verify(&text, Some(&at_one)), Ok(head));
+        // a head whose count is behind but whose hash is another record's (found by fuzzing: the log had
+        // been accepted as long as it was longer than the head)
+        let forged = Head {
+            count: 1,
+            hash: head.hash,
+        };
+        assert_eq!(
+            verify(&text, Some(&forged)),
+            Err(ChainError::HeadMismatch { count: 1 })
+        );
     }
 }
