@@ -7,14 +7,13 @@ use anyhow::{bail, Context, Result};
 use diode_host::atomic::{sync_dir, Persister};
 use diode_proto::journal::format_id;
 use diode_proto::object::{
-    decode_partial_state, encode_partial_state, safe_name, Assembly, ObjectMeta,
+    decode_partial_state, encode_partial_state, safe_name, Assembly, AssemblyState, ObjectMeta,
 };
 use diode_proto::KeyId;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Objects at least this large are written with O_DIRECT where `direct_io` allows it.
 pub const DIRECT_MIN: u64 = 8 << 20;
@@ -49,27 +48,15 @@ fn open_direct(path: &Path) -> Option<Arc<File>> {
 
 pub struct Partial {
     pub sender: KeyId,
-    pub asm: Assembly,
+    /// The object's metadata as it was when its storage was created (the reception itself is the
+    /// endpoint's: `diode_proto::receiver`).
+    pub meta: ObjectMeta,
     file: Arc<File>,
-    /// The same file opened with O_DIRECT, for large objects when `direct_io` is on and the filesystem
-    /// takes it: whole pages go to the disk without a copy into the page cache.
+    /// The same file opened with O_DIRECT (large objects, where the filesystem allows it).
     direct: Option<Arc<File>>,
     data_path: PathBuf,
     state_path: PathBuf,
-    pub dirty: bool,
-    pub last_frame: Instant,
-    pub last_progress: Instant,
-    /// Set after a write failure (a full disk): shown in status until the object completes.
-    pub error: Option<String>,
-    /// The writer is verifying and syncing it.
-    pub finishing: bool,
     persist: Persister,
-    /// Verified but not deliverable until the admin acts (a name the inbox refuses, no `[approvals]`):
-    /// not tried again before a restart.
-    pub held: Option<String>,
-    /// After a failed finish: not before this moment again.
-    pub retry_at: Option<Instant>,
-    pub failures: u32,
 }
 
 fn stem(sender: KeyId, id: u64) -> String {
@@ -82,11 +69,11 @@ const KEEP_FREE: u64 = 64 << 20;
 impl Partial {
     /// A new object on disk: its data file and its first state. Whatever fails on the way is removed
     /// again, so no data file is ever left without the state file that `load_all` and expiry know it by.
-    pub fn create(storage: &Storage, sender: KeyId, meta: ObjectMeta) -> Result<Self> {
-        let asm = Assembly::new(meta)?;
-        let id = asm.meta.id;
+    pub fn create(storage: &Storage, sender: KeyId, meta: &ObjectMeta) -> Result<Self> {
+        let first = Assembly::new(meta.clone())?.state();
+        let id = meta.id;
         let dir = &storage.dir;
-        Self::open(storage, sender, asm, true).inspect_err(|_| {
+        Self::open(storage, sender, meta.clone(), Some(&first)).inspect_err(|_| {
             let s = stem(sender, id);
             let _ = fs::remove_file(dir.join(format!("{s}.data")));
             let _ = fs::remove_file(dir.join(format!("{s}.state")));
@@ -119,54 +106,52 @@ impl Partial {
         removed
     }
 
-    fn open(storage: &Storage, sender: KeyId, asm: Assembly, fresh: bool) -> Result<Self> {
+    /// Open the object's files; `first`: a new object, whose data starts empty and whose first state is
+    /// saved at once.
+    fn open(
+        storage: &Storage,
+        sender: KeyId,
+        meta: ObjectMeta,
+        first: Option<&AssemblyState>,
+    ) -> Result<Self> {
         let dir = &storage.dir;
-        let s = stem(sender, asm.meta.id);
+        let s = stem(sender, meta.id);
         let data_path = dir.join(format!("{s}.data"));
         let state_path = dir.join(format!("{s}.state"));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(fresh)
+            .truncate(first.is_some())
             .open(&data_path)
             .with_context(|| format!("cannot open {}", data_path.display()))
             .map(Arc::new)?;
-        let direct = (asm.meta.size >= DIRECT_MIN && storage.direct_io)
+        let direct = (meta.size >= DIRECT_MIN && storage.direct_io)
             .then(|| open_direct(&data_path))
             .flatten();
-        if fresh && direct.is_some() {
+        if first.is_some() && direct.is_some() {
             // O_DIRECT writes past the end of a file are slow on ext4 (each one extends it under the
             // inode lock and the journal): give the file its whole size first, where the disk has room
-            diode_host::atomic::preallocate(&file, asm.meta.size, KEEP_FREE);
+            diode_host::atomic::preallocate(&file, meta.size, KEEP_FREE);
         }
-        let now = Instant::now();
-        let mut p = Partial {
+        let p = Partial {
             sender,
-            asm,
+            meta,
             file,
             direct,
             data_path,
             state_path,
-            dirty: true,
-            last_frame: now,
-            last_progress: now,
-            error: None,
-            finishing: false,
             persist: storage.persist.clone(),
-            held: None,
-            retry_at: None,
-            failures: 0,
         };
-        if fresh {
-            p.persist()?;
+        if let Some(state) = first {
+            p.save(state);
         }
         Ok(p)
     }
 
     /// Every partial object found in the folder (after a restart). Unreadable ones are reported and
     /// skipped.
-    pub fn load_all(storage: &Storage) -> Vec<Partial> {
+    pub fn load_all(storage: &Storage) -> Vec<(Partial, Assembly)> {
         let mut out = Vec::new();
         let Ok(rd) = fs::read_dir(&storage.dir) else {
             return out;
@@ -186,22 +171,19 @@ impl Partial {
         out
     }
 
-    fn load(storage: &Storage, state_path: &Path) -> Result<Partial> {
+    fn load(storage: &Storage, state_path: &Path) -> Result<(Partial, Assembly)> {
         let bytes = fs::read(state_path)?;
         let (sender, st) = decode_partial_state(&bytes)?;
         let asm = Assembly::from_state(st)?;
-        let mut p = Self::open(storage, sender, asm, false)?;
-        p.dirty = false;
-        Ok(p)
+        let p = Self::open(storage, sender, asm.meta.clone(), None)?;
+        Ok((p, asm))
     }
 
     /// Save progress through the persist thread (the receive loop must not wait for an fsync). A data
     /// file whose first state never reached the disk is swept at the next start (`sweep_orphans`).
-    pub fn persist(&mut self) -> Result<()> {
-        let bytes = encode_partial_state(self.sender, &self.asm.state());
+    pub fn save(&self, state: &AssemblyState) {
+        let bytes = encode_partial_state(self.sender, state);
         self.persist.write(&self.state_path, bytes, 0o600);
-        self.dirty = false;
-        Ok(())
     }
 
     fn remove_state(&self) {
@@ -216,79 +198,35 @@ impl Partial {
         self.direct.clone()
     }
 
-    /// Every block was lost again: start over (a wrong hash means the partial data is wrong).
-    pub fn reset(&mut self) -> Result<()> {
-        self.asm = Assembly::new(self.asm.meta.clone())?;
-        self.file.set_len(0)?;
-        self.persist()
+    /// Every block was lost again (the data did not match its hash): the data starts empty.
+    pub fn reset(&self) -> std::io::Result<()> {
+        self.file.set_len(0)
     }
 
-    /// Write data shards of a block set aside unfinished.
-    pub fn write_shards(&mut self, block: u32, shards: &[(usize, Vec<u8>)]) -> std::io::Result<()> {
-        let base = self.asm.block_offset(block);
-        let s = self.asm.geometry().shard_size as u64;
-        for (i, bytes) in shards {
-            self.file.write_all_at(bytes, base + *i as u64 * s)?;
-        }
-        Ok(())
+    /// Read `len` bytes at `offset`; what lies past the end of the data reads as zeros.
+    pub fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let mut b = vec![0u8; len];
+        let n = read_upto(&self.file, &mut b, offset)?;
+        b[n..].fill(0);
+        Ok(b)
     }
 
-    pub fn read_shards(
-        &self,
-        block: u32,
-        which: &[usize],
-    ) -> std::io::Result<Vec<(usize, Vec<u8>)>> {
-        let base = self.asm.block_offset(block);
-        let s = self.asm.geometry().shard_size;
-        which
-            .iter()
-            .map(|&i| {
-                let mut b = vec![0u8; s];
-                let n = read_upto(&self.file, &mut b, base + (i * s) as u64)?;
-                b[n..].fill(0);
-                Ok((i, b))
-            })
-            .collect()
+    pub fn write_at(&self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all_at(bytes, offset)
     }
 
-    /// All blocks are in: check the content hash. On a mismatch the object starts over (the partial data
-    /// is wrong) and an error says so.
-    fn verify_hash(&mut self) -> Result<()> {
-        let meta = self.asm.meta.clone();
-        if !meta.hash_known() {
-            bail!("the content hash has not arrived yet");
+    /// The content of a finished small object (an envelope), read whole and checked once more against
+    /// its hash: what is handed on is exactly what was verified.
+    pub fn content(&self, max: u64) -> Result<Vec<u8>> {
+        let size = self.meta.size;
+        if size > max {
+            bail!("{size} bytes, more than {max}");
         }
-        self.file.set_len(meta.size)?;
-        let mut h = diode_proto::hash::ContentHasher::new();
-        let mut pos = 0;
-        let mut buf = vec![0u8; 1 << 20];
-        while pos < meta.size {
-            let want = buf.len().min((meta.size - pos) as usize);
-            self.file.read_exact_at(&mut buf[..want], pos)?;
-            h.update(&buf[..want]);
-            pos += want as u64;
-        }
-        let got: [u8; 32] = h.finalize();
-        if got != meta.hash {
-            self.reset()?;
-            bail!(
-                "content hash mismatch ({} instead of {}); the object was reset",
-                hex::encode(got),
-                meta.hash_hex()
-            );
-        }
-        Ok(())
-    }
-
-    /// The content of a finished, hash-verified small object (an envelope). The caller discards the
-    /// partial files once it has dealt with the content.
-    pub fn content(&mut self, max: u64) -> Result<Vec<u8>> {
-        self.verify_hash()?;
-        if self.asm.meta.size > max {
-            bail!("{} bytes, more than {max}", self.asm.meta.size);
-        }
-        let mut buf = vec![0u8; self.asm.meta.size as usize];
+        let mut buf = vec![0u8; size as usize];
         self.file.read_exact_at(&mut buf, 0)?;
+        if diode_proto::hash::content_hash(&buf) != self.meta.hash {
+            bail!("its content no longer matches its hash");
+        }
         Ok(buf)
     }
 
@@ -296,7 +234,7 @@ impl Partial {
     /// name the inbox refuses (through a symbolic link, over a folder) is `Refused`: trying again cannot
     /// help until the admin changes the inbox.
     pub fn publish(&mut self, inbox: &Path) -> Result<PathBuf, PublishError> {
-        let meta = self.asm.meta.clone();
+        let meta = self.meta.clone();
         let dest =
             inbox_path(inbox, &meta.name).map_err(|e| PublishError::Refused(format!("{e:#}")))?;
         self.move_to(&dest).map_err(PublishError::Failed)?;
@@ -305,7 +243,7 @@ impl Partial {
     }
 
     fn move_to(&mut self, dest: &Path) -> Result<()> {
-        let meta = &self.asm.meta;
+        let meta = &self.meta;
         let dest = dest.to_path_buf();
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent)

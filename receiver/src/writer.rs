@@ -65,10 +65,7 @@ pub enum Done {
     },
 }
 
-pub enum FinishError {
-    Mismatch(String),
-    Io(String),
-}
+pub use diode_proto::receiver::VerifyError as FinishError;
 
 #[derive(Default)]
 struct Running {

@@ -1,0 +1,848 @@
+//! The receiver endpoint: the whole of reception as a state machine (docs/protocol.md §11). Datagrams,
+//! the time and the results of disk work go in through `handle_*`; what the driver must do comes out of
+//! `poll_event` (start an object's storage, write a block, verify a finished object, deliver it, save
+//! progress, record a refusal or an expiry). No sockets, files, threads or clocks: time is milliseconds on
+//! the driver's monotonic clock, and the few disk reads and writes the reassembly needs at once (setting
+//! aside an unfinished block to bound memory, bringing it back) go through the driver's [`Spill`].
+//!
+//! `diode-recv` (`receiver/src/receive.rs`) drives it with a UDP or serial link, a writer thread and
+//! files; `proto/tests/sim.rs` drives it with a simulated link, disk and crashes on a virtual clock. A
+//! restart is [`Endpoint::new`] with what the driver persisted ([`Persisted`]).
+
+use crate::frame::{self, FrameKind, SEALED_HEADER_LEN, TAG_LEN};
+use crate::keys::KeyId;
+use crate::object::{decode_heartbeat, Assembly, AssemblyState, ObjectKind, ObjectMeta, Step};
+use crate::reception::{
+    judge_meta, worth_opening, EarlyShards, Known, Limits, MetaVerdict, ObjectKey, Versions, Worth,
+};
+use crate::session::{AnnounceOutcome, DropReason, Opened, SessionTable};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+/// How often `handle_timeout` does its round (persist, stall, expiry, retries, link health).
+pub const TICK_MS: u64 = 1000;
+/// Frames between two checks of the memory bound.
+const MEMORY_CHECK_EVERY: u32 = 512;
+
+/// The receiver's rules in numbers (recv.toml).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// No frame of an object for this long: its unfinished blocks are set aside and it is reported
+    /// incomplete, with its gaps (`stall_secs`).
+    pub stall_ms: u64,
+    /// No progress for this long: the object is abandoned with an expiry report (`expire_hours`).
+    pub expire_ms: u64,
+    /// Early shards whose metadata has not come within this are let go (`pending_secs`).
+    pub pending_ms: u64,
+    /// No frame of a sender for this long: its link is down (`link_down_secs`).
+    pub link_down_ms: u64,
+    /// Unfinished blocks held in memory at most, over all objects (`memory_mb`).
+    pub memory_bytes: usize,
+    /// Objects in progress at most, by count and declared bytes.
+    pub limits: Limits,
+    /// Shards held before their metadata at most, over all objects.
+    pub pending_frames: usize,
+}
+
+/// The few disk operations the reassembly needs at once: an unfinished block's data shards set aside to
+/// the object's partial data (`write_at`) and read back when its shards come again (`read_at`).
+pub trait Spill {
+    fn write_at(&mut self, key: ObjectKey, offset: u64, bytes: &[u8]) -> Result<(), String>;
+    /// `len` bytes at `offset`; what lies past the end of the data reads as zeros.
+    fn read_at(&mut self, key: ObjectKey, offset: u64, len: usize) -> Result<Vec<u8>, String>;
+}
+
+/// An object in progress.
+pub struct Object {
+    pub asm: Assembly,
+    /// When its last frame came (ms).
+    pub last_frame: u64,
+    /// When a block of it was last written (ms): expiry counts from here.
+    pub last_progress: u64,
+    /// Its progress changed since it was last saved.
+    dirty: bool,
+    /// Handed to the driver to verify or deliver; nothing more is asked until it answers.
+    finishing: bool,
+    /// A verified object the inbox cannot take as things stand: not tried again until a restart.
+    pub held: Option<String>,
+    retry_at: Option<u64>,
+    failures: u32,
+    /// The last error that concerns it, as status shows it.
+    pub error: Option<String>,
+}
+
+impl Object {
+    fn new(asm: Assembly, now: u64, dirty: bool) -> Self {
+        Object {
+            asm,
+            last_frame: now,
+            last_progress: now,
+            dirty,
+            finishing: false,
+            held: None,
+            retry_at: None,
+            failures: 0,
+            error: None,
+        }
+    }
+
+    /// No frame for `stall_ms`: incomplete, its gaps worth a replay.
+    pub fn stalled(&self, now: u64, stall_ms: u64) -> bool {
+        now.saturating_sub(self.last_frame) >= stall_ms
+    }
+}
+
+/// A sender's link as frames show it.
+#[derive(Debug, Clone, Copy)]
+pub struct Link {
+    pub last: u64,
+    pub up: bool,
+}
+
+/// What the driver must do or know, in the order it happened.
+#[derive(Debug)]
+pub enum Event {
+    SessionJoined {
+        sender: KeyId,
+        counter: u64,
+    },
+    LinkUp {
+        sender: KeyId,
+    },
+    LinkDown {
+        sender: KeyId,
+        silent_ms: u64,
+    },
+    /// Create the object's storage. A failure comes back through `handle_start_failed`.
+    ObjectStarted {
+        key: ObjectKey,
+        meta: ObjectMeta,
+        blocks: u64,
+    },
+    /// Metadata refused as it came (unsafe name, bad geometry, an oversize envelope): nothing stored.
+    MetaRefused {
+        key: ObjectKey,
+        why: String,
+    },
+    /// An object not started: a bound on objects in progress (`limit` names it) is reached.
+    NotStarted {
+        key: ObjectKey,
+        meta: ObjectMeta,
+        limit: DropReason,
+        why: String,
+    },
+    /// A block is whole: write `buf[..len]` at `offset` of the object's data, then `handle_written`.
+    WriteBlock {
+        key: ObjectKey,
+        block: u32,
+        offset: u64,
+        buf: Vec<u8>,
+        len: usize,
+    },
+    /// A block could not be kept (decoding failed, or setting it aside failed); it stays missing.
+    BlockLost {
+        key: ObjectKey,
+        block: u32,
+        why: String,
+    },
+    /// Every block is written and the content hash is known: hash the data against `hash`, make it
+    /// durable, then `handle_verified`.
+    Verify {
+        key: ObjectKey,
+        hash: [u8; 32],
+        size: u64,
+        block_bytes: u64,
+    },
+    /// Verified (and not an older version of a delivered file): publish it (a file into the inbox, an
+    /// envelope to the approvals), then `handle_delivered`.
+    Deliver {
+        key: ObjectKey,
+        meta: ObjectMeta,
+    },
+    /// The data did not match its hash: every block is missing again; empty the object's data.
+    Reset {
+        key: ObjectKey,
+        why: String,
+    },
+    /// Save the object's progress (what a restart restores).
+    SaveProgress {
+        key: ObjectKey,
+        state: AssemblyState,
+    },
+    /// Save the highest session counter of each sender (what a restart restores).
+    SaveCounters {
+        highest: BTreeMap<KeyId, u64>,
+    },
+    /// Set aside for good: remove its storage and record why. Its frames are ignored from now on.
+    Refused {
+        key: ObjectKey,
+        meta: ObjectMeta,
+        code: &'static str,
+        reason: String,
+    },
+    /// No progress for `expire_ms`: remove its storage and report what was missing.
+    Expired {
+        key: ObjectKey,
+        meta: ObjectMeta,
+        blocks: u64,
+        missing: Vec<(u32, u32)>,
+    },
+    /// Cannot be delivered as things stand; said once. Kept until a restart.
+    Held {
+        key: ObjectKey,
+        name: String,
+        why: String,
+    },
+    /// Finishing failed; tried again after `retry_ms`. `again`: the same error as last time.
+    Failed {
+        key: ObjectKey,
+        name: String,
+        why: String,
+        retry_ms: u64,
+        again: bool,
+    },
+    /// A block could not be written; it stays missing. `again`: the same error as last time.
+    WriteFailed {
+        key: ObjectKey,
+        name: String,
+        block: u32,
+        why: String,
+        again: bool,
+    },
+}
+
+/// Why verifying a finished object failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyError {
+    /// The data is not what the hash says: it is received again.
+    Mismatch(String),
+    /// The disk: tried again later.
+    Io(String),
+}
+
+/// Why delivering a verified object failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliverError {
+    /// The inbox (or the approvals configuration) cannot take it as things stand: held until a restart.
+    Held(String),
+    /// Worth trying again (a full disk).
+    Failed(String),
+}
+
+/// What a restart restores: the partial objects the driver saved and the objects delivered before,
+/// newest first, with the inbox path of the files among them whose ids order versions.
+#[derive(Default)]
+pub struct Persisted {
+    pub partials: Vec<(KeyId, Assembly)>,
+    pub delivered: Vec<(ObjectKey, Option<String>)>,
+}
+
+/// How long a failed finish waits before the next attempt: 1 s doubling up to 5 minutes.
+pub fn retry_after_ms(failures: u32) -> u64 {
+    (1000u64 << failures.min(8)).min(300_000)
+}
+
+pub struct Endpoint {
+    cfg: Config,
+    table: SessionTable,
+    objects: HashMap<ObjectKey, Object>,
+    completed: HashSet<ObjectKey>,
+    refused: HashSet<ObjectKey>,
+    paths: Versions,
+    pending: EarlyShards,
+    drops: BTreeMap<DropReason, u64>,
+    decoder: crate::fec::Decoder,
+    links: HashMap<KeyId, Link>,
+    events: VecDeque<Event>,
+    frames_since_check: u32,
+    next_tick: u64,
+}
+
+impl Endpoint {
+    pub fn new(cfg: Config, table: SessionTable, persisted: Persisted, now: u64) -> Self {
+        let mut completed = HashSet::new();
+        let mut paths = Versions::default();
+        for (key, name) in persisted.delivered {
+            completed.insert(key);
+            if let Some(name) = name {
+                paths.remember(&name, key);
+            }
+        }
+        let objects = persisted
+            .partials
+            .into_iter()
+            .map(|(sender, asm)| ((sender, asm.meta.id), Object::new(asm, now, false)))
+            .collect();
+        Endpoint {
+            pending: EarlyShards::new(cfg.pending_frames),
+            cfg,
+            table,
+            objects,
+            completed,
+            refused: HashSet::new(),
+            paths,
+            drops: BTreeMap::new(),
+            decoder: None,
+            links: HashMap::new(),
+            events: VecDeque::new(),
+            frames_since_check: 0,
+            next_tick: now,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn table(&self) -> &SessionTable {
+        &self.table
+    }
+
+    pub fn objects(&self) -> impl Iterator<Item = (&ObjectKey, &Object)> {
+        self.objects.iter()
+    }
+
+    pub fn object(&self, key: ObjectKey) -> Option<&Object> {
+        self.objects.get(&key)
+    }
+
+    pub fn links(&self) -> impl Iterator<Item = (&KeyId, &Link)> {
+        self.links.iter()
+    }
+
+    pub fn link(&self, sender: KeyId) -> Option<Link> {
+        self.links.get(&sender).copied()
+    }
+
+    /// Frames dropped so far, by reason.
+    pub fn drops(&self) -> &BTreeMap<DropReason, u64> {
+        &self.drops
+    }
+
+    pub fn is_delivered(&self, key: ObjectKey) -> bool {
+        self.completed.contains(&key)
+    }
+
+    pub fn is_refused(&self, key: ObjectKey) -> bool {
+        self.refused.contains(&key)
+    }
+
+    /// Bytes of unfinished blocks held in memory, over all objects.
+    pub fn memory_bytes(&self) -> usize {
+        self.objects.values().map(|o| o.asm.active_bytes()).sum()
+    }
+
+    /// Shards held before their metadata.
+    pub fn early_frames(&self) -> usize {
+        self.pending.frames()
+    }
+
+    /// Declared bytes of the objects in progress.
+    pub fn bytes_in_progress(&self) -> u64 {
+        self.objects.values().map(|o| o.asm.meta.size).sum()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` next has work.
+    pub fn poll_timeout(&self) -> u64 {
+        self.next_tick
+    }
+
+    fn drop(&mut self, why: DropReason) {
+        *self.drops.entry(why).or_default() += 1;
+    }
+
+    /// Datagrams the link itself refused (serial noise, truncated reads), counted with the others.
+    pub fn handle_noise(&mut self, why: DropReason, n: u64) {
+        *self.drops.entry(why).or_default() += n;
+    }
+
+    /// One datagram off the link (opened in place).
+    pub fn handle_datagram(&mut self, f: &mut [u8], now: u64, spill: &mut dyn Spill) {
+        match frame::peek_kind(f) {
+            Err(_) => self.drop(DropReason::Malformed),
+            Ok(FrameKind::Announce) => match self.table.on_announce(f, now) {
+                Ok(AnnounceOutcome::New { sender, counter }) => {
+                    self.events
+                        .push_back(Event::SessionJoined { sender, counter });
+                    self.seen(sender, now);
+                }
+                Ok(AnnounceOutcome::Known) => {}
+                Err(d) => self.drop(d),
+            },
+            Ok(_) => {
+                let (objects, completed, refused) = (&self.objects, &self.completed, &self.refused);
+                let early_room = self.pending.has_room();
+                let mut no_room = false;
+                let r = self.table.open(f, now, |h, sender| {
+                    let key = (sender, h.object);
+                    let known = match objects.get(&key) {
+                        Some(o) => Known::InProgress(&o.asm),
+                        None if completed.contains(&key) || refused.contains(&key) => Known::Done,
+                        None => Known::Unknown,
+                    };
+                    let worth = worth_opening(h, known, early_room);
+                    no_room = worth == Worth::SkipNoRoom;
+                    worth == Worth::Open
+                });
+                match r {
+                    Err(d) => self.drop(d),
+                    Ok(Opened::Redundant) => {
+                        if no_room {
+                            self.drop(DropReason::ShardBeforeMeta);
+                        }
+                    }
+                    Ok(Opened::Fresh(h, sender)) => {
+                        self.seen(sender, now);
+                        let payload = &f[SEALED_HEADER_LEN..f.len() - TAG_LEN];
+                        match h.kind {
+                            FrameKind::Meta => self.on_meta(sender, payload, now, spill),
+                            FrameKind::Shard => self.on_shard(
+                                (sender, h.object),
+                                h.block,
+                                h.shard,
+                                payload,
+                                now,
+                                spill,
+                            ),
+                            FrameKind::Heartbeat => {
+                                if decode_heartbeat(payload).is_none() {
+                                    self.drop(DropReason::BadHeartbeat);
+                                }
+                            }
+                            FrameKind::Announce => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn seen(&mut self, sender: KeyId, now: u64) {
+        let l = self.links.entry(sender).or_insert(Link {
+            last: now,
+            up: false,
+        });
+        l.last = now;
+        if !l.up {
+            l.up = true;
+            self.events.push_back(Event::LinkUp { sender });
+        }
+    }
+
+    fn on_meta(&mut self, sender: KeyId, payload: &[u8], now: u64, spill: &mut dyn Spill) {
+        let objects = &self.objects;
+        let meta = match judge_meta(payload, |id| {
+            objects.get(&(sender, id)).map(|o| &o.asm.meta)
+        }) {
+            MetaVerdict::Start(m) => m,
+            MetaVerdict::Refuse { id, why } => {
+                let key = (sender, id);
+                self.pending.take(key);
+                if self.refused.insert(key) {
+                    self.events.push_back(Event::MetaRefused { key, why });
+                }
+                return self.drop(DropReason::RefusedObject);
+            }
+            MetaVerdict::Conflict => return self.drop(DropReason::MetaConflict),
+            MetaVerdict::Repeat => return,
+            MetaVerdict::HashArrived { id, hash } => {
+                let key = (sender, id);
+                if let Some(o) = self.objects.get_mut(&key) {
+                    o.asm.meta.hash = hash;
+                    o.dirty = true;
+                    self.finish(key);
+                }
+                return;
+            }
+        };
+        let key = (sender, meta.id);
+        if let Err((limit, why)) =
+            self.cfg
+                .limits
+                .admit(self.objects.len(), self.bytes_in_progress(), meta.size)
+        {
+            self.pending.take(key);
+            self.events.push_back(Event::NotStarted {
+                key,
+                meta,
+                limit,
+                why,
+            });
+            return self.drop(limit);
+        }
+        let asm = match Assembly::new(meta.clone()) {
+            Ok(a) => a,
+            // judge_meta checked the metadata; this cannot refuse it, but if it does, it is refused
+            Err(e) => {
+                self.refused.insert(key);
+                self.events.push_back(Event::MetaRefused {
+                    key,
+                    why: e.to_string(),
+                });
+                return self.drop(DropReason::RefusedObject);
+            }
+        };
+        self.events.push_back(Event::ObjectStarted {
+            key,
+            meta,
+            blocks: asm.block_count(),
+        });
+        self.objects.insert(key, Object::new(asm, now, true));
+        for (block, shard, bytes) in self.pending.take(key) {
+            self.on_shard(key, block, shard, &bytes, now, spill);
+        }
+    }
+
+    /// The driver could not create the object's storage: it is forgotten (its metadata, repeated, tries
+    /// again).
+    pub fn handle_start_failed(&mut self, key: ObjectKey) {
+        if self.objects.remove(&key).is_some() {
+            self.drop(DropReason::CannotStore);
+        }
+    }
+
+    fn on_shard(
+        &mut self,
+        key: ObjectKey,
+        block: u32,
+        shard: u16,
+        payload: &[u8],
+        now: u64,
+        spill: &mut dyn Spill,
+    ) {
+        let Some(o) = self.objects.get_mut(&key) else {
+            if !self.completed.contains(&key) {
+                self.pending.hold(key, block, shard, payload, now);
+            }
+            return;
+        };
+        o.last_frame = now;
+        loop {
+            match o.asm.insert(block, shard, payload) {
+                Err(_) => return self.drop(DropReason::BadShard),
+                Ok(Step::Restore(which)) => {
+                    let base = o.asm.block_offset(block);
+                    let s = o.asm.geometry().shard_size;
+                    let shards: Vec<(usize, Vec<u8>)> = which
+                        .iter()
+                        .filter_map(|&i| {
+                            spill
+                                .read_at(key, base + (i * s) as u64, s)
+                                .ok()
+                                .map(|b| (i, b))
+                        })
+                        .collect();
+                    o.asm.restore(block, &shards);
+                }
+                Ok(Step::Ready) => break,
+                Ok(_) => {
+                    self.frames_since_check += 1;
+                    if self.frames_since_check >= MEMORY_CHECK_EVERY {
+                        self.frames_since_check = 0;
+                        self.bound_memory(spill);
+                    }
+                    return;
+                }
+            }
+        }
+        match o.asm.take_ready(block, &mut self.decoder) {
+            Ok((offset, buf, len)) => self.events.push_back(Event::WriteBlock {
+                key,
+                block,
+                offset,
+                buf,
+                len,
+            }),
+            Err(e) => {
+                o.asm.discard(block);
+                self.events.push_back(Event::BlockLost {
+                    key,
+                    block,
+                    why: format!("cannot decode: {e}"),
+                });
+            }
+        }
+    }
+
+    /// The driver wrote a block (or could not).
+    pub fn handle_written(
+        &mut self,
+        key: ObjectKey,
+        block: u32,
+        buf: Vec<u8>,
+        result: Result<(), String>,
+        now: u64,
+    ) {
+        let Some(o) = self.objects.get_mut(&key) else {
+            return;
+        };
+        o.asm.written(block, result.is_ok(), buf);
+        match result {
+            Ok(()) => {
+                o.dirty = true;
+                o.last_progress = now;
+                self.finish(key);
+            }
+            Err(why) => {
+                let again = o.error.as_deref() == Some(why.as_str());
+                o.error = Some(why.clone());
+                self.events.push_back(Event::WriteFailed {
+                    key,
+                    name: o.asm.meta.name.clone(),
+                    block,
+                    why,
+                    again,
+                });
+            }
+        }
+    }
+
+    /// All blocks written and the hash known: ask the driver to verify.
+    fn finish(&mut self, key: ObjectKey) {
+        let Some(o) = self.objects.get_mut(&key) else {
+            return;
+        };
+        if !o.asm.is_complete()
+            || o.asm.writing_count() > 0
+            || o.finishing
+            || !o.asm.meta.hash_known()
+        {
+            return;
+        }
+        o.finishing = true;
+        self.events.push_back(Event::Verify {
+            key,
+            hash: o.asm.meta.hash,
+            size: o.asm.meta.size,
+            block_bytes: o.asm.geometry().block_bytes(),
+        });
+    }
+
+    /// The driver hashed the finished object against its metadata.
+    pub fn handle_verified(&mut self, key: ObjectKey, result: Result<(), VerifyError>, now: u64) {
+        let Some(o) = self.objects.get_mut(&key) else {
+            return;
+        };
+        o.finishing = false;
+        match result {
+            Ok(()) => {
+                let meta = o.asm.meta.clone();
+                // A newer object of this sender already holds the path: this one was withheld on the
+                // link and released late (or replayed). It never replaces the newer one.
+                if meta.kind == ObjectKind::File {
+                    if let Some(newer) = self.paths.newer_than(&meta.name, key) {
+                        let reason = format!(
+                            "an older version of {:?} than the one already delivered (object {}): frames \
+                             withheld on the link and released late, or a replay of an old object; the \
+                             newer file stays",
+                            meta.name,
+                            crate::journal::format_id(newer)
+                        );
+                        return self.refuse(key, "older_version", reason);
+                    }
+                }
+                o.finishing = true;
+                self.events.push_back(Event::Deliver { key, meta });
+            }
+            Err(VerifyError::Mismatch(why)) => {
+                // the data is wrong: every block is missing again
+                if let Ok(fresh) = Assembly::new(o.asm.meta.clone()) {
+                    o.asm = fresh;
+                }
+                o.dirty = true;
+                let why = format!("{why}; the object was reset");
+                self.events.push_back(Event::Reset {
+                    key,
+                    why: why.clone(),
+                });
+                self.failed(key, why, now);
+            }
+            Err(VerifyError::Io(why)) => self.failed(key, why, now),
+        }
+    }
+
+    /// The driver published the object (or could not).
+    pub fn handle_delivered(&mut self, key: ObjectKey, result: Result<(), DeliverError>, now: u64) {
+        let Some(o) = self.objects.get_mut(&key) else {
+            return;
+        };
+        o.finishing = false;
+        match result {
+            Ok(()) => {
+                if o.asm.meta.kind == ObjectKind::File {
+                    self.paths.delivered(&o.asm.meta.name, key);
+                }
+                self.completed.insert(key);
+                self.objects.remove(&key);
+            }
+            Err(DeliverError::Held(why)) => {
+                if o.held.is_none() {
+                    self.events.push_back(Event::Held {
+                        key,
+                        name: o.asm.meta.name.clone(),
+                        why: why.clone(),
+                    });
+                }
+                o.error = Some(format!("{why} (held: fix this, then restart diode-recv)"));
+                o.held = Some(why);
+            }
+            Err(DeliverError::Failed(why)) => self.failed(key, why, now),
+        }
+    }
+
+    fn failed(&mut self, key: ObjectKey, why: String, now: u64) {
+        let Some(o) = self.objects.get_mut(&key) else {
+            return;
+        };
+        let retry_ms = retry_after_ms(o.failures);
+        let again = o.error.as_deref() == Some(why.as_str());
+        o.retry_at = Some(now + retry_ms);
+        o.failures = o.failures.saturating_add(1);
+        o.error = Some(why.clone());
+        self.events.push_back(Event::Failed {
+            key,
+            name: o.asm.meta.name.clone(),
+            why,
+            retry_ms,
+            again,
+        });
+    }
+
+    fn refuse(&mut self, key: ObjectKey, code: &'static str, reason: String) {
+        let Some(o) = self.objects.remove(&key) else {
+            return;
+        };
+        self.refused.insert(key);
+        self.events.push_back(Event::Refused {
+            key,
+            meta: o.asm.meta,
+            code,
+            reason,
+        });
+    }
+
+    /// Keep unfinished blocks in memory under `memory_bytes`: set aside the oldest blocks of the object
+    /// holding the most.
+    fn bound_memory(&mut self, spill: &mut dyn Spill) {
+        while self.memory_bytes() > self.cfg.memory_bytes {
+            let Some(key) = self
+                .objects
+                .iter()
+                .max_by_key(|(_, o)| o.asm.active_bytes())
+                .map(|(k, _)| *k)
+            else {
+                return;
+            };
+            let Some(o) = self.objects.get_mut(&key) else {
+                return;
+            };
+            let Some(&b) = o.asm.active_blocks().first() else {
+                return;
+            };
+            if let Some(e) = set_aside(key, o, b, spill) {
+                self.events.push_back(e);
+            }
+        }
+    }
+
+    /// The once-a-second round: set aside stalled blocks, save progress, expire abandoned objects, let go
+    /// of overdue early shards, try again what is due, save the counters, judge the links.
+    pub fn handle_timeout(&mut self, now: u64, spill: &mut dyn Spill) {
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + TICK_MS;
+        let mut keys: Vec<ObjectKey> = self.objects.keys().copied().collect();
+        keys.sort_unstable();
+        for key in &keys {
+            let Some(o) = self.objects.get_mut(key) else {
+                continue;
+            };
+            if o.stalled(now, self.cfg.stall_ms) {
+                for b in o.asm.active_blocks() {
+                    if let Some(e) = set_aside(*key, o, b, spill) {
+                        self.events.push_back(e);
+                    }
+                }
+            }
+            if o.dirty {
+                o.dirty = false;
+                self.events.push_back(Event::SaveProgress {
+                    key: *key,
+                    state: o.asm.state(),
+                });
+            }
+        }
+        for key in &keys {
+            let Some(o) = self.objects.get(key) else {
+                continue;
+            };
+            if now.saturating_sub(o.last_progress) >= self.cfg.expire_ms && !o.finishing {
+                if let Some(o) = self.objects.remove(key) {
+                    self.events.push_back(Event::Expired {
+                        key: *key,
+                        blocks: o.asm.block_count(),
+                        missing: o.asm.missing(),
+                        meta: o.asm.meta,
+                    });
+                }
+            }
+        }
+        let n = self.pending.expire(now, self.cfg.pending_ms);
+        if n > 0 {
+            *self.drops.entry(DropReason::ShardBeforeMeta).or_default() += n;
+        }
+        // complete objects not yet delivered (restored after a restart, or a failed finish whose pause
+        // is over): try again; held ones wait for a restart
+        for key in &keys {
+            let due = self.objects.get(key).is_some_and(|o| {
+                o.held.is_none() && o.retry_at.is_none_or(|t| t <= now) && o.asm.is_complete()
+            });
+            if due {
+                self.finish(*key);
+            }
+        }
+        if self.table.take_dirty() {
+            let highest = self.table.highest().iter().map(|(k, v)| (*k, *v)).collect();
+            self.events.push_back(Event::SaveCounters { highest });
+        }
+        for (sender, l) in self.links.iter_mut() {
+            let silent_ms = now.saturating_sub(l.last);
+            if l.up && silent_ms >= self.cfg.link_down_ms {
+                l.up = false;
+                self.events.push_back(Event::LinkDown {
+                    sender: *sender,
+                    silent_ms,
+                });
+            }
+        }
+    }
+}
+
+/// Move an unfinished block out of memory: its data shards go to their place in the partial data. A
+/// failure loses them (the block stays missing) and is returned as an event.
+fn set_aside(key: ObjectKey, o: &mut Object, block: u32, spill: &mut dyn Spill) -> Option<Event> {
+    let shards = o.asm.evict(block)?;
+    let base = o.asm.block_offset(block);
+    let s = o.asm.geometry().shard_size as u64;
+    let written = shards
+        .iter()
+        .try_for_each(|(i, bytes)| spill.write_at(key, base + *i as u64 * s, bytes));
+    match written {
+        Ok(()) => {
+            o.asm
+                .spilled(block, shards.iter().map(|(i, _)| *i).collect());
+            o.dirty = true;
+            None
+        }
+        Err(e) => {
+            let why = format!("cannot set aside block {block}: {e}");
+            let again = o.error.as_deref() == Some(why.as_str());
+            o.error = Some(why.clone());
+            (!again).then_some(Event::BlockLost { key, block, why })
+        }
+    }
+}
