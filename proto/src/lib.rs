@@ -19,6 +19,7 @@ pub mod receiver;
 pub mod reception;
 pub mod request;
 pub mod schedule;
+pub mod sender;
 pub mod session;
 pub mod stream;
 

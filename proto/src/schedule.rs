@@ -184,6 +184,11 @@ impl Timers {
         self.session_started = now;
     }
 
+    /// A rekey that could not be done is due again `retry_ms` after `now`.
+    pub fn rekey_retry(&mut self, now: u64, retry_ms: u64) {
+        self.session_started = (now + retry_ms).saturating_sub(self.rekey_ms);
+    }
+
     pub fn announced(&mut self, now: u64) {
         self.last_announce = now;
     }

@@ -1,17 +1,19 @@
 //! The daemon (`diode-send` with no subcommand): watches the outbox, claims each file into the journal,
-//! sends it (envelopes first, between the groups of a large file), repeats small objects and closing
-//! metadata a while later, and takes replay requests queued by `diode-send replay`.
+//! hands it to the sender endpoint (envelopes at once: the endpoint sends them ahead of a large file; the
+//! endpoint also repeats them, and late content hashes, a while later), and takes replay requests queued
+//! by `diode-send replay`.
 
 use crate::config::Config;
-use crate::encoding::{self, describe, send_object, Encoder};
+use crate::encoding::{self, describe, Files};
 use crate::journal::Journal;
 use crate::replay::resolve_replay;
-use crate::transmit::Transmitter;
+use crate::transmit::{Transmitter, PUMP_MAX};
 use crate::{open_link, outbox, requests};
 use anyhow::{Context, Result};
 use diode_proto::journal::format_id;
 use diode_proto::object::{kind_for_name, ObjectKind};
-use std::collections::VecDeque;
+use diode_proto::sender::{self, JobKind};
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -22,9 +24,6 @@ pub enum Job {
         name: String,
         path: PathBuf,
     },
-    /// One more copy of an object's metadata (with its content hash), sent a while after the pass that
-    /// computed the hash: the closing copies of that pass could all fall in one burst of loss.
-    Meta { meta: diode_proto::ObjectMeta },
     /// A replay of a sent object, whole or some blocks, once.
     Replay {
         meta: diode_proto::ObjectMeta,
@@ -41,15 +40,7 @@ struct Intake<'a> {
     outbox: outbox::Outbox,
     urgent: VecDeque<Job>,
     bulk: VecDeque<Job>,
-    /// Repeats of envelopes, each due at its time (see `ENVELOPE_REPEATS`).
-    later: Vec<(Instant, Job)>,
 }
-
-/// After an envelope's pass, it is sent again this long after, once each: copies spread in time survive a
-/// burst of loss (an overflowing receive buffer drops everything for a moment) that copies sent back to
-/// back would not. The metadata of a file whose hash was computed during its pass is repeated the same
-/// way.
-pub const REPEATS: [Duration; 2] = [Duration::from_millis(300), Duration::from_millis(1500)];
 
 impl Intake<'_> {
     fn poll(&mut self, wait: Duration) {
@@ -93,60 +84,12 @@ impl Intake<'_> {
             }
         }
     }
-
-    /// Move repeats that are due to the urgent queue.
-    fn due(&mut self) {
-        let now = Instant::now();
-        let (due, not): (Vec<_>, Vec<_>) = std::mem::take(&mut self.later)
-            .into_iter()
-            .partition(|(t, _)| *t <= now);
-        self.later = not;
-        self.urgent.extend(due.into_iter().map(|(_, j)| j));
-    }
-
-    /// An object went out: schedule the repeats of an envelope, or of a large file's closing metadata.
-    fn repeat(&mut self, meta: diode_proto::ObjectMeta, path: PathBuf) {
-        let now = Instant::now();
-        for d in REPEATS {
-            let job = if requests::is_urgent(&meta.name) {
-                Job::Replay {
-                    meta: meta.clone(),
-                    path: path.clone(),
-                    blocks: None,
-                }
-            } else if meta.size > encoding::HASH_FIRST_MAX {
-                Job::Meta { meta: meta.clone() }
-            } else if d == REPEATS[1] && self.cfg.repeat_small && single_block(&meta) {
-                // interleaving spreads a burst of loss over a file's blocks, but a file of one block
-                // has nothing to spread it over: one burst can take all of it. One copy in time, later.
-                Job::Replay {
-                    meta: meta.clone(),
-                    path: path.clone(),
-                    blocks: None,
-                }
-            } else {
-                continue;
-            };
-            tracing::debug!(in_ms = d.as_millis() as u64, "repeat scheduled");
-            self.later.push((now + d, job));
-        }
-    }
-
-    fn next(&mut self) -> Option<Job> {
-        self.urgent.pop_front().or_else(|| self.bulk.pop_front())
-    }
-}
-
-/// An object of one FEC block (up to 180 KB at the defaults).
-fn single_block(meta: &diode_proto::ObjectMeta) -> bool {
-    meta.geometry().is_ok_and(|g| g.block_count(meta.size) == 1)
 }
 
 pub fn daemon(cfg: &Config) -> Result<()> {
     let journal = Journal::open(cfg)?;
     let mut tx = open_link(cfg)?;
-    let mut enc = Encoder::new(cfg.interleave);
-    let mut urgent_enc = Encoder::new(cfg.interleave);
+    let mut files = Files::new(tx.fast_link());
     let outbox = outbox::Outbox::watch(&cfg.outbox, Duration::from_secs(cfg.settle_secs))
         .with_context(|| format!("cannot watch {}", cfg.outbox.display()))?;
     let mut intake = Intake {
@@ -155,7 +98,6 @@ pub fn daemon(cfg: &Config) -> Result<()> {
         outbox,
         urgent: VecDeque::new(),
         bulk: VecDeque::new(),
-        later: Vec::new(),
     };
     for e in journal.load()? {
         if e.sent.is_none() && !e.expired && e.path.exists() {
@@ -173,69 +115,55 @@ pub fn daemon(cfg: &Config) -> Result<()> {
         }
     }
     tracing::info!(outbox = %cfg.outbox.display(), passes = cfg.passes, "watching the outbox");
+    let mut started: HashMap<u64, Instant> = HashMap::new();
+    let mut idle_for = Duration::ZERO;
     loop {
-        let idle = intake.urgent.is_empty() && intake.bulk.is_empty();
-        intake.poll(if idle {
-            Duration::from_millis(if intake.later.is_empty() { 50 } else { 5 })
-        } else {
-            Duration::ZERO
-        });
-        intake.due();
-        let Some(job) = intake.next() else {
-            tx.idle();
-            continue;
-        };
-        // between groups of a large object: take in new envelopes and send them at once
-        let mut between = |tx: &mut Transmitter| {
-            intake.poll(Duration::ZERO);
-            intake.due();
-            while let Some(job) = intake.urgent.pop_front() {
-                if let Some((m, p)) = run_job(cfg, &journal, tx, &mut urgent_enc, job, &mut |_| {})
-                {
-                    intake.repeat(m, p);
-                }
-            }
-        };
-        if let Some((m, p)) = run_job(cfg, &journal, &mut tx, &mut enc, job, &mut between) {
-            intake.repeat(m, p);
+        // nothing to send: wait on the outbox (at most 50 ms, less when the endpoint is due sooner)
+        intake.poll(idle_for.min(Duration::from_millis(50)));
+        // envelopes (and an admin's replays of them) go to the endpoint at once; it sends them ahead
+        // of the file in progress
+        while let Some(job) = intake.urgent.pop_front() {
+            queue(cfg, &mut tx, &mut files, &mut started, job);
         }
+        // one bulk job waits in the endpoint at a time: each file is opened when its turn is near
+        while tx.ep.queued() == 0 {
+            let Some(job) = intake.bulk.pop_front() else {
+                break;
+            };
+            queue(cfg, &mut tx, &mut files, &mut started, job);
+        }
+        idle_for = match tx.pump(&mut files, PUMP_MAX) {
+            Some(wait) if intake.bulk.is_empty() => wait,
+            _ => Duration::ZERO,
+        };
+        while let Some(e) = tx.ep.poll_event() {
+            done(cfg, &journal, &mut started, e);
+        }
+        files.close_unneeded(|id| tx.ep.needs(id));
     }
 }
 
-/// Send one job. Returns a new object's metadata and path, for its repeats.
-fn run_job(
+/// Hand a job to the endpoint: a new object is described (measured, hashed if small) and its file
+/// opened; one that can never be sent is set aside.
+fn queue(
     cfg: &Config,
-    journal: &Journal,
     tx: &mut Transmitter,
-    enc: &mut Encoder,
+    files: &mut Files,
+    started: &mut HashMap<u64, Instant>,
     job: Job,
-    between: &mut dyn FnMut(&mut Transmitter),
-) -> Option<(diode_proto::ObjectMeta, PathBuf)> {
-    let started = std::time::Instant::now();
+) {
     match job {
         Job::New { id, name, path } => {
             let kind = kind_for_name(&name);
-            let passes = cfg.passes;
-            let r = describe(&path, id, &name, kind, cfg).and_then(|mut meta| {
-                send_object(
-                    tx,
-                    enc,
-                    &path,
-                    &mut meta,
-                    passes,
-                    None,
-                    &mut |_| {},
-                    between,
-                )?;
-                journal.record_sent(&meta)?;
+            let urgent = requests::is_urgent(&name);
+            let r = describe(&path, id, &name, kind, cfg).and_then(|meta| {
+                files.add(id, &path, meta.size)?;
                 Ok(meta)
             });
-            match &r {
+            match r {
                 Ok(meta) => {
-                    let secs = started.elapsed().as_secs_f64();
-                    tracing::info!(object = %format_id(id), name = %name, bytes = meta.size, passes,
-                        kind = if kind == ObjectKind::Envelope { "envelope" } else { "file" },
-                        mb_per_s = format!("{:.1}", meta.size as f64 * passes as f64 / secs.max(1e-6) / 1e6), "sent");
+                    started.insert(id, Instant::now());
+                    tx.ep.send(sender::Job::new(meta, cfg.passes, urgent));
                 }
                 Err(e) => match e
                     .chain()
@@ -245,44 +173,61 @@ fn run_job(
                     Some(why) => requests::set_aside(cfg, &path, &name, &why.0),
                     None => {
                         tracing::error!(object = %format_id(id), name = %name, error = %format!("{e:#}"),
-                        "send failed; the object stays in the sent area and is tried again at the next start")
+                            "send failed; the object stays in the sent area and is tried again at the next start")
                     }
                 },
             }
-            if let Err(e) = journal.retain(cfg.retention_days * 86400, cfg.retention_gb << 30) {
-                tracing::warn!(error = %format!("{e:#}"), "retention pass failed");
+        }
+        Job::Replay { meta, path, blocks } => {
+            if let Err(e) = files.add(meta.id, &path, meta.size) {
+                tracing::error!(object = %format_id(meta.id), error = %format!("{e:#}"), "replay failed");
+                return;
             }
-            r.ok().map(|m| (m, path))
+            let urgent = requests::is_urgent(&meta.name);
+            let job = sender::Job::replay(meta, blocks, urgent);
+            if urgent {
+                tx.ep.send(job);
+            } else {
+                tx.ep.send_next(job);
+            }
         }
-        Job::Meta { meta } => {
-            tracing::debug!(object = %format_id(meta.id), "metadata with the content hash, once more");
-            tx.push(diode_proto::FrameKind::Meta, meta.id, 0, 0, &meta.encode());
-            tx.flush();
-            None
-        }
-        Job::Replay {
-            mut meta,
-            path,
-            blocks,
-        } => {
-            let r = send_object(
-                tx,
-                enc,
-                &path,
-                &mut meta,
-                1,
-                blocks.as_deref(),
-                &mut |_| {},
-                between,
-            );
-            match r {
-                Ok(()) => tracing::info!(object = %format_id(meta.id), name = %meta.name,
-                    blocks = %blocks.as_deref().map(diode_proto::gap::format).unwrap_or_else(|| "all".into()), "replayed"),
-                Err(e) => {
-                    tracing::error!(object = %format_id(meta.id), error = %format!("{e:#}"), "replay failed")
+    }
+}
+
+/// What the endpoint says went out (or could not).
+fn done(cfg: &Config, journal: &Journal, started: &mut HashMap<u64, Instant>, e: sender::Event) {
+    match e {
+        sender::Event::Sent { meta, kind } => match kind {
+            JobKind::New => {
+                if let Err(e) = journal.record_sent(&meta) {
+                    tracing::error!(object = %format_id(meta.id), error = %format!("{e:#}"), "cannot record the sent object in the journal");
+                }
+                let secs = started
+                    .remove(&meta.id)
+                    .map_or(0.0, |t| t.elapsed().as_secs_f64());
+                tracing::info!(object = %format_id(meta.id), name = %meta.name, bytes = meta.size, passes = cfg.passes,
+                    kind = if meta.kind == ObjectKind::Envelope { "envelope" } else { "file" },
+                    mb_per_s = format!("{:.1}", meta.size as f64 * cfg.passes as f64 / secs.max(1e-6) / 1e6), "sent");
+                if let Err(e) = journal.retain(cfg.retention_days * 86400, cfg.retention_gb << 30) {
+                    tracing::warn!(error = %format!("{e:#}"), "retention pass failed");
                 }
             }
-            None
+            JobKind::Replay => {
+                tracing::info!(object = %format_id(meta.id), name = %meta.name, "replayed")
+            }
+            JobKind::Meta => {
+                tracing::debug!(object = %format_id(meta.id), "metadata with the content hash, once more")
+            }
+        },
+        sender::Event::Failed { meta, kind, why } => {
+            started.remove(&meta.id);
+            if kind == JobKind::New {
+                tracing::error!(object = %format_id(meta.id), name = %meta.name, error = %why,
+                    "send failed; the object stays in the sent area and is tried again at the next start")
+            } else {
+                tracing::error!(object = %format_id(meta.id), error = %why, "replay failed")
+            }
         }
+        sender::Event::Progress { .. } => {}
     }
 }

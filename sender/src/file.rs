@@ -1,13 +1,14 @@
 //! `diode-send file`: send files or folders once, in the foreground, with a progress bar, and exit.
 
 use crate::config::Config;
-use crate::daemon::REPEATS;
-use crate::encoding::{self, describe, send_object, Encoder};
+use crate::encoding::{describe, Files};
 use crate::journal::Journal;
+use crate::transmit::PUMP_MAX;
 use crate::{open_link, outbox, requests};
 use anyhow::{bail, Context, Result};
 use diode_proto::journal::format_id;
 use diode_proto::object::kind_for_name;
+use diode_proto::sender::{Event, Job, JobKind};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,7 +37,7 @@ pub fn send_files(cfg: &Config, paths: &[PathBuf]) -> Result<()> {
     }
     let journal = Journal::open(cfg)?;
     let mut tx = open_link(cfg)?;
-    let mut enc = Encoder::new(cfg.interleave);
+    let mut src = Files::new(tx.fast_link());
     let total: u64 = files
         .iter()
         .map(|(f, _)| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
@@ -51,47 +52,54 @@ pub fn send_files(cfg: &Config, paths: &[PathBuf]) -> Result<()> {
         .progress_chars("=> "),
     );
     let started = std::time::Instant::now();
-    let mut deferred = Vec::new();
     // a receiver needs the announce before the first frame is of use to it: give it a moment
     std::thread::sleep(Duration::from_millis(200));
-    for (path, name) in &files {
-        bar.set_message(name.clone());
-        let id = journal.new_id()?;
-        journal.append(&diode_proto::journal::JournalRecord::Claimed {
-            id: format_id(id),
-            name: name.clone(),
-            path: path.to_string_lossy().into_owned(),
-            at: diode_host::unix_now(),
-        })?;
-        let mut meta = describe(path, id, name, kind_for_name(name), cfg)
-            .with_context(|| format!("cannot send {}", path.display()))?;
-        send_object(
-            &mut tx,
-            &mut enc,
-            path,
-            &mut meta,
-            cfg.passes,
-            None,
-            &mut |n| bar.inc(n),
-            &mut |_| {},
-        )?;
-        journal.record_sent(&meta)?;
-        if meta.size > encoding::HASH_FIRST_MAX {
-            deferred.push(meta);
+    let mut names = std::collections::HashMap::new();
+    let mut next = files.iter();
+    // one object waits in the endpoint at a time; the endpoint repeats what it repeats (an envelope,
+    // a content hash computed during the pass) a while after, and is idle once those are out
+    loop {
+        if tx.ep.queued() == 0 {
+            if let Some((path, name)) = next.next() {
+                let id = journal.new_id()?;
+                journal.append(&diode_proto::journal::JournalRecord::Claimed {
+                    id: format_id(id),
+                    name: name.clone(),
+                    path: path.to_string_lossy().into_owned(),
+                    at: diode_host::unix_now(),
+                })?;
+                let meta = describe(path, id, name, kind_for_name(name), cfg)
+                    .with_context(|| format!("cannot send {}", path.display()))?;
+                src.add(id, path, meta.size)?;
+                names.insert(id, name.clone());
+                tx.ep
+                    .send(Job::new(meta, cfg.passes, requests::is_urgent(name)));
+            }
         }
-    }
-    // the hash of a large file travelled only in its pass's closing metadata: repeat it, spread in time
-    let mut waited = Duration::ZERO;
-    for d in REPEATS {
-        if deferred.is_empty() {
-            break;
+        let idle = tx.pump(&mut src, PUMP_MAX);
+        while let Some(e) = tx.ep.poll_event() {
+            match e {
+                Event::Progress { id, bytes } => {
+                    if let Some(n) = names.get(&id) {
+                        bar.set_message(n.clone());
+                    }
+                    bar.inc(bytes)
+                }
+                Event::Sent {
+                    meta,
+                    kind: JobKind::New,
+                } => journal.record_sent(&meta)?,
+                Event::Sent { .. } => {}
+                Event::Failed { meta, why, .. } => bail!("cannot send {}: {why}", meta.name),
+            }
         }
-        std::thread::sleep(d - waited);
-        waited = d;
-        for m in &deferred {
-            tx.push(diode_proto::FrameKind::Meta, m.id, 0, 0, &m.encode());
+        src.close_unneeded(|id| tx.ep.needs(id));
+        if let Some(wait) = idle {
+            if tx.ep.is_idle() && next.len() == 0 {
+                break;
+            }
+            std::thread::sleep(wait.min(Duration::from_millis(20)));
         }
-        tx.flush();
     }
     bar.finish_with_message("done");
     let secs = started.elapsed().as_secs_f64();

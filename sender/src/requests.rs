@@ -10,7 +10,7 @@ use diode_proto::object::ENVELOPE_SUFFIX;
 use diode_proto::request::{Request, SignedRequest, REQUEST_SUFFIX};
 use std::path::{Path, PathBuf};
 
-/// Envelopes and requests jump the queue and are repeated (see `REPEATS` in main.rs).
+/// Envelopes and requests jump the queue and are repeated (see `REPEATS` in transmit.rs).
 pub fn is_urgent(name: &str) -> bool {
     name.ends_with(ENVELOPE_SUFFIX) || name.ends_with(REQUEST_SUFFIX)
 }

@@ -1,18 +1,23 @@
-//! The transmit stage: owns the session and the link (a UDP socket or a serial line), seals frames into
-//! batches (GSO over UDP), paces them to the configured rate counting what the link really spends on each
-//! (IP and UDP headers; framing, start and stop bits on a serial line), and slips in the periodic
-//! announce and heartbeat frames and the scheduled rekey. It never reads from the link.
+//! The transmit stage: the driver of the sender endpoint (`diode_proto::sender::Endpoint`, which decides
+//! what goes out and when). It owns the link (a UDP socket or a serial line), takes each frame the
+//! endpoint seals into a batch (GSO over UDP), paces batches to the configured rate counting what the link
+//! really spends on each (IP and UDP headers; framing, start and stop bits on a serial line), and starts
+//! a new session (its counter persisted) when the endpoint asks for a rekey. It never reads from the link.
 
 use crate::config::Config;
 use anyhow::{Context, Result};
 use diode_host::link::{serial::SerialTx, udp::UdpTx, FramesOut, LinkKind};
 use diode_host::pace::Pacer;
-use diode_proto::frame::{SEALED_HEADER_LEN, TAG_LEN};
-use diode_proto::object::Heartbeat;
-use diode_proto::schedule::Timers;
-use diode_proto::{FrameKind, PublicKey, SecretKey, SenderSession};
+use diode_proto::sender::{Endpoint, Source, Transmit, MAX_FRAME};
+use diode_proto::{PublicKey, SecretKey, SenderSession};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// After an object goes out, its repeats (an envelope whole, a content hash computed during the pass
+/// as metadata, a one-block file whole at the last) go this long after, once each: copies spread in time
+/// survive a burst of loss (an overflowing receive buffer drops everything for a moment) that copies sent
+/// back to back would not.
+pub const REPEATS: [Duration; 2] = [Duration::from_millis(300), Duration::from_millis(1500)];
 
 /// The link is only ever written: from here on the kernel refuses, on every thread, recvfrom, recvmsg
 /// and recvmmsg on any socket and read(2) and its variants on the link's descriptor (EPERM). Reading
@@ -40,12 +45,10 @@ pub struct Transmitter {
     me: SecretKey,
     receiver: PublicKey,
     counter_file: PathBuf,
-    session: SenderSession,
-    /// The driver's clock: milliseconds since this instant are what the timers count.
+    /// What goes out and when (`diode_proto::sender::Endpoint`).
+    pub ep: Endpoint,
+    /// The driver's clock: milliseconds since this instant are the endpoint's time.
     start: Instant,
-    /// When the announce, heartbeat and rekey are due (`proto::schedule::Timers`).
-    timers: Timers,
-    heartbeat_ms: u64,
     pacer: Pacer,
     /// Frames waiting for one send: `batch[..batch_len]` (the buffer only grows, so it is never cleared
     /// or zeroed: every byte of a frame is written before it is sent).
@@ -55,10 +58,12 @@ pub struct Transmitter {
     segment: usize,
     max_segments: usize,
     rate_bps: u64,
-    pub objects_sent: u64,
-    pub current_object: Option<u64>,
     send_errors: u64,
 }
+
+/// How long `pump` sends before it returns, so the daemon looks at its outbox (and urgent envelopes
+/// start) at least this often.
+pub const PUMP_MAX: Duration = Duration::from_millis(20);
 
 impl Transmitter {
     pub fn new(cfg: &Config, me: SecretKey, receiver: PublicKey) -> Result<Self> {
@@ -76,22 +81,23 @@ impl Transmitter {
         forbid_receiving(cfg, tx.as_ref())?;
         let counter_file = cfg.state.join("session.counter");
         let session = start_session(&me, &receiver, &counter_file)?;
-        let now = Instant::now();
-        let heartbeat_ms = (cfg.heartbeat_secs.clamp(0.05, 60.0) * 1000.0) as u64;
+        let counter = session.counter();
+        let rules = diode_proto::sender::Config {
+            interleave: cfg.interleave,
+            announce_ms: (cfg.announce_secs.clamp(0.05, 60.0) * 1000.0) as u64,
+            heartbeat_ms: (cfg.heartbeat_secs.clamp(0.05, 60.0) * 1000.0) as u64,
+            rekey_ms: cfg.rekey_secs.max(10) * 1000,
+            rate_bps,
+            repeats: REPEATS.iter().map(|d| d.as_millis() as u64).collect(),
+            repeat_small: cfg.repeat_small,
+        };
         let mut t = Transmitter {
             tx,
             me,
             receiver,
             counter_file,
-            session,
-            start: now,
-            timers: Timers::new(
-                0,
-                (cfg.announce_secs.clamp(0.05, 60.0) * 1000.0) as u64,
-                heartbeat_ms,
-                cfg.rekey_secs.max(10) * 1000,
-            ),
-            heartbeat_ms,
+            ep: Endpoint::new(rules, session, 0),
+            start: Instant::now(),
             pacer: Pacer::new(rate_bps),
             batch: Vec::with_capacity(64 * 9000),
             batch_len: 0,
@@ -99,49 +105,80 @@ impl Transmitter {
             segment: 0,
             max_segments,
             rate_bps,
-            objects_sent: 0,
-            current_object: None,
             send_errors: 0,
         };
-        t.announce();
         tracing::info!(
             link = %link_name, rate_bps, gso_segments = max_segments,
-            session = t.session.counter(), "session started"
+            session = counter, "session started"
         );
+        // the announce goes out now, before anything else
+        t.pump(&mut crate::encoding::Files::default(), Duration::ZERO);
         Ok(t)
     }
 
-    /// Queue one sealed frame carrying `payload`.
     /// A UDP link paced at 100 Mbit/s or more: a group of blocks is out in about half a second.
     pub fn fast_link(&self) -> bool {
         self.tx.kind() == LinkKind::Udp && self.rate_bps >= 100_000_000
     }
 
-    pub fn push(&mut self, kind: FrameKind, object: u64, block: u32, shard: u16, payload: &[u8]) {
-        let len = SEALED_HEADER_LEN + payload.len() + TAG_LEN;
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Send what the endpoint has, paced and batched, for about `budget` (at least one frame is looked
+    /// for). Returns when the endpoint is next due if it has nothing to send (idle), else None.
+    pub fn pump(&mut self, src: &mut dyn Source, budget: Duration) -> Option<Duration> {
+        let t0 = Instant::now();
+        let mut now = self.now_ms();
+        let mut n = 0u32;
+        loop {
+            let start = self.batch_len;
+            if self.batch.len() < start + MAX_FRAME {
+                self.batch.resize(start + MAX_FRAME, 0);
+            }
+            match self
+                .ep
+                .poll_transmit(now, src, &mut self.batch[start..start + MAX_FRAME])
+            {
+                Transmit::Frame(len) => self.queued(start, len),
+                Transmit::Rekey => {
+                    self.flush();
+                    match start_session(&self.me, &self.receiver, &self.counter_file) {
+                        Ok(s) => {
+                            tracing::info!(session = s.counter(), "rekeyed: new session");
+                            self.ep.rekeyed(s, now);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %format!("{e:#}"), "rekey failed; keeping the current session");
+                            self.ep.rekey_failed(now);
+                        }
+                    }
+                }
+                Transmit::Idle(until) => {
+                    self.flush();
+                    return Some(Duration::from_millis(until.saturating_sub(now)));
+                }
+            }
+            n += 1;
+            // the clock is read every 8th frame
+            if n.is_multiple_of(8) {
+                now = self.now_ms();
+                if t0.elapsed() >= budget {
+                    self.flush();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// A frame of `len` bytes was sealed at `batch[start..]`: batch it (frames of one length per send).
+    fn queued(&mut self, start: usize, len: usize) {
         if self.batch_frames > 0 && len != self.segment {
+            // a frame of another length: send what is batched, then the new frame starts the batch
             self.flush();
+            self.batch.copy_within(start..start + len, 0);
         }
-        let start = self.batch_len;
-        if self.batch.len() < start + len {
-            self.batch.resize(start + len, 0);
-        }
-        self.batch[start + SEALED_HEADER_LEN..start + SEALED_HEADER_LEN + payload.len()]
-            .copy_from_slice(payload);
-        if self
-            .session
-            .seal(
-                kind,
-                object,
-                block,
-                shard,
-                &mut self.batch[start..start + len],
-            )
-            .is_none()
-        {
-            return;
-        }
-        self.batch_len = start + len;
+        self.batch_len += len;
         self.segment = len;
         self.batch_frames += 1;
         // one GSO send carries at most 64 KiB of UDP payload
@@ -150,19 +187,18 @@ impl Transmitter {
         }
     }
 
-    /// Send what is batched, paced, then any announce, heartbeat or rekey that is due.
-    pub fn flush(&mut self) {
+    /// Send what is batched, paced.
+    fn flush(&mut self) {
         if self.batch_frames > 0 {
-            // a batch holds frames of one length (`push` flushes when it changes)
+            // a batch holds frames of one length (`queued` flushes when it changes)
             self.pacer
                 .wait(self.tx.paced_bytes(self.segment) * self.batch_frames);
             if let Err(e) = self.tx.send(&self.batch[..self.batch_len], self.segment) {
                 self.send_error(e);
             }
-            self.batch_len = 0;
-            self.batch_frames = 0;
         }
-        self.tick();
+        self.batch_len = 0;
+        self.batch_frames = 0;
     }
 
     fn send_error(&mut self, e: std::io::Error) {
@@ -170,69 +206,6 @@ impl Transmitter {
         if self.send_errors.is_power_of_two() {
             tracing::warn!(error = %e, count = self.send_errors, "send on the link failed (frames lost; FEC and passes cover it)");
         }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
-    }
-
-    fn tick(&mut self) {
-        let now = self.now_ms();
-        let due = self.timers.due(now);
-        if due.rekey {
-            match start_session(&self.me, &self.receiver, &self.counter_file) {
-                Ok(s) => {
-                    self.session = s;
-                    self.timers.rekeyed(now);
-                    tracing::info!(session = self.session.counter(), "rekeyed: new session");
-                    self.announce();
-                }
-                Err(e) => tracing::error!(error = %e, "rekey failed; keeping the current session"),
-            }
-        }
-        if self.timers.due(now).announce {
-            self.announce();
-        }
-        if due.heartbeat {
-            self.heartbeat();
-        }
-    }
-
-    fn announce(&mut self) {
-        let a = self.session.announce().to_vec();
-        self.pacer.wait(self.tx.paced_bytes(a.len()));
-        if let Err(e) = self.tx.send(&a, a.len()) {
-            self.send_error(e);
-        }
-        let now = self.now_ms();
-        self.timers.announced(now);
-    }
-
-    fn heartbeat(&mut self) {
-        let now = self.now_ms();
-        self.timers.heartbeat_sent(now);
-        let hb = Heartbeat {
-            frames_sent: self.session.frames_sealed() + 1,
-            objects_sent: self.objects_sent,
-            current_object: self.current_object,
-            rate_bps: self.rate_bps,
-            interval_ms: self.heartbeat_ms as u32,
-        };
-        let body = diode_proto::object::encode_heartbeat(&hb);
-        if let Some(f) = self
-            .session
-            .seal_payload(FrameKind::Heartbeat, 0, 0, 0, &body)
-        {
-            self.pacer.wait(self.tx.paced_bytes(f.len()));
-            if let Err(e) = self.tx.send(&f, f.len()) {
-                self.send_error(e);
-            }
-        }
-    }
-
-    /// Nothing to send: keep announces and heartbeats going.
-    pub fn idle(&mut self) {
-        self.flush();
     }
 }
 
