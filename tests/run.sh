@@ -36,7 +36,7 @@ cargo clippy -q --all-targets -- -D warnings
 stamp "building release binaries"
 cargo build --release -q --bins
 stamp "cargo test"
-cargo test --release --workspace --no-fail-fast 2>&1 | tee target/test.log | grep -E '^(test result|running|test .*(FAILED|ok)$)|panicked|SKIPPED' || true
+cargo test --release --workspace --no-fail-fast 2>&1 | tee target/test.log | grep -E '^(test result|running|test .*(FAILED|ok)$|simulated |scenario seed )|panicked|SKIPPED' || true
 stamp "fuzz smoke"
 # every fuzz target for a few seconds from its seeds (tests/fuzz-smoke.sh; docs/fuzzing.md): a line each
 bash tests/fuzz-smoke.sh >target/fuzz-smoke.log 2>&1 || true

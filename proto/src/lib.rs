@@ -22,6 +22,8 @@ pub mod schedule;
 pub mod sender;
 pub mod session;
 pub mod stream;
+#[cfg(test)]
+mod testkit;
 
 pub use fec::{BlockAssembly, BlockEncoder, Geometry};
 pub use frame::{FrameKind, SealedHeader};

@@ -234,6 +234,8 @@ pub enum DeliverError {
 pub struct Persisted {
     pub partials: Vec<(KeyId, Assembly)>,
     pub delivered: Vec<(ObjectKey, Option<String>)>,
+    /// Objects refused for good before (their frames stay ignored).
+    pub refused: Vec<ObjectKey>,
 }
 
 /// How long a failed finish waits before the next attempt: 1 s doubling up to 5 minutes.
@@ -278,7 +280,7 @@ impl Endpoint {
             table,
             objects,
             completed,
-            refused: HashSet::new(),
+            refused: persisted.refused.into_iter().collect(),
             paths,
             drops: BTreeMap::new(),
             decoder: None,
@@ -459,6 +461,21 @@ impl Endpoint {
             }
         };
         let key = (sender, meta.id);
+        // an older version of a file already delivered (withheld on the link and released late, or an
+        // old object replayed) is refused at its first metadata: it never takes a slot or a byte of disk
+        if meta.kind == ObjectKind::File {
+            if let Some(newer) = self.paths.newer_than(&meta.name, key) {
+                self.pending.take(key);
+                self.refused.insert(key);
+                self.events.push_back(Event::Refused {
+                    key,
+                    code: "older_version",
+                    reason: older_version(&meta.name, newer),
+                    meta,
+                });
+                return self.drop(DropReason::RefusedObject);
+            }
+        }
         if let Err((limit, why)) =
             self.cfg
                 .limits
@@ -634,13 +651,7 @@ impl Endpoint {
                 // link and released late (or replayed). It never replaces the newer one.
                 if meta.kind == ObjectKind::File {
                     if let Some(newer) = self.paths.newer_than(&meta.name, key) {
-                        let reason = format!(
-                            "an older version of {:?} than the one already delivered (object {}): frames \
-                             withheld on the link and released late, or a replay of an old object; the \
-                             newer file stays",
-                            meta.name,
-                            crate::journal::format_id(newer)
-                        );
+                        let reason = older_version(&meta.name, newer);
                         return self.refuse(key, "older_version", reason);
                     }
                 }
@@ -822,6 +833,15 @@ impl Endpoint {
     }
 }
 
+/// Why an older version is refused.
+fn older_version(name: &str, newer: u64) -> String {
+    format!(
+        "an older version of {name:?} than the one already delivered (object {}): frames withheld on the \
+         link and released late, or a replay of an old object; the newer file stays",
+        crate::journal::format_id(newer)
+    )
+}
+
 /// Move an unfinished block out of memory: its data shards go to their place in the partial data. A
 /// failure loses them (the block stays missing) and is returned as an event.
 fn set_aside(key: ObjectKey, o: &mut Object, block: u32, spill: &mut dyn Spill) -> Option<Event> {
@@ -844,5 +864,219 @@ fn set_aside(key: ObjectKey, o: &mut Object, block: u32, spill: &mut dyn Spill) 
             o.error = Some(why.clone());
             (!again).then_some(Event::BlockLost { key, block, why })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::FrameKind;
+    use crate::hash::content_hash;
+    use crate::sender::Job;
+    use crate::testkit::{drain, keys, object, sender, what, Memory};
+
+    #[derive(Default)]
+    struct NoDisk;
+
+    impl Spill for NoDisk {
+        fn write_at(&mut self, _: ObjectKey, _: u64, _: &[u8]) -> Result<(), String> {
+            Err("no disk".into())
+        }
+        fn read_at(&mut self, _: ObjectKey, _: u64, len: usize) -> Result<Vec<u8>, String> {
+            Ok(vec![0; len])
+        }
+    }
+
+    fn config() -> Config {
+        Config {
+            stall_ms: 1000,
+            expire_ms: 10_000,
+            pending_ms: 2000,
+            link_down_ms: 3000,
+            memory_bytes: 64 << 20,
+            limits: Limits {
+                max_objects: 100,
+                max_bytes: 1 << 40,
+            },
+            pending_frames: 8,
+        }
+    }
+
+    fn endpoint(highest: u64, persisted: Persisted) -> (Endpoint, KeyId) {
+        let (s, r) = keys();
+        let sender = s.public().id();
+        let highest = if highest > 0 {
+            HashMap::from([(sender, highest)])
+        } else {
+            HashMap::new()
+        };
+        let table = SessionTable::new(r, vec![s.public().clone()], highest);
+        (Endpoint::new(config(), table, persisted, 0), sender)
+    }
+
+    /// The frames of one object as the sender endpoint sends them (session counter 5).
+    fn frames_of(
+        id: u64,
+        name: &str,
+        size: usize,
+        late_hash: bool,
+    ) -> (Vec<Vec<u8>>, ObjectMeta, Vec<u8>) {
+        let (m, c) = object(id, name, size, late_hash);
+        let mut src = Memory(HashMap::from([(id, c.clone())]));
+        let mut ep = sender(5);
+        ep.send(Job::new(m.clone(), 1, false));
+        (drain(&mut ep, &mut src, 0), m, c)
+    }
+
+    fn events(ep: &mut Endpoint) -> Vec<Event> {
+        std::iter::from_fn(|| ep.poll_event()).collect()
+    }
+
+    /// Blocks are written as they finish; the hash computed during the pass arrives in the closing
+    /// metadata, and only then is the object verified, against that hash.
+    #[test]
+    fn a_late_hash_is_waited_for_then_verified() {
+        let (frames, m, c) = frames_of(1, "late.bin", 3000, true);
+        let (mut ep, sender) = endpoint(0, Persisted::default());
+        let closing = frames.len() - crate::schedule::CLOSING_META;
+        let mut written = 0;
+        for (i, mut f) in frames.into_iter().enumerate() {
+            ep.handle_datagram(&mut f, 1, &mut NoDisk);
+            for e in events(&mut ep) {
+                match e {
+                    Event::WriteBlock {
+                        key, block, buf, ..
+                    } => {
+                        written += 1;
+                        ep.handle_written(key, block, buf, Ok(()), 1);
+                    }
+                    Event::Verify { hash, .. } => {
+                        assert!(i >= closing, "verified before the hash came");
+                        assert_eq!(hash, content_hash(&c));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(written, m.geometry().unwrap().block_count(3000));
+        let o = ep.object((sender, 1)).expect("in progress until delivered");
+        assert!(o.asm.is_complete() && o.asm.meta.hash_known());
+    }
+
+    /// An announce of a session older than the counter restored after a restart is refused; metadata
+    /// that contradicts what an object started with is dropped as a conflict.
+    #[test]
+    fn an_older_session_and_a_metadata_conflict_are_dropped() {
+        let (frames, ..) = frames_of(2, "a.bin", 500, false);
+        let (mut ep, _) = endpoint(6, Persisted::default());
+        ep.handle_datagram(&mut frames[0].clone(), 0, &mut NoDisk);
+        assert_eq!(ep.drops().get(&DropReason::OldSession), Some(&1));
+
+        let (mut ep, sender) = endpoint(0, Persisted::default());
+        let mut s = crate::testkit::sender(5);
+        let mut src = Memory(HashMap::new());
+        for mut f in drain(&mut s, &mut src, 0) {
+            ep.handle_datagram(&mut f, 0, &mut NoDisk);
+        }
+        // (metadata of an object in progress is opened while its hash is still to come)
+        let (m, _) = object(2, "a.bin", 500, true);
+        let other = ObjectMeta {
+            size: 501,
+            ..m.clone()
+        };
+        let mut sess = s;
+        let mut buf = vec![0u8; crate::sender::MAX_FRAME];
+        for meta in [&m, &other] {
+            let n = crate::sender::seal_for_test(
+                &mut sess,
+                &mut buf,
+                FrameKind::Meta,
+                meta.id,
+                &meta.encode(),
+            );
+            ep.handle_datagram(&mut buf[..n], 0, &mut NoDisk);
+        }
+        assert!(ep.object((sender, 2)).is_some());
+        assert_eq!(ep.drops().get(&DropReason::MetaConflict), Some(&1));
+    }
+
+    /// Shards whose metadata was lost are held up to the bound, counted when refused for room, and let
+    /// go when the metadata does not come in time.
+    #[test]
+    fn early_shards_are_bounded_and_let_go() {
+        let (frames, ..) = frames_of(3, "b.bin", 3000, false);
+        let (mut ep, _) = endpoint(0, Persisted::default());
+        for mut f in frames.into_iter().filter(|f| what(f).0 != FrameKind::Meta) {
+            ep.handle_datagram(&mut f, 0, &mut NoDisk);
+            assert!(ep.early_frames() <= 8);
+        }
+        assert_eq!(ep.early_frames(), 8);
+        assert!(ep.drops()[&DropReason::ShardBeforeMeta] > 0);
+        ep.handle_timeout(2000, &mut NoDisk);
+        assert_eq!(ep.early_frames(), 0);
+    }
+
+    /// An object that stops making progress is abandoned after `expire_ms` with the exact blocks it
+    /// lacked.
+    #[test]
+    fn expiry_reports_exactly_the_missing_blocks() {
+        let (frames, ..) = frames_of(4, "c.bin", 3000, false);
+        let (mut ep, sender) = endpoint(0, Persisted::default());
+        // block 1's shards all lost
+        for mut f in frames
+            .into_iter()
+            .filter(|f| !(what(f).0 == FrameKind::Shard && what(f).2 == 1))
+        {
+            ep.handle_datagram(&mut f, 0, &mut NoDisk);
+            for e in events(&mut ep) {
+                if let Event::WriteBlock {
+                    key, block, buf, ..
+                } = e
+                {
+                    ep.handle_written(key, block, buf, Ok(()), 0);
+                }
+            }
+        }
+        ep.handle_timeout(9_999, &mut NoDisk);
+        assert!(ep.object((sender, 4)).is_some());
+        ep.handle_timeout(10_000 + TICK_MS, &mut NoDisk);
+        let expired: Vec<_> = events(&mut ep)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Expired { missing, .. } => Some(missing),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(expired, vec![vec![(1, 1)]]);
+        assert!(ep.object((sender, 4)).is_none());
+    }
+
+    /// A file older than the version already delivered at its path (restored after a restart) is
+    /// refused at its first metadata: no storage, no slot.
+    #[test]
+    fn an_older_version_is_refused_at_its_metadata() {
+        let (frames, ..) = frames_of(5, "d.bin", 500, false);
+        let (s, _) = keys();
+        let newer = (s.public().id(), 9);
+        let (mut ep, sender) = endpoint(
+            0,
+            Persisted {
+                delivered: vec![(newer, Some("d.bin".into()))],
+                ..Persisted::default()
+            },
+        );
+        for mut f in frames {
+            ep.handle_datagram(&mut f, 0, &mut NoDisk);
+        }
+        let ev = events(&mut ep);
+        assert!(!ev.iter().any(|e| matches!(e, Event::ObjectStarted { .. })));
+        assert!(ev.iter().any(|e| matches!(
+            e,
+            Event::Refused {
+                code: "older_version",
+                ..
+            }
+        )));
+        assert!(ep.is_refused((sender, 5)));
     }
 }

@@ -302,14 +302,11 @@ impl Endpoint {
             self.rekey_asked = true;
             return Transmit::Rekey;
         }
-        if self.announce_now || due.announce {
-            self.announce_now = false;
-            self.timers.announced(now);
-            let a = self.session.announce();
-            if let Some(slot) = buf.get_mut(..a.len()) {
-                slot.copy_from_slice(a);
-                return Transmit::Frame(a.len());
-            }
+        if due.announce {
+            self.announce_now = true;
+        }
+        if let Some(n) = self.announce(now, buf) {
+            return Transmit::Frame(n);
         }
         if due.heartbeat {
             self.timers.heartbeat_sent(now);
@@ -319,6 +316,10 @@ impl Endpoint {
         }
         self.repeats_due(now);
         loop {
+            // a job just started opens with the announce
+            if let Some(n) = self.announce(now, buf) {
+                return Transmit::Frame(n);
+            }
             if !self.urgent.is_empty() && self.stack.last().is_none_or(|s| !s.job.urgent) {
                 if let Some(job) = self.urgent.pop_front() {
                     self.start(job);
@@ -362,6 +363,19 @@ impl Endpoint {
         }
     }
 
+    /// The session's announce into `buf`, if one is due.
+    fn announce(&mut self, now: u64, buf: &mut [u8]) -> Option<usize> {
+        if !self.announce_now {
+            return None;
+        }
+        self.announce_now = false;
+        self.timers.announced(now);
+        let a = self.session.announce();
+        let slot = buf.get_mut(..a.len())?;
+        slot.copy_from_slice(a);
+        Some(a.len())
+    }
+
     fn heartbeat(&mut self, buf: &mut [u8]) -> Option<usize> {
         let hb = Heartbeat {
             frames_sent: self.session.frames_sealed() + 1,
@@ -398,7 +412,13 @@ impl Endpoint {
 
     fn start(&mut self, job: Job) {
         match Sending::new(job.clone(), self.cfg.interleave) {
-            Ok(s) => self.stack.push(s),
+            Ok(s) => {
+                self.stack.push(s);
+                // every job opens with the session's announce: a receiver that lost the last one (or
+                // restarted since) can open the job's frames from the first, so a replay sent after a
+                // quiet spell is whole on a clean link (one frame per job)
+                self.announce_now = true;
+            }
             Err(e) => self.events.push_back(Event::Failed {
                 meta: job.meta,
                 kind: job.kind,
@@ -640,4 +660,149 @@ fn seal(
     let frame = buf.get_mut(..len)?;
     frame[SEALED_HEADER_LEN..SEALED_HEADER_LEN + payload.len()].copy_from_slice(payload);
     session.seal(kind, object, block, shard, frame).map(|_| len)
+}
+
+/// Seal a payload as the endpoint does (tests that hand-make a frame).
+#[cfg(test)]
+pub(crate) fn seal_for_test(
+    session: &mut Endpoint,
+    buf: &mut [u8],
+    kind: FrameKind,
+    object: u64,
+    payload: &[u8],
+) -> usize {
+    seal(&mut session.session, buf, kind, object, 0, 0, payload).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{drain, object, sender, what, Memory};
+    use std::collections::HashMap;
+
+    /// An envelope queued while a large file goes out is sent at the next frame, whole (its announce,
+    /// metadata and shards), before the file goes on.
+    #[test]
+    fn an_urgent_job_goes_out_ahead_of_a_large_file() {
+        let (big, big_c) = object(10, "big.bin", 20_000, true);
+        let (env, env_c) = object(11, "a.envelope", 300, false);
+        let mut src = Memory(HashMap::from([(10, big_c), (11, env_c)]));
+        let mut ep = sender(1);
+        ep.send(Job::new(big, 1, false));
+        let mut buf = vec![0u8; MAX_FRAME];
+        for _ in 0..40 {
+            assert!(matches!(
+                ep.poll_transmit(0, &mut src, &mut buf),
+                Transmit::Frame(_)
+            ));
+        }
+        ep.send(Job::new(env, 1, true));
+        let frames: Vec<_> = drain(&mut ep, &mut src, 0)
+            .iter()
+            .map(|f| what(f))
+            .collect();
+        let first_big = frames
+            .iter()
+            .position(|f| f.1 == 10)
+            .expect("the file goes on");
+        let last_env = frames
+            .iter()
+            .rposition(|f| f.1 == 11)
+            .expect("the envelope went");
+        assert!(
+            last_env < first_big,
+            "the envelope went out whole before the file went on"
+        );
+        assert_eq!(
+            frames[0].0,
+            FrameKind::Announce,
+            "a job opens with the announce"
+        );
+        let sent: Vec<_> = std::iter::from_fn(|| ep.poll_event())
+            .filter_map(|e| match e {
+                Event::Sent { meta, .. } => Some(meta),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent.iter().map(|m| m.id).collect::<Vec<_>>(), vec![11, 10]);
+        // the file's hash was computed during its pass and went out with it
+        assert!(sent[1].hash_known());
+    }
+
+    /// A replay sends the named blocks only, opened and closed by metadata.
+    #[test]
+    fn a_replay_sends_only_the_named_blocks() {
+        let (m, c) = object(20, "f.bin", 5_000, false);
+        let mut src = Memory(HashMap::from([(20, c)]));
+        let mut ep = sender(1);
+        ep.send(Job::replay(m, Some(vec![(2, 3), (9, 9)]), false));
+        let frames: Vec<_> = drain(&mut ep, &mut src, 0)
+            .iter()
+            .map(|f| what(f))
+            .collect();
+        let blocks: std::collections::BTreeSet<u32> = frames
+            .iter()
+            .filter(|f| f.0 == FrameKind::Shard)
+            .map(|f| f.2)
+            .collect();
+        assert_eq!(blocks, [2, 3, 9].into());
+        let metas = frames.iter().filter(|f| f.0 == FrameKind::Meta).count();
+        assert!(metas >= schedule::OPENING_META + schedule::CLOSING_META);
+    }
+
+    /// An envelope is sent again 300 ms and 1.5 s after it went out; a large file's metadata (with the
+    /// hash computed during its pass) likewise; in between the endpoint is idle until the next one.
+    #[test]
+    fn repeats_go_out_later_in_time() {
+        let (env, env_c) = object(30, "b.envelope", 100, false);
+        let (big, big_c) = object(31, "big.bin", 4_000, true);
+        let mut src = Memory(HashMap::from([(30, env_c), (31, big_c)]));
+        let mut ep = sender(1);
+        ep.send(Job::new(env, 1, true));
+        ep.send(Job::new(big, 1, false));
+        drain(&mut ep, &mut src, 0);
+        let mut buf = vec![0u8; MAX_FRAME];
+        assert_eq!(ep.poll_transmit(0, &mut src, &mut buf), Transmit::Idle(300));
+        let at_300: Vec<_> = drain(&mut ep, &mut src, 300)
+            .iter()
+            .map(|f| what(f))
+            .collect();
+        assert!(
+            at_300.iter().any(|f| f.1 == 30 && f.0 == FrameKind::Shard),
+            "the envelope again"
+        );
+        let metas_31 = at_300.iter().filter(|f| f.1 == 31).collect::<Vec<_>>();
+        assert!(!metas_31.is_empty() && metas_31.iter().all(|f| f.0 == FrameKind::Meta));
+        assert!(!ep.is_idle(), "one more repeat each is due at 1.5 s");
+        drain(&mut ep, &mut src, 1500);
+        assert!(ep.is_idle());
+    }
+
+    /// The rekey timer asks the driver for a session; the new one is announced at once.
+    #[test]
+    fn a_rekey_is_asked_for_and_the_new_session_announced() {
+        let mut ep = sender(1);
+        let mut src = Memory(HashMap::new());
+        let mut buf = vec![0u8; MAX_FRAME];
+        drain(&mut ep, &mut src, 0);
+        let rekey_at = crate::testkit::sender_config().rekey_ms;
+        assert_eq!(
+            ep.poll_transmit(rekey_at, &mut src, &mut buf),
+            Transmit::Rekey
+        );
+        let (me, to) = crate::testkit::keys();
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(2);
+        let fresh = SenderSession::start(&me, to.public(), 2, 1, &mut rng).unwrap();
+        let announce = fresh.announce().to_vec();
+        ep.rekeyed(fresh, rekey_at);
+        let Transmit::Frame(n) = ep.poll_transmit(rekey_at, &mut src, &mut buf) else {
+            panic!("the announce goes out");
+        };
+        assert_eq!(
+            buf[..n],
+            announce[..],
+            "the new session's announce, at once"
+        );
+        assert_eq!(ep.session().counter(), 2);
+    }
 }

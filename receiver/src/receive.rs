@@ -89,24 +89,41 @@ impl Spill for Files<'_> {
 /// The objects delivered before (received.jsonl, newest first): none is received twice, and the files
 /// among them whose ids order versions keep older versions out of their path.
 fn delivered_before(cfg: &Config) -> Vec<(Key, Option<String>)> {
-    let Ok(text) = std::fs::read_to_string(completed_path(cfg)) else {
-        return Vec::new();
-    };
-    text.lines()
-        .rev()
-        .take(100_000)
-        .filter_map(|line| {
-            let v = serde_json::from_str::<serde_json::Value>(line).ok()?;
-            let s = hex::decode(v["sender"].as_str()?).ok()?;
-            let o = diode_proto::journal::parse_id(v["object"].as_str()?)?;
-            let s = <[u8; 8]>::try_from(s.as_slice()).ok()?;
+    records(&completed_path(cfg))
+        .filter_map(|v| {
             let name = match (v["name"].as_str(), v["proto"].as_u64(), v["kind"].as_str()) {
                 (Some(name), Some(ORDERED_IDS), None) => Some(name.to_string()),
                 _ => None,
             };
-            Some(((KeyId(s), o), name))
+            Some((record_key(&v)?, name))
         })
         .collect()
+}
+
+/// The objects refused before (refused.jsonl): their frames stay ignored after a restart.
+fn refused_before(cfg: &Config) -> Vec<Key> {
+    records(&refused_path(cfg))
+        .filter_map(|v| record_key(&v))
+        .collect()
+}
+
+/// The last 100,000 records of a JSONL file, newest first (unreadable lines skipped).
+fn records(path: &std::path::Path) -> impl Iterator<Item = serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .rev()
+        .take(100_000)
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    lines.into_iter()
+}
+
+/// The object a record names (`sender`, `object`).
+fn record_key(v: &serde_json::Value) -> Option<Key> {
+    let s = hex::decode(v["sender"].as_str()?).ok()?;
+    let o = diode_proto::journal::parse_id(v["object"].as_str()?)?;
+    Some((KeyId(<[u8; 8]>::try_from(s.as_slice()).ok()?), o))
 }
 
 impl Receiver {
@@ -148,6 +165,7 @@ impl Receiver {
         let persisted = Persisted {
             partials,
             delivered: delivered_before(&cfg),
+            refused: refused_before(&cfg),
         };
         let rules = diode_proto::receiver::Config {
             stall_ms: cfg.stall_secs.saturating_mul(1000),
