@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use diode_host::link::serial::Line;
-use diode_host::link::LinkKind;
+use diode_host::link::LinkConfig;
 use diode_proto::envelope::Rule;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -12,17 +12,10 @@ use std::path::{Path, PathBuf};
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    #[serde(default)]
-    pub link: LinkKind,
+    /// The link's keys, shared with the other side's config (`diode_host::link::LinkConfig`).
+    #[serde(skip)]
+    pub line: LinkConfig,
     pub listen: Option<SocketAddr>,
-    pub device: Option<PathBuf>,
-    pub baud: Option<u32>,
-    #[serde(default = "d_data_bits")]
-    pub data_bits: u8,
-    #[serde(default = "d_parity_none")]
-    pub parity: String,
-    #[serde(default = "d_stop_bits")]
-    pub stop_bits: u8,
     pub inbox: PathBuf,
     pub state: PathBuf,
     pub key: PathBuf,
@@ -100,15 +93,6 @@ fn d_sandbox() -> bool {
 fn d_direct_io() -> bool {
     true
 }
-fn d_data_bits() -> u8 {
-    8
-}
-fn d_parity_none() -> String {
-    "none".into()
-}
-fn d_stop_bits() -> u8 {
-    1
-}
 fn d_approvals_folder() -> PathBuf {
     "approvals".into()
 }
@@ -148,13 +132,13 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
-        let mut c: Config = toml::from_str(&text)
-            .with_context(|| format!("config {} is not valid", path.display()))?;
+        let (line, c) = LinkConfig::split::<Config>(&text, path)?;
+        let mut c = Config { line, ..c };
         let base = path.parent().unwrap_or(Path::new("."));
+        c.line.resolve(base);
         for p in [&mut c.inbox, &mut c.state, &mut c.key]
             .into_iter()
             .chain(c.senders.iter_mut())
-            .chain(c.device.as_mut())
             .chain(c.metrics_file.as_mut())
         {
             if p.is_relative() {
@@ -196,17 +180,7 @@ impl Config {
 
     /// The serial line, when `link = "serial"`.
     pub fn serial_line(&self) -> Result<Option<Line>> {
-        if self.link != LinkKind::Serial {
-            return Ok(None);
-        }
-        Line::new(
-            self.device.as_deref(),
-            self.baud,
-            self.data_bits,
-            &self.parity,
-            self.stop_bits,
-        )
-        .map(Some)
+        self.line.serial_line()
     }
 
     pub fn udp_listen(&self) -> Result<SocketAddr> {

@@ -43,7 +43,7 @@ pub fn restrict_files(cfg: &Config, config: &Path) -> Result<Sandbox> {
     for d in &rw {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
-    let dev: Vec<&Path> = cfg.device.as_deref().into_iter().collect();
+    let dev: Vec<&Path> = cfg.line.device.as_deref().into_iter().collect();
     let rw: Vec<&Path> = rw.iter().map(PathBuf::as_path).collect();
     let ro: Vec<&Path> = ro.iter().map(PathBuf::as_path).collect();
     let enforced = diode_host::sandbox::restrict_files(&rw, &ro, &dev)?;

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use diode_host::link::serial::Line;
-use diode_host::link::LinkKind;
+use diode_host::link::{LinkConfig, LinkKind};
 use diode_proto::frame::shard_size_for_mtu;
 use diode_proto::Geometry;
 use serde::Deserialize;
@@ -12,22 +12,15 @@ use std::path::{Path, PathBuf};
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    #[serde(default)]
-    pub link: LinkKind,
+    /// The link's keys, shared with the other side's config (`diode_host::link::LinkConfig`).
+    #[serde(skip)]
+    pub line: LinkConfig,
     pub target: Option<SocketAddr>,
     pub bind: Option<SocketAddr>,
     pub outbox: PathBuf,
     pub state: PathBuf,
     pub key: PathBuf,
     pub receiver: PathBuf,
-    pub device: Option<PathBuf>,
-    pub baud: Option<u32>,
-    #[serde(default = "d_data_bits")]
-    pub data_bits: u8,
-    #[serde(default = "d_parity_none")]
-    pub parity: String,
-    #[serde(default = "d_stop_bits")]
-    pub stop_bits: u8,
     pub rate: Option<String>,
     /// The kernel's filter against receiving on the link; off only for debugging.
     #[serde(default = "d_true")]
@@ -74,15 +67,6 @@ fn d_envelope_max() -> usize {
 fn d_true() -> bool {
     true
 }
-fn d_data_bits() -> u8 {
-    8
-}
-fn d_parity_none() -> String {
-    "none".into()
-}
-fn d_stop_bits() -> u8 {
-    1
-}
 fn d_gso() -> String {
     "auto".into()
 }
@@ -127,8 +111,8 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
-        let mut c: Config = toml::from_str(&text)
-            .with_context(|| format!("config {} is not valid", path.display()))?;
+        let (line, c) = LinkConfig::split::<Config>(&text, path)?;
+        let mut c = Config { line, ..c };
         // relative paths are relative to the config file
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut c.outbox, &mut c.state, &mut c.key, &mut c.receiver] {
@@ -136,10 +120,8 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
-        for p in [c.device.as_mut(), c.pipeline_key.as_mut()]
-            .into_iter()
-            .flatten()
-        {
+        c.line.resolve(base);
+        for p in [c.pipeline_key.as_mut()].into_iter().flatten() {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -152,7 +134,7 @@ impl Config {
             );
         }
         c.serial_line()?;
-        if c.link == LinkKind::Udp {
+        if c.line.link == LinkKind::Udp {
             c.udp_target()?;
         }
         c.rate_bps()?;
@@ -184,17 +166,7 @@ impl Config {
 
     /// The serial line, when `link = "serial"`.
     pub fn serial_line(&self) -> Result<Option<Line>> {
-        if self.link != LinkKind::Serial {
-            return Ok(None);
-        }
-        Line::new(
-            self.device.as_deref(),
-            self.baud,
-            self.data_bits,
-            &self.parity,
-            self.stop_bits,
-        )
-        .map(Some)
+        self.line.serial_line()
     }
 
     pub fn udp_target(&self) -> Result<SocketAddr> {
@@ -212,7 +184,7 @@ impl Config {
         }
         let parity = self
             .parity_shards
-            .unwrap_or_else(|| default_parity(self.link));
+            .unwrap_or_else(|| default_parity(self.line.link));
         let bytes = ((self.data_shards + parity) * shard) as u64;
         if bytes > diode_proto::object::MAX_BLOCK_BYTES {
             bail!(
@@ -231,7 +203,8 @@ impl Config {
     /// travels in its metadata, so the receiver needs no setting.
     pub fn geometry_for(&self, size: u64) -> Result<Geometry> {
         let g = self.geometry()?;
-        if self.link == LinkKind::Serial && size <= SMALL_OBJECT && g.shard_size > SMALL_SHARD {
+        if self.line.link == LinkKind::Serial && size <= SMALL_OBJECT && g.shard_size > SMALL_SHARD
+        {
             return Geometry::new(SMALL_SHARD, g.data_shards, g.parity_shards)
                 .context("data_shards / parity_shards");
         }
@@ -243,9 +216,8 @@ impl Config {
     /// turns independent frame loss into bursts of up to 44 frames.
     pub fn use_gso(&self) -> Result<bool> {
         match self.gso.as_str() {
-            "auto" => {
-                Ok(self.link == LinkKind::Udp && self.target.is_some_and(|t| t.ip().is_loopback()))
-            }
+            "auto" => Ok(self.line.link == LinkKind::Udp
+                && self.target.is_some_and(|t| t.ip().is_loopback())),
             "on" | "true" => Ok(true),
             "off" | "false" => Ok(false),
             g => bail!("gso = {g:?}: use \"auto\", \"on\" or \"off\""),

@@ -72,7 +72,7 @@ impl Transmitter {
             Some(line) => Box::new(SerialTx::open(&line)?),
             None => Box::new(UdpTx::new(cfg.udp_target()?, cfg.bind, 8 << 20)?),
         };
-        let max_segments = if cfg.link == LinkKind::Udp && !cfg.use_gso()? {
+        let max_segments = if cfg.line.link == LinkKind::Udp && !cfg.use_gso()? {
             1
         } else {
             tx.max_segments()
