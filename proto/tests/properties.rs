@@ -1,28 +1,26 @@
-//! Property tests of the whole sans-I/O pipeline, built exactly as `diode-send` and `diode-recv` use it:
-//! an HPKE session announced to a `SessionTable`, objects cut into FEC blocks by `BlockEncoder`, every
-//! shard and metadata frame sealed by `SenderSession::seal` in `object::interleave` order, and on the
-//! receiving side `SessionTable::open` feeding an `Assembly` that writes finished blocks into a buffer
-//! standing in for the partial file.
+//! Property tests of the whole sans-I/O pipeline, driven through the real endpoints: the sender endpoint
+//! (`proto::sender`) sends one object (an HPKE session announced to a `SessionTable`, FEC blocks,
+//! interleaved and sealed frames, then a heartbeat), and the receiver endpoint (`proto::receiver`) takes
+//! what survives, with a driver that carries out its events at once on a buffer standing in for the
+//! partial file.
 //!
 //! The properties: loss within the parity budget rebuilds the exact bytes; loss beyond it leaves exactly
 //! those blocks missing and never yields wrong bytes; any altered or truncated frame is refused; sessions
-//! to other receivers or from untrusted senders open nothing; blocks set aside and restored mid-way
+//! to other receivers or from untrusted senders open nothing; blocks set aside during stalls and restored
 //! still rebuild; gap ranges round-trip; hostile names are refused.
 
 use diode_proto::fec::Geometry;
 use diode_proto::frame::{peek_kind, FrameKind, SealedHeader, SEALED_HEADER_LEN, TAG_LEN};
-use diode_proto::object::{
-    self, decode_heartbeat, encode_heartbeat, Assembly, Heartbeat, ObjectKind, ObjectMeta, Step,
-};
-use diode_proto::reception::{judge_meta, worth_opening, Known, MetaVerdict, Worth};
-use diode_proto::schedule::{self, Out, Pass};
+use diode_proto::object::{self, Assembly, ObjectKind, ObjectMeta};
+use diode_proto::reception::ObjectKey;
 use diode_proto::session::{AnnounceOutcome, DropReason, Opened, SenderSession, SessionTable};
-use diode_proto::{gap, BlockEncoder, KeyId, SecretKey};
+use diode_proto::{gap, SecretKey};
+use diode_proto::{receiver, sender};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::seq::{index, SliceRandom};
 use rand::{Rng, RngCore, SeedableRng};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Bound on blocks per generated object, so tiny geometries do not turn 3 MiB into 10^5 blocks.
 const MAX_BLOCKS: u64 = 48;
@@ -118,88 +116,94 @@ fn meta_for(spec: &Spec, content: &[u8]) -> ObjectMeta {
     }
 }
 
-/// Encode and seal one object in the sender's schedule (`proto::schedule::Pass`, which
-/// `sender/src/encoding.rs` follows), then a heartbeat.
+/// The object's content, lent to the sender endpoint.
+struct Content(Vec<u8>);
+
+impl sender::Source for Content {
+    fn map(&mut self, _: u64, offset: u64, len: usize) -> Option<&[u8]> {
+        self.0.get(offset as usize..offset as usize + len)
+    }
+
+    fn read_at(&mut self, _: u64, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        let part = self.0.get(offset as usize..offset as usize + buf.len());
+        buf.copy_from_slice(part.ok_or("past the end")?);
+        Ok(())
+    }
+}
+
+/// One pass of the object as the sender endpoint (`proto::sender`) sends it, then a heartbeat. Each frame
+/// is recorded with what it carries (its payload as the genuine receiver opens it).
 fn send(spec: &Spec) -> Sent {
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let mut content = vec![0u8; spec.size as usize];
     rng.fill_bytes(&mut content);
     let (sender, receiver) = keys(spec.seed);
     let counter = spec.seed % 1000;
-    let mut session =
+    let session =
         SenderSession::start(&sender, receiver.public(), counter, 1_700_000_000, &mut rng)
             .expect("HPKE setup");
     assert_eq!(session.counter(), counter);
+    let announce = session.announce().to_vec();
     let meta = meta_for(spec, &content);
     let g = meta.geometry().expect("valid geometry");
     assert_eq!(g, spec.geometry);
-    let meta_bytes = meta.encode();
-    let s = g.shard_size;
-
-    // the sender's own schedule (proto::schedule), so the frames here are the frames it sends
-    let mut frames = Vec::new();
-    let meta_frame = |session: &mut SenderSession| {
-        seal_frame(session, FrameKind::Meta, meta.id, 0, 0, &meta_bytes)
-    };
-    for _ in 0..schedule::OPENING_META {
-        frames.push(meta_frame(&mut session));
-    }
-    let mut enc = BlockEncoder::new();
-    let mut pass = Pass::new(&meta, None, spec.group).expect("valid geometry");
-    while let Some(group) = pass.next_group() {
-        let mut data = Vec::new();
-        let mut starts = Vec::new();
-        for b in &group {
-            let start = data.len();
-            data.resize(start + b.data_shards * s, 0);
-            let from = b.offset as usize;
-            data[start..start + b.len].copy_from_slice(&content[from..from + b.len]);
-            starts.push(start);
-        }
-        let mut parity = vec![Vec::new(); group.len()];
-        for (i, b) in group.iter().enumerate() {
-            let (k, m) = (b.data_shards, b.parity_shards);
-            enc.encode(&data[starts[i]..starts[i] + k * s], s, m, &mut parity[i])
-                .expect("encode");
-            assert_eq!(parity[i].len(), m * s);
-        }
-        for out in pass.frames(&group) {
-            let Out::Shard { slot, block, shard } = out else {
-                frames.push(meta_frame(&mut session));
-                continue;
-            };
-            let k = group[slot].data_shards;
-            let payload = if shard < k {
-                &data[starts[slot] + shard * s..starts[slot] + (shard + 1) * s]
-            } else {
-                &parity[slot][(shard - k) * s..(shard - k + 1) * s]
-            };
-            frames.push(seal_frame(
-                &mut session,
-                FrameKind::Shard,
-                meta.id,
-                block as u32,
-                shard as u16,
-                payload,
-            ));
-        }
-    }
-    for _ in 0..schedule::CLOSING_META {
-        frames.push(meta_frame(&mut session));
-    }
-    let hb = encode_heartbeat(&Heartbeat {
-        frames_sent: session.frames_sealed() + 1,
-        objects_sent: 1,
-        current_object: Some(meta.id),
+    let cfg = sender::Config {
+        interleave: spec.group,
+        announce_ms: 1 << 40,
+        heartbeat_ms: 1000,
+        rekey_ms: 1 << 40,
         rate_bps: 1_000_000_000,
-        interval_ms: 1000,
-    });
-    frames.push(seal_frame(&mut session, FrameKind::Heartbeat, 0, 0, 0, &hb));
+        repeats: Vec::new(),
+        repeat_small: false,
+    };
+    let mut ep = sender::Endpoint::new(cfg, session, 0);
+    ep.send(sender::Job::new(meta.clone(), 1, false));
+    let mut src = Content(content.clone());
+    let mut buf = vec![0u8; sender::MAX_FRAME];
+    let mut sealed = Vec::new();
+    for now in [0, 1000] {
+        while let sender::Transmit::Frame(n) = ep.poll_transmit(now, &mut src, &mut buf) {
+            let f = buf[..n].to_vec();
+            if peek_kind(&f) == Ok(FrameKind::Announce) {
+                assert_eq!(f, announce, "the session's one announce");
+            } else {
+                sealed.push(f);
+            }
+        }
+    }
+    // what each frame carries, as the receiver opens it
+    let mut table = SessionTable::new(
+        receiver.clone(),
+        vec![sender.public().clone()],
+        HashMap::new(),
+    );
+    assert!(table.on_announce(&announce, 0).is_ok());
+    let frames = sealed
+        .into_iter()
+        .enumerate()
+        .map(|(seq, frame)| {
+            let h = SealedHeader::parse(&frame).expect("a sealed header");
+            assert_eq!(h.seq, seq as u64, "sequence numbers are consecutive");
+            let mut open = frame.clone();
+            assert!(matches!(
+                table.open(&mut open, 0, |_, _| true),
+                Ok(Opened::Fresh(..))
+            ));
+            Tx {
+                kind: h.kind,
+                block: h.block,
+                shard: h.shard,
+                payload: open[SEALED_HEADER_LEN..open.len() - TAG_LEN].to_vec(),
+                frame,
+            }
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(frames.last().map(|t| t.kind), Some(FrameKind::Heartbeat));
     Sent {
         content,
         meta,
         geometry: g,
-        announce: session.announce().to_vec(),
+        announce,
         frames,
         sender,
         receiver,
@@ -210,206 +214,154 @@ fn send(spec: &Spec) -> Sent {
 // The receiving side
 // ---------------------------------------------------------------------------------------------------
 
-/// The receiver's state for one sender and one object; `out` stands in for the partial file.
-struct Rx {
-    table: SessionTable,
-    sender: KeyId,
-    asm: Option<Assembly>,
+/// The partial file in memory, as the receiver endpoint's `Spill` and its driver's writes see it.
+#[derive(Default)]
+struct Disk {
     out: Vec<u8>,
-    /// Data shards set aside "on disk" (written into `out`), per block, as `spilled` was told.
-    on_disk: BTreeMap<u32, Vec<usize>>,
-    /// Spills with at least one shard on disk, and restores performed.
-    spills: usize,
-    restores: usize,
-    /// Blocks finished, in order.
+    /// Shards set aside and read back.
+    spilled: usize,
+    restored: usize,
+}
+
+impl receiver::Spill for Disk {
+    fn write_at(&mut self, _: ObjectKey, offset: u64, bytes: &[u8]) -> Result<(), String> {
+        let end = offset as usize + bytes.len();
+        if self.out.len() < end {
+            self.out.resize(end, 0);
+        }
+        self.out[offset as usize..end].copy_from_slice(bytes);
+        self.spilled += 1;
+        Ok(())
+    }
+
+    fn read_at(&mut self, _: ObjectKey, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+        let mut b = vec![0u8; len];
+        let start = (offset as usize).min(self.out.len());
+        let end = (offset as usize + len).min(self.out.len());
+        b[..end - start].copy_from_slice(&self.out[start..end]);
+        self.restored += 1;
+        Ok(b)
+    }
+}
+
+/// The real receiver endpoint for one sender and one object, and a driver that carries out its events
+/// at once (`receiver/src/receive.rs` does them on a writer thread).
+struct Rx {
+    ep: receiver::Endpoint,
+    key: ObjectKey,
+    disk: Disk,
+    /// Blocks written, in order.
     finished: Vec<u32>,
-    redundant: usize,
-    heartbeats: usize,
+    /// The object, once delivered (verified against its hash).
+    delivered: Option<ObjectMeta>,
     now: u64,
 }
 
+/// How long without frames before the receiver sets an object's blocks aside (`stall_secs`).
+const STALL_MS: u64 = 1000;
+
 impl Rx {
     fn new(sent: &Sent) -> Self {
+        let table = SessionTable::new(
+            sent.receiver.clone(),
+            vec![sent.sender.public().clone()],
+            HashMap::new(),
+        );
+        let cfg = receiver::Config {
+            stall_ms: STALL_MS,
+            expire_ms: 1 << 40,
+            pending_ms: 1 << 40,
+            link_down_ms: 1 << 40,
+            memory_bytes: 1 << 30,
+            limits: diode_proto::reception::Limits {
+                max_objects: 10,
+                max_bytes: 1 << 50,
+            },
+            pending_frames: 1 << 20,
+        };
         Rx {
-            table: SessionTable::new(
-                sent.receiver.clone(),
-                vec![sent.sender.public().clone()],
-                HashMap::new(),
-            ),
-            sender: sent.sender.public().id(),
-            asm: None,
-            out: Vec::new(),
-            on_disk: BTreeMap::new(),
-            spills: 0,
-            restores: 0,
+            ep: receiver::Endpoint::new(cfg, table, receiver::Persisted::default(), 0),
+            key: (sent.sender.public().id(), sent.meta.id),
+            disk: Disk::default(),
             finished: Vec::new(),
-            redundant: 0,
-            heartbeats: 0,
+            delivered: None,
             now: 0,
         }
     }
 
-    fn asm(&self) -> &Assembly {
-        self.asm.as_ref().expect("metadata arrived")
+    /// The object while it is in progress.
+    fn asm(&self) -> Option<&Assembly> {
+        self.ep.object(self.key).map(|o| &o.asm)
     }
 
-    /// Place `bytes` of shard `i` of block `b` in the partial file (the tail shard is cut at the
-    /// object's end, as a file of the object's size holds it).
-    fn write_shard(&mut self, b: u32, i: usize, bytes: &[u8]) {
-        let asm = self.asm.as_ref().expect("metadata arrived");
-        let s = asm.geometry().shard_size;
-        let off = (asm.block_offset(b) + (i * s) as u64) as usize;
-        let end = (off + s).min(self.out.len());
-        if off < end {
-            self.out[off..end].copy_from_slice(&bytes[..end - off]);
-        }
+    /// No frame for `stall_secs`: the endpoint sets aside every block in progress.
+    fn stall(&mut self) {
+        self.now += STALL_MS + receiver::TICK_MS;
+        self.ep.handle_timeout(self.now, &mut self.disk);
+        self.events();
     }
 
-    /// Read shard `i` of block `b` back from the partial file, zero-padded past the object's end.
-    fn read_shard(&self, b: u32, i: usize) -> Vec<u8> {
-        let asm = self.asm();
-        let s = asm.geometry().shard_size;
-        let off = (asm.block_offset(b) + (i * s) as u64) as usize;
-        let mut v = vec![0u8; s];
-        let end = (off + s).min(self.out.len());
-        if off < end {
-            v[..end - off].copy_from_slice(&self.out[off..end]);
+    fn events(&mut self) {
+        while let Some(e) = self.ep.poll_event() {
+            match e {
+                receiver::Event::ObjectStarted { meta, .. } => {
+                    self.disk.out = vec![0u8; meta.size as usize];
+                }
+                receiver::Event::WriteBlock {
+                    key,
+                    block,
+                    offset,
+                    buf,
+                    len,
+                } => {
+                    let off = offset as usize;
+                    self.disk.out[off..off + len].copy_from_slice(&buf[..len]);
+                    self.finished.push(block);
+                    self.ep.handle_written(key, block, buf, Ok(()), self.now);
+                }
+                receiver::Event::Verify {
+                    key, hash, size, ..
+                } => {
+                    // the writer sets the file to its size (set-aside padding may lie past it)
+                    self.disk.out.resize(size as usize, 0);
+                    let ok = *blake3::hash(&self.disk.out).as_bytes() == hash;
+                    let r = if ok {
+                        Ok(())
+                    } else {
+                        Err(receiver::VerifyError::Mismatch("hash".into()))
+                    };
+                    self.ep.handle_verified(key, r, self.now);
+                }
+                receiver::Event::Deliver { key, meta } => {
+                    assert!(self.delivered.is_none(), "delivered twice");
+                    self.delivered = Some(meta);
+                    self.ep.handle_delivered(key, Ok(()), self.now);
+                }
+                receiver::Event::Reset { .. } => panic!("an authentic object was reset"),
+                _ => {}
+            }
         }
-        v
-    }
-
-    /// Set block `b` aside as `bound_memory` does: its data shards go to the partial file.
-    fn evict(&mut self, b: u32) {
-        let k = {
-            let asm = self.asm();
-            asm.geometry().data_in(asm.meta.size, b as u64)
-        };
-        let Some(shards) = self.asm.as_mut().and_then(|a| a.evict(b)) else {
-            return;
-        };
-        let mut idx = Vec::new();
-        for (i, bytes) in &shards {
-            assert!(
-                *i < k,
-                "evict returned parity shard {i} of block {b} (k = {k})"
-            );
-            assert!(!idx.contains(i));
-            self.write_shard(b, *i, bytes);
-            idx.push(*i);
-        }
-        if !idx.is_empty() {
-            self.spills += 1;
-            self.on_disk.insert(b, idx.clone());
-        }
-        self.asm.as_mut().unwrap().spilled(b, idx);
-        assert!(
-            !self.asm().active_blocks().contains(&b),
-            "evicted block still active"
-        );
     }
 }
 
-/// Feed frames to the receiver as `receiver/src/receive.rs` does, calling `hook` before each frame
-/// with the frame about to arrive (for setting blocks aside). Authentic frames are never refused.
+/// Feed frames to the receiver endpoint, calling `hook` before each frame with the frame about to arrive
+/// (for stalls that set blocks aside). Authentic frames are never dropped.
 fn deliver(
     rx: &mut Rx,
     frames: &[(Option<&Tx>, &[u8])],
     mut hook: impl FnMut(&mut Rx, Option<&Tx>),
 ) {
-    // named only through inference: reed-solomon-simd is not a dependency of this test crate
-    let mut decoder = None;
     for (i, &(tx, f)) in frames.iter().enumerate() {
         hook(rx, tx);
         rx.now += 1;
         let mut f = f.to_vec();
-        match peek_kind(&f).expect("authentic frame parses") {
-            FrameKind::Announce => match rx.table.on_announce(&f, rx.now) {
-                Ok(AnnounceOutcome::New { sender, .. }) => assert_eq!(sender, rx.sender),
-                Ok(AnnounceOutcome::Known) => {}
-                Err(d) => panic!("authentic announce refused: {d:?}"),
-            },
-            _ => {
-                // the receiver's own rule for which frames are worth opening (proto::reception)
-                let asm = &rx.asm;
-                let r = rx.table.open(&mut f, rx.now, |h, _| {
-                    let known = match asm {
-                        Some(a) => Known::InProgress(a),
-                        None => Known::Unknown,
-                    };
-                    worth_opening(h, known, false) == Worth::Open
-                });
-                let h = match r {
-                    Ok(Opened::Fresh(h, sender)) => {
-                        assert_eq!(sender, rx.sender);
-                        h
-                    }
-                    Ok(Opened::Redundant) => {
-                        rx.redundant += 1;
-                        continue;
-                    }
-                    Err(d) => panic!("authentic frame {i} refused: {d:?}"),
-                };
-                let payload = &f[SEALED_HEADER_LEN..f.len() - TAG_LEN];
-                match h.kind {
-                    FrameKind::Meta => {
-                        match judge_meta(payload, |_| rx.asm.as_ref().map(|a| &a.meta)) {
-                            MetaVerdict::Start(meta) => {
-                                rx.out = vec![0u8; meta.size as usize];
-                                rx.asm = Some(Assembly::new(meta).expect("metadata accepted"));
-                            }
-                            MetaVerdict::HashArrived { hash, .. } => {
-                                if let Some(a) = rx.asm.as_mut() {
-                                    a.meta.hash = hash;
-                                }
-                            }
-                            MetaVerdict::Repeat => {}
-                            v => panic!("authentic metadata judged {v:?}"),
-                        }
-                    }
-                    FrameKind::Heartbeat => {
-                        decode_heartbeat(payload).expect("heartbeat decodes");
-                        rx.heartbeats += 1;
-                    }
-                    FrameKind::Shard => {
-                        let (block, shard) = (h.block, h.shard);
-                        let mut rounds = 0;
-                        loop {
-                            rounds += 1;
-                            assert!(rounds <= 2, "Restore asked twice for one shard");
-                            let asm = rx.asm.as_mut().expect("shards only after metadata");
-                            match asm.insert(block, shard, payload).expect("authentic shard") {
-                                Step::Restore(which) => {
-                                    let expected = rx.on_disk.remove(&block);
-                                    assert_eq!(
-                                        Some(&which),
-                                        expected.as_ref(),
-                                        "Restore names other shards than were set aside"
-                                    );
-                                    let shards: Vec<(usize, Vec<u8>)> = which
-                                        .iter()
-                                        .map(|&i| (i, rx.read_shard(block, i)))
-                                        .collect();
-                                    rx.asm.as_mut().unwrap().restore(block, &shards);
-                                    rx.restores += 1;
-                                }
-                                Step::Ready => {
-                                    let (off, data) =
-                                        asm.finish_block(block, &mut decoder).expect("decode");
-                                    let off = off as usize;
-                                    rx.out[off..off + data.len()].copy_from_slice(data);
-                                    asm.mark_done(block);
-                                    assert!(asm.is_done(block));
-                                    rx.finished.push(block);
-                                    break;
-                                }
-                                Step::Stored | Step::Nothing => break,
-                            }
-                        }
-                    }
-                    FrameKind::Announce => unreachable!("announces are not sealed frames"),
-                }
-            }
-        }
+        rx.ep.handle_datagram(&mut f, rx.now, &mut rx.disk);
+        assert!(
+            rx.ep.drops().is_empty(),
+            "authentic frame {i} dropped: {:?}",
+            rx.ep.drops()
+        );
+        rx.events();
     }
 }
 
@@ -552,20 +504,14 @@ proptest! {
         let mut rx = Rx::new(&sent);
         deliver(&mut rx, &wire(&sent, &frames), |_, _| {});
 
-        let asm = rx.asm.as_ref().expect("metadata arrived");
-        prop_assert_eq!(&asm.meta, &sent.meta);
-        prop_assert!(asm.is_complete(), "incomplete; missing {:?} (data shards lost: {})",
-            asm.missing(), data_lost);
-        prop_assert_eq!(asm.done_count(), g.block_count(size));
-        prop_assert!(asm.missing().is_empty());
-        prop_assert!(asm.active_blocks().is_empty());
+        prop_assert!(rx.asm().is_none(), "incomplete; missing {:?} (data shards lost: {})",
+            rx.asm().map(|a| a.missing()), data_lost);
+        prop_assert_eq!(rx.delivered.as_ref(), Some(&sent.meta), "delivered, verified against its hash");
         let mut finished = rx.finished.clone();
         finished.sort_unstable();
         prop_assert_eq!(finished, (0..g.block_count(size) as u32).collect::<Vec<_>>(),
             "each block finished exactly once");
-        prop_assert!(rx.out == sent.content, "rebuilt bytes differ (data shards lost: {})", data_lost);
-        prop_assert_eq!(*blake3::hash(&rx.out).as_bytes(), sent.meta.hash);
-        prop_assert_eq!(rx.heartbeats, 1);
+        prop_assert!(rx.disk.out == sent.content, "rebuilt bytes differ (data shards lost: {})", data_lost);
     }
 
     /// (b) When at least one block loses more than its parity budget, exactly those blocks stay
@@ -601,7 +547,8 @@ proptest! {
         let mut rx = Rx::new(&sent);
         deliver(&mut rx, &wire(&sent, &frames), |_, _| {});
 
-        let asm = rx.asm.as_mut().expect("metadata arrived");
+        prop_assert!(rx.delivered.is_none());
+        let asm = rx.asm().expect("metadata arrived");
         prop_assert!(!asm.is_complete());
         prop_assert_eq!(asm.done_count(), shape.len() as u64 - doomed.len() as u64);
         prop_assert_eq!(asm.missing(), gap::ranges(doomed.iter().copied()));
@@ -610,12 +557,9 @@ proptest! {
             if doomed.contains(&b) {
                 prop_assert!(!asm.is_done(b), "block {} done with too few shards", b);
                 prop_assert!(!rx.finished.contains(&b));
-                let mut decoder = None;
-                prop_assert!(asm.finish_block(b, &mut decoder).is_err(),
-                    "block {} decodes with fewer than k shards", b);
             } else {
                 prop_assert!(asm.is_done(b), "block {} within budget not done", b);
-                prop_assert!(rx.out[r.clone()] == sent.content[r], "block {} has wrong bytes", b);
+                prop_assert!(rx.disk.out[r.clone()] == sent.content[r], "block {} has wrong bytes", b);
             }
         }
     }
@@ -775,12 +719,12 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
-    /// (e) Blocks set aside mid-way (`evict`, data shards written to the partial file, `spilled`) and
-    /// brought back on their next shard (`Step::Restore` names exactly the shards on disk, `restore`
-    /// reads them back zero-padded) rebuild the exact bytes. With reordering, parity shards are held
-    /// when a block is set aside and are dropped (only data shards are kept), and with loss within the
-    /// parity budget a block may then end short: a reference model of the shards held says which
-    /// blocks must finish, and exactly those do. Without loss every block finishes.
+    /// (e) Blocks set aside mid-way (the link stalls for `stall_secs`: the endpoint writes the data shards
+    /// of every block in progress to the partial file through its `Spill`) and brought back on their
+    /// next shard (read back zero-padded) rebuild the exact bytes. Parity shards held when a block is
+    /// set aside are dropped (only data shards are kept), so with loss within the parity budget a block
+    /// may then end short: a reference model of the shards held says which blocks must finish, and
+    /// exactly those do. Without loss every block finishes.
     #[test]
     fn spilled_blocks_restore_and_rebuild(
         spec in spec(),
@@ -811,13 +755,13 @@ proptest! {
         let mut evictions = 0usize;
         let mut rx = Rx::new(&sent);
         deliver(&mut rx, &wire(&sent, &frames), |rx, next| {
-            if rx.asm.is_some() && rng.random_bool(evict_rate) {
-                for b in rx.asm().active_blocks() {
-                    if rng.random_bool(0.7) {
-                        rx.evict(b);
-                        evictions += 1;
-                        let k = shape[b as usize].0;
-                        held[b as usize].retain(|&s| s < k);
+            if rx.asm().is_some() && rng.random_bool(evict_rate) {
+                rx.stall();
+                evictions += 1;
+                for (b, h) in held.iter_mut().enumerate() {
+                    if !finished[b] {
+                        let k = shape[b].0;
+                        h.retain(|&s| s < k);
                     }
                 }
             }
@@ -829,30 +773,37 @@ proptest! {
                 }
             }
         });
-        let asm = rx.asm.as_ref().expect("metadata arrived");
-        for (b, &fin) in finished.iter().enumerate() {
-            let b = b as u32;
-            prop_assert_eq!(asm.is_done(b), fin, "block {} after {} evictions", b, evictions);
-            if fin {
-                let r = block_range(&g, size, b);
-                prop_assert!(rx.out[r.clone()] == sent.content[r], "block {} has wrong bytes", b);
+        if finished.iter().all(|f| *f) {
+            prop_assert!(rx.disk.out == sent.content, "rebuilt bytes differ after {} stalls", evictions);
+            prop_assert_eq!(rx.delivered.as_ref(), Some(&sent.meta));
+        } else {
+            let asm = rx.asm().expect("metadata arrived");
+            for (b, &fin) in finished.iter().enumerate() {
+                let b = b as u32;
+                prop_assert_eq!(asm.is_done(b), fin, "block {} after {} stalls", b, evictions);
+                if fin {
+                    let r = block_range(&g, size, b);
+                    prop_assert!(rx.disk.out[r.clone()] == sent.content[r], "block {} has wrong bytes", b);
+                }
+            }
+            let unfinished = (0..shape.len() as u32).filter(|&b| !finished[b as usize]);
+            prop_assert_eq!(asm.missing(), gap::ranges(unfinished));
+            prop_assert!(lossy, "incomplete without loss: missing {:?}", asm.missing());
+            // what the state says is on disk is: the data shards of each block set aside
+            let s = g.shard_size;
+            for (b, on_disk) in asm.state().spilled {
+                let base = asm.block_offset(b) as usize;
+                for i in on_disk {
+                    let at = base + i as usize * s;
+                    let want: Vec<u8> = (at..at + s).map(|p| sent.content.get(p).copied().unwrap_or(0)).collect();
+                    prop_assert!(rx.disk.out.get(at..at + s) == Some(&want[..]) || at >= sent.content.len(),
+                        "set-aside shard {} of block {} differs on disk", i, b);
+                }
             }
         }
-        let unfinished = (0..shape.len() as u32).filter(|&b| !finished[b as usize]);
-        prop_assert_eq!(asm.missing(), gap::ranges(unfinished));
-        if !lossy {
-            prop_assert!(asm.is_complete(), "incomplete without loss: missing {:?}", asm.missing());
+        if evictions > 0 && rx.disk.spilled > 0 && finished.iter().all(|f| *f) {
+            prop_assert!(rx.disk.restored > 0 || rx.finished.len() == shape.len());
         }
-        if asm.is_complete() {
-            prop_assert!(rx.out == sent.content, "rebuilt bytes differ after {} spills", rx.spills);
-        }
-        // every spill is restored once, unless no shard of that block came after it
-        let state = asm.state();
-        prop_assert_eq!(rx.restores + state.spilled.len(), rx.spills);
-        let on_disk: Vec<(u32, Vec<u32>)> = rx.on_disk.iter()
-            .map(|(b, v)| (*b, v.iter().map(|&i| i as u32).collect()))
-            .collect();
-        prop_assert_eq!(state.spilled, on_disk);
     }
 
     /// Block sets print as ranges and parse back to the same ranges, which cover exactly the set.
