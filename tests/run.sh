@@ -12,6 +12,10 @@ command -v socat >/dev/null || need+=(socat)
 command -v python3 >/dev/null || need+=(python3)
 # the disk tests (tests/tests/disk.rs) make a small ext4 filesystem and loop-mount it
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+# the Teams app package (packaging/teams/build-package.sh, checked by tests/tests/packaging.rs)
+command -v jq >/dev/null || need+=(jq)
+command -v zip >/dev/null || need+=(zip)
+command -v unzip >/dev/null || need+=(unzip)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing ${need[*]}"
