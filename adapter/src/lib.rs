@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod emit;
 pub mod pipeline;
+pub mod pipeline_client;
 pub mod policy;
 pub mod rate_limit;
 pub mod refusal_limit;

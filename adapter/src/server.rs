@@ -12,7 +12,7 @@ use crate::slack::api::SlackApi;
 use crate::slack::{blocks, http as slack_http};
 use crate::store::Store;
 use anyhow::{bail, Context, Result};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use diode_host::audit::AuditLog;
 use diode_host::keyfile;
@@ -186,6 +186,7 @@ pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Running> {
         .route("/teams/webhook", post(crate::teams::webhook))
         .route("/teams/messages", post(crate::teams_bot::messages))
         .route("/v1/requests", post(pipeline::create))
+        .route("/v1/requests/{id}", get(pipeline::status))
         .with_state(app.clone());
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
         .await
