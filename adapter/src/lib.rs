@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod approval;
+pub mod audit_forward;
 pub mod audit_ship;
 pub mod breakglass;
 pub mod clock;

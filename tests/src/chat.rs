@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -256,6 +256,18 @@ pub fn click(addr: &str, user: &str, action: &str, request: &str) {
     );
 }
 
+/// `diode-chat --config <config> sign` (break-glass) of `digest` to prod, approved by two people.
+pub fn break_glass(config: &Path, digest: &str) -> Command {
+    let mut c = Command::new(bin("diode-chat"));
+    c.arg("--config").arg(config).arg("sign");
+    c.args(["--artifact", "billing", "--version", "1.4.2"])
+        .args(["--digest", digest, "--env", "prod"])
+        .args(["--approver", "U1:Ada:release-manager"])
+        .args(["--approver", "U2:Bob:security"])
+        .args(["--requester", "U9", "--reason", "chat is down"]);
+    c
+}
+
 /// The pipeline token of `[[pipeline.tokens]]` "ci" in `adapter_config`.
 pub const PIPELINE_TOKEN: &str = "e2e-ci-token";
 
@@ -295,18 +307,14 @@ pub fn start_chat(site: &Site) -> (Daemon, String) {
 
 /// Start `diode-chat serve` with `config`, logging into `log_dir`, and wait for its address.
 pub fn start_chat_with(config: &Path, log_dir: &Path) -> (Daemon, String) {
-    let log = log_dir.join(format!("chat.{:x}.log", rand::random::<u32>()));
-    let f = fs::File::create(&log).unwrap();
-    let child = Command::new(bin("diode-chat"))
-        .arg("--config")
-        .arg(config)
-        .arg("serve")
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut d = Daemon { child, log };
+    let mut d = Daemon::spawn(
+        Command::new(bin("diode-chat"))
+            .arg("--config")
+            .arg(config)
+            .arg("serve"),
+        log_dir,
+        "chat",
+    );
     let end = Instant::now() + Duration::from_secs(20);
     loop {
         let text = d.log_text();
