@@ -263,9 +263,36 @@ fn every_audit_record_reaches_rsyslog_over_tls_once_across_outages_and_kills() {
     let mut chat = chat;
     chat.kill9();
     sign(&site, 1);
-    let (_chat, _addr) = start_chat(&site);
+    let (chat, _addr) = start_chat(&site);
     let rsyslog = collector.start();
     let n3 = all_received_once(&site, &collector, "after an outage and a kill -9");
     assert!(n3 > n2);
+
+    // a collector whose certificate does not carry the name the adapter expects gets nothing
+    let mut chat = chat;
+    chat.kill9();
+    let set_name = |name: &str| {
+        let mut c = cfg.clone();
+        c["audit_forwarding"]["syslog"]["server_name"] = name.into();
+        fs::write(site.path("adapter.toml"), toml::to_string(&c).unwrap()).unwrap();
+    };
+    set_name("siem.example.org");
+    let (mut chat, _addr) = start_chat(&site);
+    sign(&site, 1);
+    let said = wait_for(
+        "the adapter to refuse the collector's certificate",
+        Duration::from_secs(20),
+        || {
+            let log = chat.log_text();
+            log.contains("not delivered").then_some(log)
+        },
+    );
+    assert!(said.contains("certificate"), "{said}");
+    assert_eq!(collector.received().len(), n3, "nothing sent to it");
+    chat.kill9();
+    set_name("localhost");
+    let (_chat, _addr) = start_chat(&site);
+    let n4 = all_received_once(&site, &collector, "once the name is right");
+    assert_eq!(n4, n3 + 1);
     collector.stop(rsyslog);
 }
