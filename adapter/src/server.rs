@@ -218,9 +218,8 @@ pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Running> {
     if cfg.audit_shipping.enabled {
         tasks.push(tokio::spawn(ship_audit(cfg.clone())));
     }
-    if let Some(s) = &cfg.audit_forwarding.syslog {
-        let collector = crate::audit_forward::Collector::new(s, &cfg.audit)?;
-        tasks.push(tokio::spawn(forward_audit(collector)));
+    for f in cfg.audit_forwarding.forwarders(&cfg.audit)? {
+        tasks.push(tokio::spawn(forward_audit(f)));
     }
     if let Some((inbox, every)) = reverse {
         tasks.push(tokio::spawn(watch_reverse(app.clone(), inbox, every)));
@@ -281,20 +280,20 @@ async fn ship_audit(cfg: Config) {
     }
 }
 
-/// Forward the audit log's new records to the syslog collector: at start (anything not delivered
-/// before a stop), then every `collector.every`; a collector that is down is tried again each time.
-async fn forward_audit(collector: crate::audit_forward::Collector) {
-    let collector = Arc::new(collector);
-    let mut tick = tokio::time::interval(collector.every.max(Duration::from_millis(10)));
+/// Forward the audit log's new records to one SIEM target: at start (anything not delivered before a
+/// stop), then every `f.every`; a target that is down is tried again each time.
+async fn forward_audit(f: crate::audit_forward::Forwarder) {
+    let f = Arc::new(f);
+    let mut tick = tokio::time::interval(f.every.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
         tick.tick().await;
-        let c = collector.clone();
+        let c = f.clone();
         match tokio::task::spawn_blocking(move || c.forward()).await {
             Ok(Ok(n)) => {
                 if failing || n > 0 {
-                    tracing::info!("audit records forwarded to syslog: {n}");
+                    tracing::info!("audit records forwarded to {}: {n}", f.describe());
                 }
                 failing = false;
             }

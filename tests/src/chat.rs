@@ -69,6 +69,12 @@ pub fn form(fields: &[(&str, &str)]) -> String {
 
 /// Read one HTTP/1.1 message from `r`: (first line, body).
 pub fn read_message(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
+    read_http(r).map(|(first, _, body)| (first, body))
+}
+
+/// Read one HTTP/1.1 message from `r`: (first line, headers with lowercase names, body).
+#[allow(clippy::type_complexity)]
+pub fn read_http(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<(String, String)>, Vec<u8>)> {
     let mut first = String::new();
     if r.read_line(&mut first).ok()? == 0 {
         return None;
@@ -91,7 +97,7 @@ pub fn read_message(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
         .unwrap_or(0);
     let mut body = vec![0; len];
     r.read_exact(&mut body).ok()?;
-    Some((first.trim_end().to_string(), body))
+    Some((first.trim_end().to_string(), headers, body))
 }
 
 /// A local server speaking Slack's Web API: records (method, JSON body), answers ok with a ts.

@@ -1,22 +1,15 @@
-//! The audit log forwarded to the site's SIEM: every record, as an RFC 5424 syslog message, over TCP with
-//! TLS (RFC 5425: octet-counting framing, `MSG-LEN SP SYSLOG-MSG`; the server's certificate checked
-//! against the configured CA and name).
-//!
-//! At least once, with a persisted position (`<audit>.forwarded-syslog`, as the shipping's
-//! `<audit>.shipped`, `audit_ship::Position`): the records after it are sent in batches on one
-//! connection each; the batch counts as delivered only once the collector has read all of it, which it
-//! shows by closing the connection after our TLS close_notify (it has then taken every byte before it).
-//! Only then does the position move. A collector that is down, refuses the TLS handshake or drops the
-//! connection leaves the position where it was, and the batch is sent again at the next look; a restart
-//! of the adapter (a kill -9 included) resumes from the position. Records are sent twice only if the
-//! adapter dies between the collector's close and the position's write.
+//! The syslog target of `audit_forward`: each record an RFC 5424 message over TCP with TLS (RFC 5425:
+//! octet-counting framing, `MSG-LEN SP SYSLOG-MSG`; the server's certificate checked against the
+//! configured CA and name). A batch is sent on one connection; it counts as delivered once the
+//! collector has closed the connection after our TLS close_notify (it has then read every byte before
+//! it), not when our writes return (they only reach the kernel).
 //!
 //! Message: `<PRI>1 TIMESTAMP HOSTNAME APP-NAME - MSGID [meta sequenceId="SEQ"] MSG`, facility 13 (log
 //! audit), severity 5 (notice); TIMESTAMP is the record's `at`, MSGID its `event`, `meta`/`sequenceId`
 //! (RFC 5424 §7.3.1) its `seq`, and MSG the record's JSON line unchanged, so the SIEM can check the hash
 //! chain itself.
 
-use crate::audit_ship::{appended, read_position, write_position};
+use super::{header_field, local_hostname, Target};
 use anyhow::{bail, Context, Result};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -28,22 +21,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The position file of the syslog forwarding, beside the log.
-const FORWARDED: &str = ".forwarded-syslog";
 /// Facility 13 (log audit) * 8 + severity 5 (notice).
 const PRI: u8 = 13 * 8 + 5;
-/// Records per connection: a long backlog moves in steps, each confirmed.
-const BATCH: usize = 500;
 /// Longest wait for a connection, a write, or the collector's close.
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// `[audit_forwarding]` in adapter.toml.
-#[derive(Deserialize, Debug, Clone, Default)]
-#[serde(deny_unknown_fields)]
-pub struct Forwarding {
-    /// RFC 5424 syslog over TLS (RFC 5425). None: not forwarded.
-    pub syslog: Option<Syslog>,
-}
 
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
@@ -74,33 +55,25 @@ fn d_every() -> String {
     "1s".into()
 }
 
-/// RFC 5424 PRINTUSASCII, 1 to `max` characters.
-fn header_field(v: &str, max: usize) -> bool {
-    !v.is_empty() && v.len() <= max && v.bytes().all(|b| (33..=126).contains(&b))
-}
-
-impl Forwarding {
+impl Syslog {
     /// Check the settings, and make `ca_file` absolute against the config's folder.
     pub fn check(&mut self, base: &Path) -> Result<()> {
-        let Some(s) = &mut self.syslog else {
-            return Ok(());
-        };
-        if s.ca_file.is_relative() {
-            s.ca_file = base.join(&s.ca_file);
+        if self.ca_file.is_relative() {
+            self.ca_file = base.join(&self.ca_file);
         }
-        humantime::parse_duration(&s.every).with_context(|| {
+        humantime::parse_duration(&self.every).with_context(|| {
             format!(
                 "audit_forwarding.syslog.every = {:?} is not a duration",
-                s.every
+                self.every
             )
         })?;
-        if !header_field(&s.app_name, 48) {
+        if !header_field(&self.app_name, 48) {
             bail!(
                 "audit_forwarding.syslog.app_name = {:?}: 1-48 printable ASCII characters, no spaces (RFC 5424)",
-                s.app_name
+                self.app_name
             );
         }
-        if let Some(h) = &s.hostname {
+        if let Some(h) = &self.hostname {
             if !header_field(h, 255) {
                 bail!("audit_forwarding.syslog.hostname = {h:?}: 1-255 printable ASCII characters, no spaces (RFC 5424)");
             }
@@ -116,21 +89,10 @@ pub struct Collector {
     tls: Arc<rustls::ClientConfig>,
     hostname: String,
     app_name: String,
-    log: PathBuf,
-    pub every: Duration,
-}
-
-/// This machine's host name, or the NILVALUE.
-fn local_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| header_field(h, 255))
-        .unwrap_or_else(|| "-".into())
 }
 
 impl Collector {
-    pub fn new(s: &Syslog, log: &Path) -> Result<Collector> {
+    pub fn new(s: &Syslog) -> Result<Collector> {
         let mut roots = rustls::RootCertStore::empty();
         let certs = CertificateDer::pem_file_iter(&s.ca_file)
             .with_context(|| format!("cannot read the CA file {}", s.ca_file.display()))?;
@@ -170,37 +132,11 @@ impl Collector {
             tls: Arc::new(tls),
             hostname: s.hostname.clone().unwrap_or_else(local_hostname),
             app_name: s.app_name.clone(),
-            log: log.to_path_buf(),
-            every: humantime::parse_duration(&s.every)?,
         })
     }
 
-    /// Send everything after the position, batch by batch; Ok(records delivered now).
-    pub fn forward(&self) -> Result<u64> {
-        let mut sent = 0;
-        loop {
-            let pos = read_position(&self.log, FORWARDED)?;
-            let Some(new) = appended(&self.log, &pos, Some(BATCH))? else {
-                return Ok(sent);
-            };
-            let text = std::str::from_utf8(&new.bytes).context("the audit log is not UTF-8")?;
-            let mut frames = Vec::with_capacity(new.bytes.len() * 2);
-            for line in text.lines() {
-                frames.extend(frame(&message(line, &self.hostname, &self.app_name)?));
-            }
-            self.deliver(&frames).with_context(|| {
-                format!(
-                    "records {}-{} not delivered to the syslog collector {}",
-                    new.first, new.next.count, self.address
-                )
-            })?;
-            write_position(&self.log, FORWARDED, &new.next)?;
-            sent += new.next.count - pos.count;
-        }
-    }
-
     /// One connection: the frames, our close_notify, then wait for the collector to close its side.
-    fn deliver(&self, frames: &[u8]) -> Result<()> {
+    fn send(&self, frames: &[u8]) -> Result<()> {
         let addr = self
             .address
             .to_socket_addrs()
@@ -235,6 +171,24 @@ impl Collector {
                 }
             }
         }
+    }
+}
+
+impl Target for Collector {
+    fn position_suffix(&self) -> &'static str {
+        ".forwarded-syslog"
+    }
+
+    fn describe(&self) -> String {
+        format!("the syslog collector {}", self.address)
+    }
+
+    fn deliver(&self, records: &[&str]) -> Result<()> {
+        let mut frames = Vec::new();
+        for line in records {
+            frames.extend(frame(&message(line, &self.hostname, &self.app_name)?));
+        }
+        self.send(&frames)
     }
 }
 
