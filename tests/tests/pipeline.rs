@@ -8,7 +8,7 @@ use diode_tests::chat::{
     adapter_config, api_get, click, request_id_of, secret, start_chat, FakeSlack, DIGEST,
     PIPELINE_TOKEN,
 };
-use diode_tests::{bin, Site};
+use diode_tests::{bin, port, Site};
 use serde_json::Value;
 use std::fs;
 use std::process::{Child, Command, Output, Stdio};
@@ -233,4 +233,41 @@ fn a_pipeline_asks_looks_and_waits_with_the_exit_codes_of_approvals_wait() {
         "{}",
         text(&o.stderr)
     );
+}
+
+#[test]
+fn a_wait_outlives_a_restart_of_the_adapter() {
+    let site = Site::new(&[]);
+    let (slack, api) = FakeSlack::start();
+    let mut cfg = adapter_config(site.dir.path(), &site.outbox(), &api);
+    // a fixed address, so that the adapter started again is where the waiting client looks
+    cfg["http"]["listen"] = format!("127.0.0.1:{}", port()).into();
+    fs::write(site.path("adapter.toml"), toml::to_string(&cfg).unwrap()).unwrap();
+    let (mut chat, addr) = start_chat(&site);
+    let waiting = spawn(
+        ask(
+            &mut request_cmd(&site, &addr, "pipeline-ci.token"),
+            "billing",
+            "2.0.0",
+            "staging",
+        )
+        .args(["--wait", "--timeout", "60s", "--poll", "200ms"]),
+    );
+    let id = request_id_of(&slack.wait("chat.postMessage", 1)[0]);
+    // the adapter dies while the client waits, and comes back on the same address
+    chat.kill9();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let (_chat, again) = start_chat(&site);
+    assert_eq!(again, addr);
+    click(&addr, "U0ADA", "approve", &id);
+    let o = waiting.wait_with_output().unwrap();
+    show("across a restart", &o);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        text(&o.stderr).contains("trying again until the timeout"),
+        "the client saw the adapter gone: {}",
+        text(&o.stderr)
+    );
+    let envelope = text(&o.stdout);
+    assert!(site.outbox().join(format!("{envelope}.envelope")).exists());
 }
