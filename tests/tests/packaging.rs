@@ -429,6 +429,19 @@ fn teams_manifest_passes_the_published_schema_and_its_package_builds() {
         scopes.as_array().unwrap().contains(&"team".into()),
         "{scopes}"
     );
+    // only what the adapter implements: a bot that takes card clicks (teams_bot.rs), no typed bot
+    // commands (requests are typed to the outgoing webhook, which is no part of a package), no tabs or
+    // message extensions, no permissions on the user's data
+    assert!(manifest["bots"][0].get("commandLists").is_none());
+    for k in [
+        "staticTabs",
+        "configurableTabs",
+        "composeExtensions",
+        "permissions",
+        "webApplicationInfo",
+    ] {
+        assert!(manifest.get(k).is_none(), "{k} in manifest.json");
+    }
     let icon = |k: &str| fs::read(dir.join(manifest["icons"][k].as_str().unwrap())).unwrap();
     check_icons(&icon("color"), &icon("outline"));
 
