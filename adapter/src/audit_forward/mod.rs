@@ -7,7 +7,8 @@
 //! that is down, refuses the TLS handshake or answers an error leaves the position where it was, and the
 //! batch is sent again at the next look; a restart of the adapter (a kill -9 included) resumes from the
 //! position. Records are sent twice only if the adapter dies between a confirmation and the position's
-//! write.
+//! write, or if a target takes in a batch but does not confirm it in time (20 s): the batch is then
+//! sent again, as it must be when a confirmation is missing.
 
 pub mod hec;
 pub mod syslog;
