@@ -12,6 +12,15 @@ command -v socat >/dev/null || need+=(socat)
 command -v python3 >/dev/null || need+=(python3)
 # the disk tests (tests/tests/disk.rs) make a small ext4 filesystem and loop-mount it
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+# the Teams app package (packaging/teams/build-package.sh, checked by tests/tests/packaging.rs)
+command -v jq >/dev/null || need+=(jq)
+command -v zip >/dev/null || need+=(zip)
+command -v unzip >/dev/null || need+=(unzip)
+# the audit log forwarded to a real syslog collector over TLS (tests/tests/siem.rs): rsyslog with its
+# GnuTLS driver, and openssl for the test's CA and certificate
+command -v rsyslogd >/dev/null || [ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
+dpkg -s rsyslog-gnutls >/dev/null 2>&1 || need+=(rsyslog-gnutls)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing ${need[*]}"

@@ -93,22 +93,27 @@ impl Shipping {
     }
 }
 
-/// How far the log has been shipped.
+/// How far a reader of the log (the shipping here, the forwarding of `audit_forward`) has taken it:
+/// records, bytes, and the last record's hash. Kept in a file beside the log, `<log><suffix>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Position {
-    count: u64,
-    offset: u64,
-    hash: [u8; 32],
+pub struct Position {
+    pub count: u64,
+    pub offset: u64,
+    pub hash: [u8; 32],
 }
 
-fn position_path(log: &Path) -> PathBuf {
+/// The position file of the shipping.
+const SHIPPED: &str = ".shipped";
+
+fn position_path(log: &Path, suffix: &str) -> PathBuf {
     let mut s = log.as_os_str().to_owned();
-    s.push(".shipped");
+    s.push(suffix);
     PathBuf::from(s)
 }
 
-fn read_position(log: &Path) -> Result<Position> {
-    let p = position_path(log);
+/// The position kept in `<log><suffix>`; the log's start if there is none yet.
+pub fn read_position(log: &Path, suffix: &str) -> Result<Position> {
+    let p = position_path(log, suffix);
     let text = match fs::read_to_string(&p) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -130,24 +135,34 @@ fn read_position(log: &Path) -> Result<Position> {
     })();
     parsed.with_context(|| {
         format!(
-            "{} is damaged: it should hold \"<records shipped> <byte offset> <last hash>\"",
+            "{} is damaged: it should hold \"<records taken> <byte offset> <last hash>\"",
             p.display()
         )
     })
 }
 
-/// Ship the records appended since the last call. Ok(Some(segment path)) when a segment was written.
-pub fn ship(log: &AuditLog, outbox: &Path, cfg: &Shipping) -> Result<Option<PathBuf>> {
-    if !cfg.enabled {
-        return Ok(None);
-    }
-    // Under the log's lock: appends are whole lines, and a concurrent `diode-chat sign` does not ship
-    // the same records at the same time.
-    log.locked(|| ship_locked(log.path(), outbox, cfg))
+/// Keep `pos` in `<log><suffix>` (atomically, durably).
+pub fn write_position(log: &Path, suffix: &str, pos: &Position) -> Result<()> {
+    diode_host::atomic::write_atomic(
+        &position_path(log, suffix),
+        format!("{} {} {}\n", pos.count, pos.offset, hex::encode(pos.hash)).as_bytes(),
+        0o644,
+    )
 }
 
-fn ship_locked(path: &Path, outbox: &Path, cfg: &Shipping) -> Result<Option<PathBuf>> {
-    let pos = read_position(path)?;
+/// Whole records appended to the log after a position.
+pub struct Appended {
+    /// The log's lines, unchanged, each with its newline.
+    pub bytes: Vec<u8>,
+    /// The first record's number.
+    pub first: u64,
+    /// The position after the last one.
+    pub next: Position,
+}
+
+/// The records after `pos` in the log at `path`, at most `max` of them (None: all), checked to continue
+/// the chain from `pos` (the full chain is `audit verify`'s job). None: nothing new.
+pub fn appended(path: &Path, pos: &Position, max: Option<usize>) -> Result<Option<Appended>> {
     let mut f = match fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -159,7 +174,7 @@ fn ship_locked(path: &Path, outbox: &Path, cfg: &Shipping) -> Result<Option<Path
         .len();
     if len < pos.offset {
         bail!(
-            "audit log {} is shorter ({len} bytes) than the {} bytes already shipped: it was cut or replaced",
+            "audit log {} is shorter ({len} bytes) than the {} bytes already taken: it was cut or replaced",
             path.display(),
             pos.offset
         );
@@ -171,15 +186,14 @@ fn ship_locked(path: &Path, outbox: &Path, cfg: &Shipping) -> Result<Option<Path
     f.seek(SeekFrom::Start(pos.offset))
         .and_then(|_| f.read_to_end(&mut rest))
         .with_context(|| format!("cannot read {}", path.display()))?;
-    // whole lines only (a line is written with its newline in one write, under the lock we hold)
-    let Some(end) = rest.iter().rposition(|&b| b == b'\n') else {
+    // whole lines only (a line is written with its newline in one write), and at most `max`
+    let ends = rest.iter().enumerate().filter(|(_, &b)| b == b'\n');
+    let Some((end, _)) = ends.take(max.unwrap_or(usize::MAX)).last() else {
         return Ok(None);
     };
-    let rest = &rest[..=end];
-    let text = std::str::from_utf8(rest)
+    rest.truncate(end + 1);
+    let text = std::str::from_utf8(&rest)
         .with_context(|| format!("audit log {} is not UTF-8", path.display()))?;
-
-    // Check that the new lines continue the shipped ones; the full chain is the verifier's job.
     let mut expect_seq = pos.count + 1;
     let mut prev = hex::encode(pos.hash);
     let mut last_hash = pos.hash;
@@ -204,34 +218,47 @@ fn ship_locked(path: &Path, outbox: &Path, cfg: &Shipping) -> Result<Option<Path
                 expect_seq += 1;
             }
             _ => bail!(
-                "audit log {} does not continue from record {} that was shipped last: run `diode-chat audit verify`",
+                "audit log {} does not continue from record {} that was taken last: run `diode-chat audit verify`",
                 path.display(),
                 pos.count
             ),
         }
     }
-    let first = pos.count + 1;
-    let last = expect_seq - 1;
-    let dir = outbox.join(&cfg.folder);
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let seg = dir.join(format!("{}-{first:010}-{last:010}.jsonl", cfg.name));
-    diode_host::atomic::write_atomic(&seg, rest, 0o644)?;
     let next = Position {
-        count: last,
+        count: expect_seq - 1,
         offset: pos.offset + rest.len() as u64,
         hash: last_hash,
     };
-    diode_host::atomic::write_atomic(
-        &position_path(path),
-        format!(
-            "{} {} {}\n",
-            next.count,
-            next.offset,
-            hex::encode(next.hash)
-        )
-        .as_bytes(),
-        0o644,
-    )?;
+    Ok(Some(Appended {
+        bytes: rest,
+        first: pos.count + 1,
+        next,
+    }))
+}
+
+/// Ship the records appended since the last call. Ok(Some(segment path)) when a segment was written.
+pub fn ship(log: &AuditLog, outbox: &Path, cfg: &Shipping) -> Result<Option<PathBuf>> {
+    if !cfg.enabled {
+        return Ok(None);
+    }
+    // Under the log's lock: appends are whole lines, and a concurrent `diode-chat sign` does not ship
+    // the same records at the same time.
+    log.locked(|| ship_locked(log.path(), outbox, cfg))
+}
+
+fn ship_locked(path: &Path, outbox: &Path, cfg: &Shipping) -> Result<Option<PathBuf>> {
+    let pos = read_position(path, SHIPPED)?;
+    let Some(new) = appended(path, &pos, None)? else {
+        return Ok(None);
+    };
+    let dir = outbox.join(&cfg.folder);
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let seg = dir.join(format!(
+        "{}-{:010}-{:010}.jsonl",
+        cfg.name, new.first, new.next.count
+    ));
+    diode_host::atomic::write_atomic(&seg, &new.bytes, 0o644)?;
+    write_position(path, SHIPPED, &new.next)?;
     Ok(Some(seg))
 }
 

@@ -36,6 +36,9 @@ pub struct Config {
     /// The audit log's journey through the diode (`audit_ship`).
     #[serde(default)]
     pub audit_shipping: crate::audit_ship::Shipping,
+    /// The audit log forwarded to the site's SIEM (`audit_forward`).
+    #[serde(default)]
+    pub audit_forwarding: crate::audit_forward::Forwarding,
     /// How many refusals of people outside the policy are audited one by one (`refusal_limit`).
     #[serde(default)]
     pub stranger_refusals: crate::refusal_limit::Config,
@@ -295,6 +298,9 @@ impl Config {
             .with_context(|| format!("default_validity in {}", path.display()))?;
         c.audit_shipping
             .check()
+            .with_context(|| format!("config {}", path.display()))?;
+        c.audit_forwarding
+            .check(&base)
             .with_context(|| format!("config {}", path.display()))?;
         c.stranger_refusals
             .interval_secs()

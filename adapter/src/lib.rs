@@ -3,12 +3,14 @@
 #![forbid(unsafe_code)]
 
 pub mod approval;
+pub mod audit_forward;
 pub mod audit_ship;
 pub mod breakglass;
 pub mod clock;
 pub mod config;
 pub mod emit;
 pub mod pipeline;
+pub mod pipeline_client;
 pub mod policy;
 pub mod rate_limit;
 pub mod refusal_limit;

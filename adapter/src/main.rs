@@ -3,6 +3,8 @@
 //! version has the break-glass path (`sign`, from flags); the Slack and Teams adapter builds on it.
 #![forbid(unsafe_code)]
 
+use diode_chat::pipeline_client::{self, Answer, Ask};
+use diode_chat::secret::Secret;
 use diode_chat::{audit_ship, breakglass, clock, config, emit, server};
 
 use anyhow::{Context, Result};
@@ -48,6 +50,12 @@ enum Cmd {
     Sign(SignArgs),
     /// Run the chat adapter: Slack endpoints, the pipeline API, reminders, escalations and deadlines
     Serve,
+    /// For a pipeline on the low side: ask the adapter for a deployment (POST /v1/requests) and print
+    /// the request id. With --wait, wait for the decision and exit 0 approved (prints the envelope id),
+    /// 2 rejected, 3 expired (no decision by the deadline), 4 no decision within --timeout, 1 error: the
+    /// codes of `diode-recv approvals wait`. With --id, look at a request made before (prints how it
+    /// stands, as JSON) or, with --wait, wait for it. Needs no adapter.toml
+    Request(RequestArgs),
     /// The adapter's audit log
     Audit {
         #[command(subcommand)]
@@ -89,6 +97,47 @@ struct SignArgs {
     reject: bool,
 }
 
+#[derive(clap::Args)]
+struct RequestArgs {
+    /// The adapter's address ([http] listen, or the TLS proxy in front of it)
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The pipeline token: file:PATH (mode 0600) or env:NAME, never the token itself
+    #[arg(long)]
+    token: String,
+    /// Artifact name, e.g. billing
+    #[arg(long, required_unless_present = "id", conflicts_with = "id")]
+    app: Option<String>,
+    /// Artifact version, e.g. 1.4.2
+    #[arg(
+        long = "version",
+        required_unless_present = "id",
+        conflicts_with = "id"
+    )]
+    artifact_version: Option<String>,
+    /// Target environment, e.g. prod
+    #[arg(long, required_unless_present = "id", conflicts_with = "id")]
+    env: Option<String>,
+    /// Content digest of the artifact: sha256: and 64 lowercase hex digits
+    #[arg(long, required_unless_present = "id", conflicts_with = "id")]
+    digest: Option<String>,
+    /// The person the pipeline asks for (their key, Slack or Teams id), who then may not approve
+    #[arg(long, conflicts_with = "id")]
+    on_behalf_of: Option<String>,
+    /// A request made before (its request id), instead of asking anew
+    #[arg(long)]
+    id: Option<String>,
+    /// Wait until the request is decided
+    #[arg(long)]
+    wait: bool,
+    /// How long to wait, e.g. 30m, 2h
+    #[arg(long, default_value = "30m", requires = "wait")]
+    timeout: humantime::Duration,
+    /// How often to ask how the request stands while waiting
+    #[arg(long, default_value = "2s", requires = "wait")]
+    poll: humantime::Duration,
+}
+
 #[derive(Subcommand)]
 enum AuditCmd {
     /// Check the hash chain of the whole log; names the first broken record. With --segments, check
@@ -121,6 +170,13 @@ fn run(cli: Cli) -> Result<()> {
                 println!("diode-chat listening on {}", running.addr);
                 running.wait().await
             })
+        }
+        Cmd::Request(args) => {
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            if let Some(answer) = rt.block_on(request(args))? {
+                std::process::exit(answer.code());
+            }
+            Ok(())
         }
         Cmd::Audit {
             cmd: AuditCmd::Verify {
@@ -243,4 +299,58 @@ fn sign(cfg: &Config, a: SignArgs) -> Result<()> {
         e.decision, e.artifact.name, e.artifact.version, e.environment, e.request_id, expires
     );
     Ok(())
+}
+
+/// `diode-chat request`: Some(answer) when it waited (the exit code is the answer's).
+async fn request(a: RequestArgs) -> Result<Option<Answer>> {
+    let token = Secret::load(&a.token, std::path::Path::new("."), "--token")?;
+    let client = pipeline_client::Client::new(&a.url, token)?;
+    let id = match (a.id, a.app, a.artifact_version, a.env, a.digest) {
+        (Some(id), ..) if !a.wait => {
+            let v = client.status(&id).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(None);
+        }
+        (Some(id), ..) => id,
+        (None, Some(app), Some(version), Some(environment), Some(digest)) => {
+            let ask = Ask {
+                app,
+                version,
+                environment,
+                digest,
+                on_behalf_of: a.on_behalf_of,
+            };
+            let v = client.create(&ask).await?;
+            let id = v["request_id"]
+                .as_str()
+                .context("the adapter's answer has no request_id")?
+                .to_string();
+            eprintln!(
+                "request {id} for {} {} to {} posted in {} for approval; deadline {}",
+                ask.app,
+                ask.version,
+                ask.environment,
+                v["channel"].as_str().unwrap_or("?"),
+                v["deadline_at"]
+                    .as_u64()
+                    .map(diode_chat::approval::rfc3339)
+                    .unwrap_or_else(|| "?".into()),
+            );
+            if !a.wait {
+                println!("{id}");
+                return Ok(None);
+            }
+            id
+        }
+        // clap requires all four without --id
+        _ => anyhow::bail!("give --app, --version, --env and --digest, or --id"),
+    };
+    let answer = client.wait(&id, a.timeout.into(), a.poll.into()).await?;
+    match &answer {
+        Answer::Approved(envelope) => println!("{envelope}"),
+        Answer::Rejected(what) => eprintln!("request {id} was rejected {what}"),
+        Answer::Expired(what) => eprintln!("request {id} expired: {what}"),
+        Answer::TimedOut => eprintln!("request {id}: no decision within {}", a.timeout),
+    }
+    Ok(Some(answer))
 }

@@ -1,17 +1,21 @@
-//! The pipeline API: `POST /v1/requests` with `Authorization: Bearer <token>`. A pipeline token can
-//! ask for a deployment, never approve or reject one: no other route accepts it. Tokens are compared
-//! in constant time, all of them every time.
+//! The pipeline API, with `Authorization: Bearer <token>`: `POST /v1/requests` asks for a deployment,
+//! `GET /v1/requests/{id}` tells how a request stands (state, votes, decision, envelope id, and the high
+//! side's outcome once that comes back: null until then). A pipeline token can ask and look, never
+//! approve or reject: no other route accepts it. It sees only requests of the environments it may
+//! request for (others are answered 404, as unknown ones are). Tokens are compared in constant time,
+//! all of them every time.
 
-use crate::approval::{Effect, NewRequest, Requester};
+use crate::approval::{Effect, NewRequest, Requester, View};
 use crate::secret::Secret;
 use crate::server::App;
+use crate::store::Status;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::Arc;
 
 pub struct Token {
@@ -36,19 +40,30 @@ fn error(status: StatusCode, code: &str, message: String) -> Response {
     (status, Json(json!({"error": code, "message": message}))).into_response()
 }
 
-pub async fn create(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+/// Why a call to the pipeline API is answered 401.
+enum Unauthorized {
+    NoToken,
+    UnknownToken,
+}
+
+impl IntoResponse for Unauthorized {
+    fn into_response(self) -> Response {
+        let message = match self {
+            Unauthorized::NoToken => "send Authorization: Bearer <pipeline token>",
+            Unauthorized::UnknownToken => "unknown token",
+        };
+        error(StatusCode::UNAUTHORIZED, "unauthorized", message.into())
+    }
+}
+
+/// The pipeline token presented in `Authorization: Bearer`.
+fn authorize<'a>(app: &'a App, headers: &HeaderMap) -> Result<&'a Token, Unauthorized> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(presented) = presented else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "send Authorization: Bearer <pipeline token>".into(),
-        );
-    };
+        .map(str::trim)
+        .ok_or(Unauthorized::NoToken)?;
     // Check every token (no early exit), so timing does not tell which one is closest.
     let mut found: Option<&Token> = None;
     for t in &app.tokens {
@@ -56,13 +71,25 @@ pub async fn create(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
             found = Some(t);
         }
     }
-    let Some(token) = found else {
+    found.ok_or_else(|| {
         tracing::warn!("refused a pipeline request: unknown bearer token");
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "unknown token".into(),
-        );
+        Unauthorized::UnknownToken
+    })
+}
+
+fn internal(e: anyhow::Error, what: &str) -> Response {
+    tracing::error!("{e:#}");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        format!("the adapter could not {what}; see its log"),
+    )
+}
+
+pub async fn create(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let token = match authorize(&app, &headers) {
+        Ok(t) => t,
+        Err(r) => return r.into_response(),
     };
     let b: Body = match serde_json::from_slice(&body) {
         Ok(b) => b,
@@ -88,14 +115,7 @@ pub async fn create(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
         digest: b.digest,
     };
     match app.engine.request(who, new) {
-        Err(e) => {
-            tracing::error!("{e:#}");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the adapter could not record the request; see its log".into(),
-            )
-        }
+        Err(e) => internal(e, "record the request"),
         Ok(Err(r)) => {
             let status = match r {
                 crate::approval::Refusal::TokenScope(..) => StatusCode::FORBIDDEN,
@@ -119,4 +139,74 @@ pub async fn create(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
                 .into_response()
         }
     }
+}
+
+/// `GET /v1/requests/{id}`: how a request stands, for a token whose environments include the
+/// request's.
+pub async fn status(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let token = match authorize(&app, &headers) {
+        Ok(t) => t,
+        Err(r) => return r.into_response(),
+    };
+    let view = match app.engine.view(&id) {
+        Ok(v) => v,
+        Err(e) => return internal(e, "read the request"),
+    };
+    match view {
+        Some(v)
+            if token.environments.is_empty()
+                || token.environments.contains(&v.request.environment) =>
+        {
+            Json(status_json(&v)).into_response()
+        }
+        // another environment's request is none of this token's business: as if unknown
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "unknown_request",
+            format!(
+                "no request {id} in the environments of token {:?}",
+                token.name
+            ),
+        ),
+    }
+}
+
+/// The answer of `GET /v1/requests/{id}` (documented in docs/approvals.md, "Pipelines on the low side").
+pub fn status_json(v: &View) -> Value {
+    let r = &v.request;
+    let decided = r.status != Status::Pending;
+    let decision = match r.status {
+        Status::Pending => Value::Null,
+        Status::Approved => json!("approve"),
+        Status::Rejected | Status::Expired => json!("reject"),
+    };
+    let votes: Vec<Value> = v
+        .votes
+        .iter()
+        .map(|x| json!({"name": x.name, "roles": x.roles, "source": x.source, "at": x.at}))
+        .collect();
+    json!({
+        "request_id": r.id,
+        "app": r.app,
+        "version": r.version,
+        "environment": r.environment,
+        "digest": r.digest,
+        "requester": r.requester,
+        "created_at": r.created_at,
+        "deadline_at": r.deadline_at,
+        "state": r.status.word(),
+        "approvals_needed": v.approvals,
+        "votes": votes,
+        "decision": decision,
+        "decided_at": r.decided_at,
+        "decided_by": r.decided_by,
+        // the envelope exists once the request is decided; its id was chosen when it was made
+        "envelope_id": if decided { json!(r.envelope_id) } else { Value::Null },
+        // the high side's signed outcome (accepted, refused, consumed) does not come back yet
+        "outcome": Value::Null,
+    })
 }

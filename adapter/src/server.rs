@@ -12,7 +12,7 @@ use crate::slack::api::SlackApi;
 use crate::slack::{blocks, http as slack_http};
 use crate::store::Store;
 use anyhow::{bail, Context, Result};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use diode_host::audit::AuditLog;
 use diode_host::keyfile;
@@ -186,6 +186,7 @@ pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Running> {
         .route("/teams/webhook", post(crate::teams::webhook))
         .route("/teams/messages", post(crate::teams_bot::messages))
         .route("/v1/requests", post(pipeline::create))
+        .route("/v1/requests/{id}", get(pipeline::status))
         .with_state(app.clone());
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
         .await
@@ -216,6 +217,9 @@ pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Running> {
     let mut tasks = vec![exec, ticker];
     if cfg.audit_shipping.enabled {
         tasks.push(tokio::spawn(ship_audit(cfg.clone())));
+    }
+    for f in cfg.audit_forwarding.forwarders(&cfg.audit)? {
+        tasks.push(tokio::spawn(forward_audit(f)));
     }
     if let Some((inbox, every)) = reverse {
         tasks.push(tokio::spawn(watch_reverse(app.clone(), inbox, every)));
@@ -272,6 +276,34 @@ async fn ship_audit(cfg: Config) {
             }
             Ok(Err(_)) => {}
             Err(e) => tracing::error!("audit shipping: {e}"),
+        }
+    }
+}
+
+/// Forward the audit log's new records to one SIEM target: at start (anything not delivered before a
+/// stop), then every `f.every`; a target that is down is tried again each time.
+async fn forward_audit(f: crate::audit_forward::Forwarder) {
+    let f = Arc::new(f);
+    let mut tick = tokio::time::interval(f.every.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let c = f.clone();
+        match tokio::task::spawn_blocking(move || c.forward()).await {
+            Ok(Ok(n)) => {
+                if failing || n > 0 {
+                    tracing::info!("audit records forwarded to {}: {n}", f.describe());
+                }
+                failing = false;
+            }
+            // said once per failure streak
+            Ok(Err(e)) if !failing => {
+                failing = true;
+                tracing::error!("audit forwarding: {e:#}");
+            }
+            Ok(Err(_)) => {}
+            Err(e) => tracing::error!("audit forwarding: {e}"),
         }
     }
 }

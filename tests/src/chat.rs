@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -69,6 +69,12 @@ pub fn form(fields: &[(&str, &str)]) -> String {
 
 /// Read one HTTP/1.1 message from `r`: (first line, body).
 pub fn read_message(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
+    read_http(r).map(|(first, _, body)| (first, body))
+}
+
+/// Read one HTTP/1.1 message from `r`: (first line, headers with lowercase names, body).
+#[allow(clippy::type_complexity)]
+pub fn read_http(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<(String, String)>, Vec<u8>)> {
     let mut first = String::new();
     if r.read_line(&mut first).ok()? == 0 {
         return None;
@@ -91,7 +97,7 @@ pub fn read_message(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
         .unwrap_or(0);
     let mut body = vec![0; len];
     r.read_exact(&mut body).ok()?;
-    Some((first.trim_end().to_string(), body))
+    Some((first.trim_end().to_string(), headers, body))
 }
 
 /// A local server speaking Slack's Web API: records (method, JSON body), answers ok with a ts.
@@ -188,13 +194,46 @@ pub fn slack_post(addr: &str, path: &str, body: &str) -> u16 {
         body.len()
     )
     .unwrap();
+    answer(s).0
+}
+
+/// The status code and body of the one HTTP answer on `s`.
+fn answer(s: TcpStream) -> (u16, Vec<u8>) {
     let mut r = BufReader::new(s);
-    let (first, _) = read_message(&mut r).expect("an HTTP answer");
-    first
+    let (first, body) = read_message(&mut r).expect("an HTTP answer");
+    let code = first
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    (code, body)
+}
+
+/// GET `path` from the adapter's pipeline API, with `Authorization: Bearer <token>` if given: the
+/// status code and the JSON answer (Null if it is not JSON).
+pub fn api_get(addr: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let (code, body) = answer(s);
+    (code, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// The request id behind the Approve button of a posted request message.
+pub fn request_id_of(post: &Value) -> String {
+    post["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["type"] == "actions")
+        .map(|b| b["elements"][0]["value"].as_str().unwrap().to_string())
+        .expect("Approve button")
 }
 
 /// A trigger id as Slack makes them: unique per invocation.
@@ -223,6 +262,43 @@ pub fn click(addr: &str, user: &str, action: &str, request: &str) {
     );
 }
 
+/// `diode-chat --config <config> sign` (break-glass) of `digest` to prod, approved by two people.
+pub fn break_glass(config: &Path, digest: &str) -> Command {
+    let mut c = Command::new(bin("diode-chat"));
+    c.arg("--config").arg(config).arg("sign");
+    c.args(["--artifact", "billing", "--version", "1.4.2"])
+        .args(["--digest", digest, "--env", "prod"])
+        .args(["--approver", "U1:Ada:release-manager"])
+        .args(["--approver", "U2:Bob:security"])
+        .args(["--requester", "U9", "--reason", "chat is down"]);
+    c
+}
+
+/// The pipeline token of `[[pipeline.tokens]]` "ci" in `adapter_config`.
+pub const PIPELINE_TOKEN: &str = "e2e-ci-token";
+
+/// `adapter/adapter.example.toml` made to run in `dir` (its key, keys/adapter.key, is the site's):
+/// envelopes into `outbox`, HTTP on a free loopback port, a 200 ms tick, Slack's Web API at `api` and
+/// the signing secret `slack_post` signs with; the secrets the example names are written under
+/// `dir/secrets`. The caller adjusts it and writes it.
+pub fn adapter_config(dir: &Path, outbox: &Path, api: &str) -> toml::Table {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut cfg: toml::Table =
+        toml::from_str(&fs::read_to_string(root.join("adapter/adapter.example.toml")).unwrap())
+            .unwrap();
+    cfg.insert("outbox".into(), outbox.display().to_string().into());
+    cfg["http"]["listen"] = "127.0.0.1:0".into();
+    cfg["http"]["tick"] = "200ms".into();
+    cfg["slack"]["api_base"] = api.into();
+    cfg["slack"]["signing_secret"] = "file:secrets/slack-signing-secret".into();
+    secret(dir, "slack-bot-token", "xoxb-e2e");
+    secret(dir, "slack-signing-secret", SIGNING_SECRET);
+    // the example config also enables the Teams endpoints, whose webhook token is a secret file too
+    secret(dir, "teams-webhook-token", "dGVhbXMtZTJlLXRva2Vu");
+    secret(dir, "pipeline-ci.token", PIPELINE_TOKEN);
+    cfg
+}
+
 pub fn secret(dir: &Path, name: &str, value: &str) {
     let p = dir.join("secrets").join(name);
     fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -237,18 +313,14 @@ pub fn start_chat(site: &Site) -> (Daemon, String) {
 
 /// Start `diode-chat serve` with `config`, logging into `log_dir`, and wait for its address.
 pub fn start_chat_with(config: &Path, log_dir: &Path) -> (Daemon, String) {
-    let log = log_dir.join(format!("chat.{:x}.log", rand::random::<u32>()));
-    let f = fs::File::create(&log).unwrap();
-    let child = Command::new(bin("diode-chat"))
-        .arg("--config")
-        .arg(config)
-        .arg("serve")
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut d = Daemon { child, log };
+    let mut d = Daemon::spawn(
+        Command::new(bin("diode-chat"))
+            .arg("--config")
+            .arg(config)
+            .arg("serve"),
+        log_dir,
+        "chat",
+    );
     let end = Instant::now() + Duration::from_secs(20);
     loop {
         let text = d.log_text();

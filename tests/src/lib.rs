@@ -46,6 +46,19 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Start `cmd`, its output in a new log file `<dir>/<name>.<random>.log`.
+    pub fn spawn(cmd: &mut Command, dir: &Path, name: &str) -> Daemon {
+        let log = dir.join(format!("{name}.{:x}.log", rand::random::<u32>()));
+        let f = fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        Daemon { child, log }
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

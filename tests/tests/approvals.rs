@@ -9,7 +9,6 @@ use diode_tests::envelopes::{approver, digest, good, now};
 use diode_tests::{wait_for, Site};
 use std::fs;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 struct Env {
@@ -94,27 +93,7 @@ fn a_valid_approval_is_accepted_checked_and_consumed_once() {
     let _r = env.site.start("recv");
     let _s = env.site.start("send");
     let d = digest(0x11);
-    let out = Command::new(diode_tests::bin("diode-chat"))
-        .arg("sign")
-        .arg("--config")
-        .arg(env.site.path("adapter.toml"))
-        .args([
-            "--artifact",
-            "billing",
-            "--version",
-            "1.4.2",
-            "--digest",
-            &d,
-            "--env",
-            "prod",
-        ])
-        .args([
-            "--approver",
-            "U1:Ada:release-manager",
-            "--approver",
-            "U2:Bob:security",
-        ])
-        .args(["--requester", "U9", "--reason", "chat is down"])
+    let out = diode_tests::chat::break_glass(&env.site.path("adapter.toml"), &d)
         .output()
         .unwrap();
     assert!(

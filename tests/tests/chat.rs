@@ -7,7 +7,8 @@
 //! side verifies as one chain.
 
 use diode_tests::chat::{
-    click, form, secret, slack_post, start_chat, trigger_id, FakeSlack, DIGEST, SIGNING_SECRET,
+    adapter_config, click, form, request_id_of, slack_post, start_chat, trigger_id, FakeSlack,
+    DIGEST,
 };
 use diode_tests::{bin, wait_for, Site};
 use serde_json::Value;
@@ -20,25 +21,8 @@ use std::time::Duration;
 fn chat_approval_survives_a_kill_and_is_accepted_by_the_real_receiver() {
     let site = Site::new(&[]);
     let (slack, api) = FakeSlack::start();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut cfg: toml::Table =
-        toml::from_str(&fs::read_to_string(root.join("adapter/adapter.example.toml")).unwrap())
-            .unwrap();
-    cfg.insert("outbox".into(), site.outbox().display().to_string().into());
-    cfg["http"]["listen"] = "127.0.0.1:0".into();
-    cfg["http"]["tick"] = "200ms".into();
-    cfg["slack"]["api_base"] = api.into();
-    cfg["slack"]["signing_secret"] = "file:secrets/slack-signing-secret".into();
+    let cfg = adapter_config(site.dir.path(), &site.outbox(), &api);
     fs::write(site.path("adapter.toml"), toml::to_string(&cfg).unwrap()).unwrap();
-    secret(site.dir.path(), "slack-bot-token", "xoxb-e2e");
-    secret(site.dir.path(), "slack-signing-secret", SIGNING_SECRET);
-    // the example config also enables the Teams endpoints, whose webhook token is a secret file too
-    secret(
-        site.dir.path(),
-        "teams-webhook-token",
-        "dGVhbXMtZTJlLXRva2Vu",
-    );
-    secret(site.dir.path(), "pipeline-ci.token", "e2e-ci-token");
 
     let _recv = site.start("recv");
     let _send = site.start("send");
@@ -55,13 +39,7 @@ fn chat_approval_survives_a_kill_and_is_accepted_by_the_real_receiver() {
     ]);
     assert_eq!(slack_post(&addr, "/slack/commands", &cmd), 200);
     let post = slack.wait("chat.postMessage", 1).remove(0);
-    let id = post["blocks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["type"] == "actions")
-        .map(|b| b["elements"][0]["value"].as_str().unwrap().to_string())
-        .expect("Approve button");
+    let id = request_id_of(&post);
     click(&addr, "U0ADA", "approve", &id);
     slack.wait("chat.update", 1);
 
