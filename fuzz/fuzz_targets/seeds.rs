@@ -31,11 +31,50 @@ fn write_all() {
     envelopes(&root.join("envelope"));
     state_files(&root.join("state_files"));
     serial(&root.join("serial"));
+    endpoint(&root.join("endpoint"));
     #[cfg(feature = "chat")]
     slack(&root.join("slack"));
     #[cfg(feature = "chat")]
     teams(&root.join("teams"));
     println!("seeds written under {}", root.display());
+}
+
+/// The endpoint target's programs (records as `fuzz_targets/endpoint.rs` reads them): an object's
+/// metadata and all its genuine shards (it is delivered); the same with the hash pending until a
+/// closing metadata; one with a block lost and a pause (it stalls, blocks are set aside); two versions at
+/// one path, the older after the newer (refused).
+fn endpoint(dir: &Path) {
+    let meta = |idx: u8, size: u16, flags: u8| {
+        let mut v = vec![1 | idx << 2];
+        v.extend_from_slice(&size.to_le_bytes());
+        v.push(flags);
+        v
+    };
+    let shards = |idx: u8, blocks: u8, skip: Option<u8>| {
+        let mut v = Vec::new();
+        for b in 0..blocks {
+            for s in 0..6u8 {
+                if Some(b) != skip || s < 2 {
+                    v.extend_from_slice(&[2 | idx << 2, b, s]);
+                }
+            }
+        }
+        v
+    };
+    let whole = [meta(0, 1000, 0), shards(0, 4, None)].concat();
+    put(dir, "whole", &whole);
+    let late = [meta(1, 3000, 1), shards(1, 12, None), meta(1, 3000, 0)].concat();
+    put(dir, "late-hash", &late);
+    let stalled = [meta(2, 2000, 0), shards(2, 8, Some(3)), vec![0, 30, 0, 30]].concat();
+    put(dir, "stalled", &stalled);
+    let versions = [
+        meta(0, 500, 8),
+        shards(0, 2, None),
+        meta(0, 500, 8 | 16),
+        shards(0, 2, None),
+    ]
+    .concat();
+    put(dir, "versions", &versions);
 }
 
 fn put(dir: &Path, name: &str, bytes: &[u8]) {
