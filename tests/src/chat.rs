@@ -177,6 +177,12 @@ impl FakeSlack {
 
 /// POST a form to the adapter, signed as Slack signs it; returns the status code.
 pub fn slack_post(addr: &str, path: &str, body: &str) -> u16 {
+    slack_post_answer(addr, path, body).0
+}
+
+/// POST a form to the adapter, signed as Slack signs it; returns the status code and the JSON answer
+/// (Null when the body is empty or not JSON).
+pub fn slack_post_answer(addr: &str, path: &str, body: &str) -> (u16, Value) {
     let ts = now().to_string();
     let sig = format!(
         "v0={}",
@@ -194,7 +200,8 @@ pub fn slack_post(addr: &str, path: &str, body: &str) -> u16 {
         body.len()
     )
     .unwrap();
-    answer(s).0
+    let (code, body) = answer(s);
+    (code, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
 /// The status code and body of the one HTTP answer on `s`.

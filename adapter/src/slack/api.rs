@@ -8,6 +8,7 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
 use std::time::Duration;
 
+#[derive(Clone)]
 pub struct SlackApi {
     http: reqwest::Client,
     base: String,

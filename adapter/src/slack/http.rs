@@ -22,7 +22,8 @@ use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 
-const USAGE: &str = "Usage: /deploy request <app> <version> <environment> <sha256:digest>";
+const USAGE: &str =
+    "Usage: /deploy (a form), or /deploy request <app> <version> <environment> <sha256:digest>";
 
 fn internal(e: anyhow::Error) -> Response {
     tracing::error!("{e:#}");
@@ -131,6 +132,13 @@ pub async fn command(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
 pub(crate) fn run_command(app: &App, cmd: Command) -> anyhow::Result<serde_json::Value> {
     let eph = |text: String| json!({"response_type": "ephemeral", "text": text});
     let words: Vec<&str> = cmd.text.split_whitespace().collect();
+    // `/deploy` alone (or `/deploy request`): the form
+    if words.is_empty() || words == ["request"] {
+        return Ok(match cmd.trigger_id.as_deref() {
+            Some(t) if !t.is_empty() => super::form::open(app, t, &cmd.user_id),
+            _ => eph(USAGE.into()),
+        });
+    }
     let [verb, app_name, version, env, digest] = words[..] else {
         return Ok(eph(USAGE.into()));
     };
@@ -180,6 +188,12 @@ pub(crate) struct Payload {
     actions: Vec<Action>,
     #[serde(default)]
     trigger_id: Option<String>,
+    /// A global shortcut's id.
+    #[serde(default)]
+    callback_id: Option<String>,
+    /// A submitted modal.
+    #[serde(default)]
+    view: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -217,7 +231,8 @@ pub async fn interaction(State(app): State<Arc<App>>, headers: HeaderMap, body: 
     };
     let ids = signed.delivery(p.trigger_id.as_deref());
     match app.engine.once(&ids, || run_interaction(&app, p)) {
-        Ok(Some(())) => StatusCode::OK.into_response(),
+        Ok(Some(Some(answer))) => Json(answer).into_response(),
+        Ok(Some(None)) => StatusCode::OK.into_response(),
         Ok(None) => {
             already_taken(PATH, &ids);
             StatusCode::OK.into_response()
@@ -226,22 +241,41 @@ pub async fn interaction(State(app): State<Arc<App>>, headers: HeaderMap, body: 
     }
 }
 
-/// A `block_actions` payload, whichever way it came (HTTP form or Socket Mode envelope): each
-/// Approve/Reject button click goes to the engine, its effects to the chat queue.
-pub(crate) fn run_interaction(app: &App, p: Payload) -> anyhow::Result<()> {
-    if p.kind != "block_actions" {
-        return Ok(());
-    }
-    let actor = Actor {
+/// An interaction, whichever way it came (HTTP form or Socket Mode envelope): each Approve/Reject button
+/// click (`block_actions`) goes to the engine, its effects to the chat queue; the global shortcut opens
+/// the request form, and the form's submission makes the request. `Some` is the answer Slack shows (the
+/// form's errors).
+pub(crate) fn run_interaction(app: &App, p: Payload) -> anyhow::Result<Option<serde_json::Value>> {
+    let actor = |p: &Payload| Actor {
         source: Source::Slack,
         name: if p.user.username.is_empty() {
-            p.user.name
+            p.user.name.clone()
         } else {
-            p.user.username
+            p.user.username.clone()
         },
-        user_id: p.user.id,
-        channel: p.channel.map(|c| c.id),
+        user_id: p.user.id.clone(),
+        channel: p.channel.as_ref().map(|c| c.id.clone()),
     };
+    match p.kind.as_str() {
+        "shortcut" if p.callback_id.as_deref() == Some(super::form::CALLBACK) => {
+            if let Some(t) = p.trigger_id.as_deref() {
+                super::form::open(app, t, &p.user.id);
+            }
+            return Ok(None);
+        }
+        "view_submission" => {
+            let Some(view) = p.view.as_ref() else {
+                return Ok(None);
+            };
+            if view["callback_id"] != super::form::CALLBACK {
+                return Ok(None);
+            }
+            return super::form::submit(app, actor(&p), view);
+        }
+        "block_actions" => {}
+        _ => return Ok(None),
+    }
+    let actor = actor(&p);
     for a in &p.actions {
         let decision = match a.action_id.as_str() {
             APPROVE => Decision::Approve,
@@ -253,7 +287,7 @@ pub(crate) fn run_interaction(app: &App, p: Payload) -> anyhow::Result<()> {
             Ok(out) => out.effects.into_iter().for_each(|e| app.push(e)),
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// The two endpoints' body parsers, for the fuzz target `fuzz/fuzz_targets/slack.rs`: does `body` decode

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod blocks;
+pub mod form;
 pub mod http;
 pub mod signature;
 pub mod socket;

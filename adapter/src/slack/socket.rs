@@ -152,7 +152,7 @@ fn handle(app: &App, kind: &str, payload: &Value) -> Result<Option<Value>> {
             }
         },
         "interactive" => match serde_json::from_value::<Payload>(payload.clone()) {
-            Ok(p) => run_interaction(app, p).map(|()| None),
+            Ok(p) => run_interaction(app, p),
             Err(e) => {
                 tracing::warn!("Socket Mode: an interactive payload was not understood: {e}");
                 Ok(None)

@@ -1,0 +1,174 @@
+//! Asking from a form in Slack (issue 16, point 2): the real `diode-chat serve` against a local server
+//! that speaks Slack's Web API. `/deploy` with no arguments and the global shortcut open a modal through
+//! `views.open` with the trigger_id Slack gave, listing only the environments the person may request in;
+//! a submission with a bad digest or missing fields is answered with `response_action: errors` naming
+//! each field (the modal stays open with what was typed); one the policy refuses names why; a good one
+//! is posted for approval like a typed request. Someone outside the policy gets no form.
+
+use diode_tests::chat::{
+    adapter_config, form, request_id_of, slack_post_answer, start_chat, trigger_id, FakeSlack,
+    DIGEST,
+};
+use diode_tests::Site;
+use serde_json::{json, Value};
+use std::fs;
+
+fn command(user: &str, text: &str, trigger: &str) -> String {
+    form(&[
+        ("user_id", user),
+        ("user_name", &user.to_lowercase()),
+        ("channel_id", "C0DEV"),
+        ("command", "/deploy"),
+        ("text", text),
+        ("trigger_id", trigger),
+    ])
+}
+
+fn submission(user: &str, env: &str, app: &str, version: &str, digest: &str) -> String {
+    let text = |v: &str| json!({"type": "plain_text_input", "value": v});
+    let payload = json!({
+        "type": "view_submission",
+        "trigger_id": trigger_id(),
+        "user": {"id": user, "username": user.to_lowercase()},
+        "view": {
+            "id": "V0FORM",
+            "callback_id": "deploy_request",
+            "state": {"values": {
+                "environment": {"value": {"type": "static_select", "selected_option": {"value": env}}},
+                "app": {"value": text(app)},
+                "version": {"value": text(version)},
+                "digest": {"value": text(digest)},
+            }}
+        }
+    });
+    form(&[("payload", &payload.to_string())])
+}
+
+fn options(view_open: &Value) -> Vec<String> {
+    view_open["view"]["blocks"][0]["element"]["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["value"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_request_form_opens_refuses_in_place_and_posts_a_good_request() {
+    let site = Site::new(&[]);
+    let (slack, api) = FakeSlack::start();
+    let cfg = adapter_config(site.dir.path(), &site.outbox(), &api);
+    fs::write(site.path("adapter.toml"), toml::to_string(&cfg).unwrap()).unwrap();
+    let (_chat, addr) = start_chat(&site);
+
+    // /deploy alone: the form, with Dan's environments (a developer requests in prod and staging)
+    let t = trigger_id();
+    let (code, answer) = slack_post_answer(&addr, "/slack/commands", &command("U0DAN", "", &t));
+    assert_eq!(code, 200);
+    assert_eq!(answer["response_type"], "ephemeral", "{answer}");
+    let opened = slack.wait("views.open", 1).remove(0);
+    assert_eq!(
+        opened["trigger_id"],
+        t.as_str(),
+        "the trigger_id Slack gave"
+    );
+    assert_eq!(opened["view"]["callback_id"], "deploy_request");
+    assert_eq!(options(&opened), ["prod", "staging"]);
+
+    // Eve (on-call) may request only where no requester role is set: staging
+    let (code, _) = slack_post_answer(
+        &addr,
+        "/slack/commands",
+        &command("U0EVE", "", &trigger_id()),
+    );
+    assert_eq!(code, 200);
+    assert_eq!(options(&slack.wait("views.open", 2)[1]), ["staging"]);
+
+    // someone outside the policy: told so, no form
+    let (_, answer) = slack_post_answer(
+        &addr,
+        "/slack/commands",
+        &command("U0ZED", "", &trigger_id()),
+    );
+    assert!(
+        answer["text"].as_str().unwrap().contains("may not request"),
+        "{answer}"
+    );
+
+    // the global shortcut opens the same form
+    let shortcut = json!({"type": "shortcut", "callback_id": "deploy_request", "trigger_id": trigger_id(),
+        "user": {"id": "U0DAN", "username": "dan"}});
+    let (code, _) = slack_post_answer(
+        &addr,
+        "/slack/interactions",
+        &form(&[("payload", &shortcut.to_string())]),
+    );
+    assert_eq!(code, 200);
+    let after_shortcut = slack.wait("views.open", 3);
+    assert_eq!(after_shortcut.len(), 3, "the stranger got no form");
+
+    // a bad digest and no version: errors beside those fields, nothing posted
+    let (code, answer) = slack_post_answer(
+        &addr,
+        "/slack/interactions",
+        &submission("U0DAN", "prod", "billing", "", "sha256:abc"),
+    );
+    assert_eq!(code, 200);
+    assert_eq!(answer["response_action"], "errors", "{answer}");
+    assert!(
+        answer["errors"]["digest"]
+            .as_str()
+            .unwrap()
+            .contains("64 hex"),
+        "{answer}"
+    );
+    assert!(answer["errors"]["version"].is_string(), "{answer}");
+    assert!(
+        answer["errors"].get("app").is_none(),
+        "the app was fine: {answer}"
+    );
+
+    // Eve asks for prod through a crafted submission: the policy refuses, beside the environment
+    let (_, answer) = slack_post_answer(
+        &addr,
+        "/slack/interactions",
+        &submission("U0EVE", "prod", "billing", "1.4.2", DIGEST),
+    );
+    assert_eq!(answer["response_action"], "errors", "{answer}");
+    assert!(
+        answer["errors"]["environment"]
+            .as_str()
+            .unwrap()
+            .contains("Refused"),
+        "{answer}"
+    );
+    assert!(
+        slack.calls("chat.postMessage").is_empty(),
+        "nothing posted for refused forms"
+    );
+
+    // a good one: the modal closes (an empty answer) and the request is posted for approval
+    let (code, answer) = slack_post_answer(
+        &addr,
+        "/slack/interactions",
+        &submission("U0DAN", "prod", "billing", "1.4.2", DIGEST),
+    );
+    assert_eq!((code, answer), (200, Value::Null));
+    let post = slack.wait("chat.postMessage", 1).remove(0);
+    assert_eq!(post["channel"], "C0PROD");
+    assert!(post.to_string().contains("billing"), "{post}");
+    assert!(
+        !request_id_of(&post).is_empty(),
+        "Approve and Reject buttons for it"
+    );
+
+    // the typed form still works
+    let text = format!("request billing 1.4.3 staging {DIGEST}");
+    let (code, _) = slack_post_answer(
+        &addr,
+        "/slack/commands",
+        &command("U0DAN", &text, &trigger_id()),
+    );
+    assert_eq!(code, 200);
+    slack.wait("chat.postMessage", 2);
+}
