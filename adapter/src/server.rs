@@ -183,6 +183,7 @@ pub async fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Running> {
     let router = Router::new()
         .route("/slack/commands", post(slack_http::command))
         .route("/slack/interactions", post(slack_http::interaction))
+        .route("/slack/events", post(slack_http::event))
         .route("/teams/webhook", post(crate::teams::webhook))
         .route("/teams/messages", post(crate::teams_bot::messages))
         .route("/v1/requests", post(pipeline::create))

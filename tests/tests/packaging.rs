@@ -268,10 +268,54 @@ fn check_slack_manifest(
             == used.contains("views.publish"),
         "{name}: the App Home tab must be enabled exactly when the adapter publishes it"
     );
+    // bot events: exactly those the adapter's Slack code handles, and over HTTP to a route it serves
+    let mut slack_files = Vec::new();
+    rust_files(&root().join("adapter/src/slack"), &mut slack_files);
+    let slack_src: String = slack_files
+        .iter()
+        .map(|f| fs::read_to_string(f).unwrap())
+        .collect();
+    let handled: Vec<String> = [
+        "app_home_opened",
+        "app_mention",
+        "message",
+        "member_joined_channel",
+    ]
+    .into_iter()
+    .filter(|e| slack_src.contains(&format!("\"{e}\"")))
+    .map(String::from)
+    .collect();
+    let subs = &m["settings"]["event_subscriptions"];
+    let declared: Vec<String> = subs["bot_events"]
+        .as_vec()
+        .map(|v| {
+            v.iter()
+                .filter_map(|e| e.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
     check!(
-        m["settings"]["event_subscriptions"].is_badvalue(),
-        "{name}: the adapter subscribes to no events"
+        declared == handled,
+        "{name}: the bot events must be exactly those the adapter handles ({handled:?}), not {declared:?}"
     );
+    if !handled.is_empty() {
+        match (socket_mode, subs["request_url"].as_str()) {
+            (true, None) => {}
+            (true, Some(u)) => {
+                return Err(format!(
+                    "{name}: an events URL ({u}) in the Socket Mode manifest"
+                ))
+            }
+            (false, None) => return Err(format!("{name}: no events URL")),
+            (false, Some(u)) => {
+                let p = url_path(u)?;
+                check!(
+                    served.contains(&p),
+                    "{name}: the events URL {u} is not a route the adapter serves ({served:?})"
+                );
+            }
+        }
+    }
     Ok(m)
 }
 
@@ -348,12 +392,8 @@ fn the_slack_check_refuses_a_manifest_that_asks_too_little_too_much_or_elsewhere
         ),
         (
             "events",
-            text.replacen(
-                "settings:\n",
-                "settings:\n  event_subscriptions:\n    bot_events:\n      - app_mention\n",
-                1,
-            ),
-            "subscribes to no events",
+            text.replacen("- app_home_opened", "- app_mention", 1),
+            "bot events must be exactly",
         ),
     ] {
         assert_ne!(edited, text, "{label}: the edit applied");

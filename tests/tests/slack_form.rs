@@ -6,8 +6,8 @@
 //! is posted for approval like a typed request. Someone outside the policy gets no form.
 
 use diode_tests::chat::{
-    adapter_config, form, request_id_of, slack_post_answer, start_chat, trigger_id, FakeSlack,
-    DIGEST,
+    adapter_config, click, form, request_id_of, slack_post_answer, start_chat, trigger_id,
+    FakeSlack, DIGEST,
 };
 use diode_tests::Site;
 use serde_json::{json, Value};
@@ -160,6 +160,81 @@ fn the_request_form_opens_refuses_in_place_and_posts_a_good_request() {
     assert!(
         !request_id_of(&post).is_empty(),
         "Approve and Reject buttons for it"
+    );
+
+    // App Home: Slack checks the events URL, then Ada (a release manager) opens her Home: the request
+    // waits for her vote, with its buttons
+    let check = json!({"type": "url_verification", "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"});
+    let (code, answer) = slack_post_answer(&addr, "/slack/events", &check.to_string());
+    assert_eq!(
+        (code, answer["challenge"].clone()),
+        (200, check["challenge"].clone())
+    );
+    let id = request_id_of(&post);
+    let opened = |event_id: &str, user: &str| {
+        json!({"type": "event_callback", "event_id": event_id, "event_time": 1,
+            "event": {"type": "app_home_opened", "user": user, "tab": "home"}})
+        .to_string()
+    };
+    let homes = |user: &str| -> Vec<Value> {
+        slack
+            .calls("views.publish")
+            .into_iter()
+            .filter(|c| c["user_id"] == user)
+            .collect()
+    };
+    assert_eq!(
+        slack_post_answer(&addr, "/slack/events", &opened("Ev01ADA", "U0ADA")).0,
+        200
+    );
+    // (her Home was published once when the request was made: it waits for her; once more now)
+    let home = diode_tests::wait_for("Ada's Home", std::time::Duration::from_secs(20), || {
+        let mut h = homes("U0ADA");
+        (h.len() >= 2).then(|| h.pop()).flatten()
+    });
+    assert_eq!(home["view"]["type"], "home");
+    let text = home.to_string();
+    assert!(
+        text.contains("Waiting for your vote (1)") && text.contains(&id),
+        "{text}"
+    );
+    let before = homes("U0ADA").len();
+    // the same event again (Slack retries): taken once
+    assert_eq!(
+        slack_post_answer(&addr, "/slack/events", &opened("Ev01ADA", "U0ADA")).0,
+        200
+    );
+
+    // Ada approves: the Homes of those concerned are published again; hers waits for nothing now and
+    // Dan's shows his request with one approval of two
+    click(&addr, "U0ADA", "approve", &id);
+    let ada = diode_tests::wait_for(
+        "Ada's Home after her vote",
+        std::time::Duration::from_secs(20),
+        || {
+            homes("U0ADA")
+                .into_iter()
+                .find(|h| h.to_string().contains("Waiting for your vote (0)"))
+        },
+    );
+    assert!(
+        !ada.to_string().contains(&format!("\"value\":\"{id}\"")),
+        "no buttons left for her"
+    );
+    let dan = diode_tests::wait_for(
+        "Dan's Home after the vote",
+        std::time::Duration::from_secs(20),
+        || {
+            homes("U0DAN")
+                .into_iter()
+                .find(|h| h.to_string().contains("approvals 1 of 2"))
+        },
+    );
+    assert!(dan.to_string().contains("Your open requests (1)"), "{dan}");
+    assert_eq!(
+        homes("U0ADA").len(),
+        before + 1,
+        "the vote published her Home once more, the repeated event did not"
     );
 
     // the typed form still works

@@ -10,11 +10,17 @@ use serde_json::{json, Value};
 pub const APPROVE: &str = "approve";
 pub const REJECT: &str = "reject";
 
-fn mrkdwn(t: String) -> Value {
+pub(crate) fn mrkdwn(t: String) -> Value {
     json!({"type": "mrkdwn", "text": t})
 }
 
-fn button(action: &str, label: &str, style: &str, request: &str, confirm: &str) -> Value {
+pub(crate) fn button(
+    action: &str,
+    label: &str,
+    style: &str,
+    request: &str,
+    confirm: &str,
+) -> Value {
     json!({
         "type": "button",
         "action_id": action,
@@ -31,7 +37,7 @@ fn button(action: &str, label: &str, style: &str, request: &str, confirm: &str) 
 }
 
 /// Slack's date formatting with a plain fallback.
-fn when(t: u64) -> String {
+pub(crate) fn when(t: u64) -> String {
     format!(
         "<!date^{t}^{{date_short_pretty}} {{time}} UTC|{}>",
         rfc3339(t)

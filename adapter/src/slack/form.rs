@@ -108,6 +108,7 @@ pub fn submit(app: &App, actor: Actor, view: &Value) -> anyhow::Result<Option<Va
     }
     match app.engine.request(Requester::Chat(actor), new)? {
         Ok(req) => {
+            super::home::publish(app, super::home::concerned(&app.engine, &req.id));
             app.push(crate::approval::Effect::Post { request: req.id });
             Ok(None)
         }

@@ -164,6 +164,7 @@ pub(crate) fn run_command(app: &App, cmd: Command) -> anyhow::Result<serde_json:
             app.push(crate::approval::Effect::Post {
                 request: req.id.clone(),
             });
+            super::home::publish(app, super::home::concerned(&app.engine, &req.id));
             Ok(eph(format!(
                 "Request {} for {} {} to {} posted in <#{}> for approval.",
                 req.id, req.app, req.version, req.environment, req.channel
@@ -286,8 +287,51 @@ pub(crate) fn run_interaction(app: &App, p: Payload) -> anyhow::Result<Option<se
             Err(e) => return Err(e),
             Ok(out) => out.effects.into_iter().for_each(|e| app.push(e)),
         }
+        // everyone's App Home that shows this request
+        super::home::publish(app, super::home::concerned(&app.engine, &a.value));
     }
     Ok(None)
+}
+
+/// `/slack/events` (the Events API over HTTP): the URL check Slack makes when the Request URL is
+/// entered, then events, each taken once under its event_id (Slack retries a delivery it thinks failed).
+pub async fn event(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    const PATH: &str = "/slack/events";
+    let signed = match verified(&app, &headers, &body, PATH) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "not an Events API body").into_response();
+    };
+    if v["type"] == "url_verification" {
+        return Json(json!({"challenge": v["challenge"]})).into_response();
+    }
+    let ids = match v["event_id"].as_str() {
+        Some(e) if !e.is_empty() => vec![format!("slack-event:{e}")],
+        _ => signed.delivery(None),
+    };
+    match app.engine.once(&ids, || {
+        run_event(&app, &v);
+        Ok(())
+    }) {
+        Ok(Some(())) => StatusCode::OK.into_response(),
+        Ok(None) => {
+            already_taken(PATH, &ids);
+            StatusCode::OK.into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// An Events API callback, whichever way it came: `app_home_opened` publishes the viewer's Home.
+pub(crate) fn run_event(app: &App, callback: &serde_json::Value) {
+    let e = &callback["event"];
+    if e["type"] == "app_home_opened" && e["tab"] != "messages" {
+        if let Some(user) = e["user"].as_str() {
+            super::home::publish(app, vec![user.to_string()]);
+        }
+    }
 }
 
 /// The two endpoints' body parsers, for the fuzz target `fuzz/fuzz_targets/slack.rs`: does `body` decode

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod blocks;
 pub mod form;
+pub mod home;
 pub mod http;
 pub mod signature;
 pub mod socket;

@@ -158,7 +158,12 @@ fn handle(app: &App, kind: &str, payload: &Value) -> Result<Option<Value>> {
                 Ok(None)
             }
         },
-        // the adapter subscribes to no events; they are acknowledged so Slack does not resend them
+        // app_home_opened publishes the viewer's Home; other events are acknowledged so Slack does
+        // not resend them
+        "events_api" => {
+            super::http::run_event(app, payload);
+            Ok(None)
+        }
         _ => Ok(None),
     }
 }
