@@ -9,6 +9,7 @@ pub mod breakglass;
 pub mod clock;
 pub mod config;
 pub mod emit;
+pub mod inbox;
 pub mod pipeline;
 pub mod pipeline_client;
 pub mod policy;

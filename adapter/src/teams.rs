@@ -198,6 +198,13 @@ pub async fn webhook(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
 fn answer(app: &App, a: Activity) -> anyhow::Result<Response> {
     let text = strip_mentions(&a.text).replace("&nbsp;", " ");
     let words: Vec<&str> = text.split_whitespace().collect();
+    let user = teams_user(app, &a.from);
+    if words == ["pending"] {
+        return Ok(reply(pending_text(app, &user)?));
+    }
+    if words.is_empty() || words == ["request"] {
+        return Ok(form_reply(app, &user));
+    }
     let [verb, app_name, version, env, digest] = words[..] else {
         return Ok(reply(USAGE.into()));
     };
@@ -206,7 +213,7 @@ fn answer(app: &App, a: Activity) -> anyhow::Result<Response> {
     }
     let who = Requester::Chat(Actor {
         source: Source::Teams,
-        user_id: teams_user(app, &a.from),
+        user_id: user,
         name: a.from.name,
         channel: a.conversation.map(|c| c.id),
     });
@@ -228,6 +235,64 @@ fn answer(app: &App, a: Activity) -> anyhow::Result<Response> {
             ))
         }
     })
+}
+
+/// `@Deploy pending`: what waits for the person's vote and their own open requests, as text.
+fn pending_text(app: &App, user: &str) -> anyhow::Result<String> {
+    let inbox = crate::inbox::of(&app.engine, Source::Teams, user)?;
+    let line = |v: &crate::approval::View| {
+        let r = &v.request;
+        format!(
+            "- {} {} to {} (request {}), asked by {}: approvals {} of {} ({}), deadline {}",
+            r.app,
+            r.version,
+            r.environment,
+            r.id,
+            r.requester_name,
+            v.votes.len(),
+            v.approvals,
+            v.approvals_text(),
+            crate::approval::rfc3339(r.deadline_at)
+        )
+    };
+    let mut out = format!("Waiting for your vote ({}):\n", inbox.waiting.len());
+    for v in &inbox.waiting {
+        out.push_str(&line(v));
+        out.push('\n');
+    }
+    out.push_str(&format!("Your open requests ({}):\n", inbox.mine.len()));
+    for v in &inbox.mine {
+        out.push_str(&line(v));
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// `@Deploy request` alone: a card form (Adaptive Card inputs, submitted with Action.Execute to the
+/// bot endpoint, `/teams/messages`, verb `request`) with the environments the person may request in.
+fn form_reply(app: &App, user: &str) -> Response {
+    let policy = app.engine.policy();
+    let envs: Vec<String> = match policy.by_user(Source::Teams, user) {
+        Some(p) => policy
+            .environments
+            .values()
+            .filter(|e| e.requesters.is_empty() || p.roles.iter().any(|r| e.requesters.contains(r)))
+            .map(|e| e.name.clone())
+            .collect(),
+        None => Vec::new(),
+    };
+    if envs.is_empty() {
+        return reply("You may not request deployments here (you are not in the approval policy, or your roles request nowhere).".into());
+    }
+    Json(json!({
+        "type": "message",
+        "text": "Request a deployment",
+        "attachments": [{
+            "contentType": "application/vnd.microsoft.card.adaptive",
+            "content": crate::teams_cards::request_form(&envs),
+        }]
+    }))
+    .into_response()
 }
 
 #[cfg(test)]

@@ -345,6 +345,27 @@ pub async fn messages(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
     } else {
         return StatusCode::OK.into_response();
     };
+    if execute && verb == Some("request") {
+        let data = a.pointer("/value/action/data").unwrap_or(&Value::Null);
+        // the Bot Connector retries an invoke it thinks failed: a form is taken once, by activity id
+        let Some(id) = a
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|i| !i.is_empty())
+        else {
+            return (StatusCode::BAD_REQUEST, "an activity without an id").into_response();
+        };
+        return match app.engine.once(&[format!("teams-activity:{id}")], || {
+            Ok(request_from_card(&app, &a, data))
+        }) {
+            Ok(Some(r)) => r,
+            Ok(None) => invoke_response("This form was already received; it was not taken again."),
+            Err(e) => {
+                tracing::error!("{e:#}");
+                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            }
+        };
+    }
     let decision = match verb {
         Some("approve") => Decision::Approve,
         Some("reject") => Decision::Reject,
@@ -353,15 +374,9 @@ pub async fn messages(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
     let Some(request) = request else {
         return (StatusCode::BAD_REQUEST, "no request id in the card data").into_response();
     };
-    let from_id = a.pointer("/from/id").and_then(Value::as_str).unwrap_or("");
-    let aad = a.pointer("/from/aadObjectId").and_then(Value::as_str);
-    let user_id = match aad {
-        Some(x) if app.engine.policy().by_user(Source::Teams, x).is_some() => x,
-        _ => from_id,
-    };
     let actor = Actor {
         source: Source::Teams,
-        user_id: user_id.to_string(),
+        user_id: teams_user(&app, &a),
         name: a
             .pointer("/from/name")
             .and_then(Value::as_str)
@@ -392,6 +407,70 @@ pub async fn messages(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
         invoke_response(&text)
     } else {
         StatusCode::OK.into_response()
+    }
+}
+
+/// The Teams user an activity comes from: `from.aadObjectId` if a person has it, else `from.id`.
+fn teams_user(app: &App, a: &Value) -> String {
+    let from_id = a.pointer("/from/id").and_then(Value::as_str).unwrap_or("");
+    let aad = a.pointer("/from/aadObjectId").and_then(Value::as_str);
+    match aad {
+        Some(x) if app.engine.policy().by_user(Source::Teams, x).is_some() => x.to_string(),
+        _ => from_id.to_string(),
+    }
+}
+
+/// The card form submitted (Action.Execute, verb `request`): the request made as a typed one would be,
+/// answered in the invoke response.
+fn request_from_card(app: &App, a: &Value, data: &Value) -> Response {
+    let field = |k: &str| {
+        data.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let new = crate::approval::NewRequest {
+        environment: field("environment"),
+        app: field("app"),
+        version: field("version"),
+        digest: field("digest"),
+    };
+    let actor = Actor {
+        source: Source::Teams,
+        user_id: teams_user(app, a),
+        name: a
+            .pointer("/from/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        channel: a
+            .pointer("/conversation/id")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    };
+    match app
+        .engine
+        .request(crate::approval::Requester::Chat(actor), new)
+    {
+        Err(e) => {
+            tracing::error!("{e:#}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the adapter could not record this",
+            )
+                .into_response()
+        }
+        Ok(Err(refusal)) => invoke_response(&format!("Request refused: {refusal}.")),
+        Ok(Ok(req)) => {
+            app.push(crate::approval::Effect::Post {
+                request: req.id.clone(),
+            });
+            invoke_response(&format!(
+                "Request {} for {} {} to {} posted for approval.",
+                req.id, req.app, req.version, req.environment
+            ))
+        }
     }
 }
 

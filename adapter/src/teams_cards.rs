@@ -459,3 +459,33 @@ pub fn render(v: &View, buttons: bool) -> Value {
     }
     card
 }
+
+/// The request form (Adaptive Card 1.4): the environment among those the person may request in, the
+/// application, the version and the digest, submitted with Action.Execute (verb `request`) to the bot.
+pub fn request_form(envs: &[String]) -> Value {
+    let choices: Vec<Value> = envs
+        .iter()
+        .map(|e| json!({"title": e, "value": e}))
+        .collect();
+    let text = |id: &str, label: &str, placeholder: &str| {
+        json!({"type": "Input.Text", "id": id, "label": label, "placeholder": placeholder,
+               "isRequired": true, "errorMessage": format!("{label} is needed")})
+    };
+    json!({
+        "type": "AdaptiveCard",
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "version": "1.4",
+        "body": [
+            {"type": "TextBlock", "size": "Medium", "weight": "Bolder", "text": "Request a deployment"},
+            {"type": "Input.ChoiceSet", "id": "environment", "label": "Environment", "isRequired": true,
+             "errorMessage": "Choose an environment", "choices": choices},
+            text("app", "Application", "billing"),
+            text("version", "Version", "1.4.2"),
+            {"type": "Input.Text", "id": "digest", "label": "Artifact digest",
+             "placeholder": "sha256: and 64 hex digits", "isRequired": true,
+             "regex": "^sha256:[0-9a-f]{64}$",
+             "errorMessage": "sha256: followed by 64 lowercase hex digits"},
+        ],
+        "actions": [{"type": "Action.Execute", "title": "Request", "verb": "request"}],
+    })
+}

@@ -73,9 +73,11 @@ async fn web_api(
         auth,
         at: Instant::now(),
     });
-    if s.throttle
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
+    // the throttle answers the next chat.* calls 429 (the App Home's views.publish go their own way)
+    if method.starts_with("chat.")
+        && s.throttle
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     {
         return (
             StatusCode::TOO_MANY_REQUESTS,
@@ -88,8 +90,10 @@ async fn web_api(
         let url = s.ws_url.lock().unwrap().clone();
         return Json(json!({"ok": true, "url": url})).into_response();
     }
+    // a message's ts: chat.update keeps it, a post gets the next; views.* answer a view, no ts
     let ts = match method.as_str() {
         "chat.update" => body["ts"].clone(),
+        m if m.starts_with("views.") => Value::Null,
         _ => json!(format!(
             "1800000000.{:06}",
             s.next_ts.fetch_add(1, Ordering::SeqCst) + 1
@@ -2567,4 +2571,104 @@ async fn a_person_named_as_the_requester_of_a_signed_request_may_not_approve_it(
     assert!(text_of(&eph[0]).contains("own request"));
     assert_eq!(site.refusals(), ["self_approval"]);
     assert!(site.envelopes().is_empty());
+}
+
+/// Issue 16, point 2 in Teams: `@Deploy pending` answers with the person's inbox (what waits for their
+/// vote, their own open requests); `@Deploy request` alone answers with a card form, whose submission
+/// (Action.Execute, verb `request`, through the bot with its JWT) makes the request, refuses a bad
+/// digest in the invoke response, and is taken once however often the Bot Connector retries it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teams_pending_lists_the_inbox_and_the_card_form_makes_a_request() {
+    let (site, id) = bot_site_with_a_request().await;
+    let now = site.clock.now_secs();
+    let webhook = |body: String| {
+        site.http
+            .post(site.url("/teams/webhook"))
+            .header("content-type", "application/json")
+            .header("authorization", teams_hmac(TEAMS_TOKEN, body.as_bytes()))
+            .body(body)
+            .send()
+    };
+    // Ada (a release manager) asks what waits for her: Dan's request to prod
+    let body = teams_activity("act-pending", now - 1, "29:ada", "<at>Deploy</at> pending");
+    let answer: Value = webhook(body).await.unwrap().json().await.unwrap();
+    let text = answer["text"].as_str().unwrap();
+    assert!(
+        text.contains("Waiting for your vote (1)") && text.contains(&id),
+        "{text}"
+    );
+    assert!(text.contains("Your open requests (0)"), "{text}");
+
+    // `@Deploy request` alone: the card form, with the environments she may request in
+    let body = teams_activity("act-form", now - 1, "29:ada", "<at>Deploy</at> request");
+    let answer: Value = webhook(body).await.unwrap().json().await.unwrap();
+    let card = &answer["attachments"][0]["content"];
+    assert_eq!(card["actions"][0]["type"], "Action.Execute");
+    assert_eq!(card["actions"][0]["verb"], "request");
+    let choices = card["body"][1]["choices"].to_string();
+    assert!(
+        choices.contains("prod") && choices.contains("staging"),
+        "{choices}"
+    );
+
+    // the form submitted through the bot: a bad digest is refused in the invoke response
+    let jwt = bot_jwt(BOT_APP_ID, now + 600, SERVICE_URL);
+    let submit = |activity: &str, digest: &str| {
+        json!({
+            "type": "invoke", "name": "adaptiveCard/action", "id": activity,
+            "channelId": "msteams", "serviceUrl": SERVICE_URL,
+            "from": {"id": "29:ada", "name": "Ada Lovelace", "aadObjectId": "00000000-0000-0000-0000-00000000ada0"},
+            "conversation": {"id": "19:prod@thread.skype"},
+            "recipient": {"id": format!("28:{BOT_APP_ID}")},
+            "value": {"action": {"type": "Action.Execute", "verb": "request",
+                "data": {"environment": "staging", "app": "web", "version": "2.0", "digest": digest}},
+                "trigger": "manual"}
+        })
+    };
+    let r = site
+        .bot_post(jwt.clone(), &submit("f:form-bad", "sha256:abc"))
+        .await;
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["value"].as_str().unwrap().starts_with("Request refused"),
+        "{v}"
+    );
+    assert_eq!(site.events("request").len(), 1, "only Dan's request so far");
+
+    // a good one: made and posted; the same activity again is not taken twice
+    let good = submit("f:form-good", DIGEST);
+    let v: Value = site
+        .bot_post(jwt.clone(), &good)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        v["value"].as_str().unwrap().contains("posted for approval"),
+        "{v}"
+    );
+    let v: Value = site.bot_post(jwt, &good).await.json().await.unwrap();
+    assert!(
+        v["value"].as_str().unwrap().contains("already received"),
+        "{v}"
+    );
+    let requests = site.events("request");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests[1]["who"]["source"], "teams", "{}", requests[1]);
+
+    // and her inbox now lists her own request
+    let body = teams_activity(
+        "act-pending-2",
+        now - 1,
+        "29:ada",
+        "<at>Deploy</at> pending",
+    );
+    let answer: Value = webhook(body).await.unwrap().json().await.unwrap();
+    assert!(
+        answer["text"]
+            .as_str()
+            .unwrap()
+            .contains("Your open requests (1)"),
+        "{answer}"
+    );
 }

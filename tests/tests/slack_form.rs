@@ -119,7 +119,7 @@ fn the_request_form_opens_refuses_in_place_and_posts_a_good_request() {
         answer["errors"]["digest"]
             .as_str()
             .unwrap()
-            .contains("64 hex"),
+            .contains("64 lowercase hex"),
         "{answer}"
     );
     assert!(answer["errors"]["version"].is_string(), "{answer}");

@@ -74,9 +74,9 @@ fn field(view: &Value, block: &str) -> String {
         .to_string()
 }
 
+/// The digest rule of envelopes themselves (`sha256:` and 64 lowercase hex digits).
 fn is_digest(d: &str) -> bool {
-    d.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    diode_proto::envelope::digest_ok(d)
 }
 
 /// A submitted form: the request made (None: Slack closes the modal), or the errors to show in it.
@@ -100,7 +100,9 @@ pub fn submit(app: &App, actor: Actor, view: &Value) -> anyhow::Result<Option<Va
     if !is_digest(&new.digest) {
         errors.insert(
             "digest".into(),
-            json!("Expected sha256: followed by 64 hex digits (e.g. the output of sha256sum)."),
+            json!(
+                "Expected sha256: followed by 64 lowercase hex digits (as sha256sum prints them)."
+            ),
         );
     }
     if !errors.is_empty() {
@@ -151,6 +153,10 @@ mod tests {
         assert!(!is_digest(&format!("sha256:{}", "ab".repeat(31))));
         assert!(!is_digest(&format!("sha512:{}", "ab".repeat(32))));
         assert!(!is_digest(&format!("sha256:{}", "zz".repeat(32))));
+        assert!(
+            !is_digest(&format!("sha256:{}", "AB".repeat(32))),
+            "lowercase, as envelopes carry it"
+        );
     }
 
     #[test]

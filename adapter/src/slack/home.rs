@@ -6,38 +6,14 @@
 //! with the votes so far and the deadline.
 
 use super::blocks::{button, mrkdwn, when, APPROVE, REJECT};
-use crate::approval::{Engine, View};
+use crate::approval::Engine;
 use crate::policy::Source;
 use crate::server::App;
-use crate::store::Status;
 use serde_json::{json, Value};
 
 /// The Home view for Slack user `user_id`.
 pub fn view(engine: &Engine, user_id: &str) -> anyhow::Result<Value> {
-    let policy = engine.policy();
-    let me = policy.by_user(Source::Slack, user_id);
-    let open: Vec<View> = engine
-        .recent(0)?
-        .into_iter()
-        .filter(|v| v.request.status == Status::Pending)
-        .collect();
-    let waiting: Vec<&View> = open
-        .iter()
-        .filter(|v| {
-            let Some(p) = me else { return false };
-            let eligible = policy
-                .environments
-                .get(&v.request.environment)
-                .is_some_and(|env| policy.eligible(env).any(|e| e.key == p.key));
-            eligible
-                && v.request.requester_person.as_deref() != Some(p.key.as_str())
-                && !v.votes.iter().any(|x| x.person == p.key)
-        })
-        .collect();
-    let mine: Vec<&View> = open
-        .iter()
-        .filter(|v| v.request.source == "slack" && v.request.requester == user_id)
-        .collect();
+    let crate::inbox::Inbox { waiting, mine } = crate::inbox::of(engine, Source::Slack, user_id)?;
     let header = |t: &str| json!({"type": "header", "text": {"type": "plain_text", "text": t}});
     let mut blocks = vec![header(&format!(
         "Waiting for your vote ({})",
