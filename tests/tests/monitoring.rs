@@ -6,8 +6,7 @@
 //!   textfiles of a receiver that carried a file and two approval envelopes (one accepted and consumed,
 //!   one refused as expired), and `promtool check metrics` finds nothing wrong in those files.
 
-use diode_proto::envelope::{SignerRole, SigningKey};
-use diode_tests::envelopes::{digest, good, now};
+use diode_tests::envelopes::{digest, drop_accepted_and_expired};
 use diode_tests::{random_bytes, wait_for, Site};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -162,17 +161,7 @@ fn every_metric_the_dashboard_and_rules_name_is_one_the_receiver_writes() {
     site.drop_in(&want[0].0, &want[0].1);
     site.wait_inbox(&want, Duration::from_secs(30)).unwrap();
     // one approval accepted (and consumed below), one refused because it expired before it arrived
-    let key = SigningKey::from_text(
-        &fs::read_to_string(site.path("keys/adapter.key")).unwrap(),
-        SignerRole::Adapter,
-    )
-    .unwrap();
-    let ok = good(&digest(0x21));
-    site.drop_in("ok.envelope", ok.clone().sign(&key).to_json().as_bytes());
-    let mut old = good(&digest(0x22));
-    old.issued_at = now() - 7200;
-    old.expires_at = now() - 60;
-    site.drop_in("old.envelope", old.sign(&key).to_json().as_bytes());
+    drop_accepted_and_expired(&site, 0x21);
 
     let prom = site.path("metrics/diode_recv.prom");
     let approvals = site.path("metrics/diode_recv_approvals.prom");
