@@ -145,18 +145,37 @@ fn link(s: &SessionStatus) -> Link {
     }
 }
 
-/// The last `n` lines of a JSONL file that parse, newest first.
+/// How much of the end of a JSONL file is read for its newest records: the page polls every 2 s and
+/// received.jsonl only grows.
+const TAIL_BYTES: u64 = 1 << 20;
+
+/// The last `n` lines of a JSONL file that parse, newest first, from its last `TAIL_BYTES`.
 fn newest_records(path: &Path, n: usize) -> Result<Vec<Value>, String> {
-    match fs::read_to_string(path) {
-        Ok(t) => Ok(t
-            .lines()
-            .rev()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .take(n)
-            .collect()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-    }
+    use std::io::{Read, Seek, SeekFrom};
+    let fail = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let mut f = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(fail(e)),
+    };
+    let len = f.metadata().map_err(fail)?.len();
+    let from = len.saturating_sub(TAIL_BYTES);
+    f.seek(SeekFrom::Start(from)).map_err(fail)?;
+    let mut bytes = Vec::new();
+    f.take(TAIL_BYTES).read_to_end(&mut bytes).map_err(fail)?;
+    let text = String::from_utf8_lossy(&bytes);
+    // a read that starts inside the file starts inside a line: that piece is skipped
+    let whole = if from > 0 {
+        text.split_once('\n').map_or("", |(_, rest)| rest)
+    } else {
+        &text
+    };
+    Ok(whole
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .take(n)
+        .collect())
 }
 
 fn text(v: &Value, k: &str) -> String {
@@ -403,6 +422,24 @@ mod tests {
             .collect();
         let (drawn, more) = gaps(&many.join(","));
         assert_eq!((drawn.len(), more), (GAPS_DRAWN, 7));
+    }
+
+    #[test]
+    fn newest_records_come_from_the_tail_newest_first() -> Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let p = dir.path().join("received.jsonl");
+        assert!(newest_records(&p, 5)?.is_empty(), "a missing file is empty");
+        // more than TAIL_BYTES of records: the newest are read, a cut first line is skipped
+        let line = |i: u64| format!("{{\"name\":\"f{i}\",\"pad\":\"{}\"}}\n", "x".repeat(100));
+        let text: String = (0..20_000).map(line).collect();
+        assert!(text.len() as u64 > TAIL_BYTES);
+        fs::write(&p, text + "not json\n").map_err(|e| e.to_string())?;
+        let r = newest_records(&p, 3)?;
+        let names: Vec<&str> = r.iter().filter_map(|v| v["name"].as_str()).collect();
+        assert_eq!(names, ["f19999", "f19998", "f19997"]);
+        let all = newest_records(&p, usize::MAX)?;
+        assert!(all.len() < 20_000 && all.len() > 8_000, "{}", all.len());
+        Ok(())
     }
 
     #[test]
