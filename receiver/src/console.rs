@@ -8,6 +8,7 @@
 //! reach it from elsewhere through an SSH tunnel. Requests whose Host is not a loopback name are refused
 //! too (a DNS-rebinding page in the operator's browser could otherwise read it).
 
+mod history;
 mod view;
 
 use crate::config::Config;
@@ -19,8 +20,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use history::History;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use view::Snapshot;
 
 const SCRIPT: &str = include_str!("console/console.js");
@@ -64,7 +66,12 @@ pub fn serve(cfg: Config, listen: SocketAddr) -> Result<()> {
             .with_context(|| format!("cannot listen on {listen}"))?;
         let at = listener.local_addr()?;
         tracing::info!(url = %format!("http://{at}/"), "console listening (read-only)");
-        axum::serve(listener, router(Arc::new(cfg)))
+        let console = Arc::new(Console {
+            cfg,
+            history: Mutex::new(History::default()),
+        });
+        tokio::spawn(sample(console.clone()));
+        axum::serve(listener, router(console))
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
             })
@@ -73,7 +80,32 @@ pub fn serve(cfg: Config, listen: SocketAddr) -> Result<()> {
     })
 }
 
-fn router(cfg: Arc<Config>) -> Router {
+/// What every request reads: the config and the history the sampler keeps.
+struct Console {
+    cfg: Config,
+    history: Mutex<History>,
+}
+
+/// Every `SAMPLE_SECS`, the daemon's figures into the history (for the charts and rates), whether or
+/// not a page is open.
+async fn sample(c: Arc<Console>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(history::SAMPLE_SECS));
+    loop {
+        tick.tick().await;
+        let c = c.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(s) = view::read_status(&c.cfg) {
+                c.history
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .record(&s);
+            }
+        })
+        .await;
+    }
+}
+
+fn router(cfg: Arc<Console>) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/state.json", get(state))
@@ -111,8 +143,8 @@ impl IntoResponse for Failure {
 }
 
 /// The snapshot is read off the runtime's thread: it verifies the audit chain and lists files.
-async fn snapshot(cfg: Arc<Config>) -> Result<Snapshot, Failure> {
-    tokio::task::spawn_blocking(move || Snapshot::read(&cfg))
+async fn snapshot(c: Arc<Console>) -> Result<Snapshot, Failure> {
+    tokio::task::spawn_blocking(move || Snapshot::read(&c.cfg, &c.history))
         .await
         .map_err(|_| Failure::Read)
 }
@@ -124,13 +156,13 @@ fn rendered(r: askama::Result<String>) -> Result<String, Failure> {
     })
 }
 
-async fn page(State(cfg): State<Arc<Config>>) -> Result<Response, Failure> {
+async fn page(State(cfg): State<Arc<Console>>) -> Result<Response, Failure> {
     let s = snapshot(cfg).await?;
     let html = rendered(Page { s: &s }.render())?;
     Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response())
 }
 
-async fn state(State(cfg): State<Arc<Config>>) -> Result<Response, Failure> {
+async fn state(State(cfg): State<Arc<Console>>) -> Result<Response, Failure> {
     let s = snapshot(cfg).await?;
     let html = rendered(Live { s: &s }.render())?;
     Ok(Json(serde_json::json!({

@@ -373,6 +373,31 @@ fn the_console_shows_a_real_transfer_escaped_and_secured_and_follows_the_replay(
         },
     );
     assert!(!j["html"].as_str().unwrap().contains("replay-line"));
+    // the console's own history of the last hour: a frames/s line with points, a loss line
+    let fps = wait_for(
+        "a frames/s chart with points",
+        Duration::from_secs(10),
+        || {
+            let j: serde_json::Value =
+                serde_json::from_str(&get(at, "/state.json", &host).body).ok()?;
+            let html = j["html"].as_str()?.to_string();
+            assert!(html.contains("<svg class=\"chart loss\""), "{html}");
+            let points = html
+                .split("class=\"chart fps\"")
+                .nth(1)?
+                .split("points=\"")
+                .nth(1)?
+                .split('"')
+                .next()?
+                .to_string();
+            (!points.is_empty()).then_some(points)
+        },
+    );
+    assert!(
+        fps.split(' ')
+            .all(|p| p.split(',').all(|n| n.parse::<f64>().is_ok())),
+        "{fps}"
+    );
     println!("console at {at}: gap at block 1 shown, replayed with `{replay}`, then received");
 }
 

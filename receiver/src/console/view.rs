@@ -3,6 +3,7 @@
 //! read is read-only and every failure becomes a line on the page, never a panic. Values stay plain
 //! text here; the template escapes them.
 
+use super::history::{Chart, History};
 use crate::approvals;
 use crate::config::Config;
 use crate::status::{SessionStatus, Status};
@@ -10,6 +11,7 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// How many received files and refusals the page lists (newest first).
@@ -41,6 +43,9 @@ pub struct Link {
     pub last_seen: String,
     pub loss: String,
     pub frames: String,
+    /// Frames per second and loss over the last hour, when the console has seen two samples.
+    pub fps_chart: Option<Chart>,
+    pub loss_chart: Option<Chart>,
 }
 
 pub struct Progress {
@@ -52,6 +57,8 @@ pub struct Progress {
     pub permille: u64,
     pub percent: String,
     pub blocks: String,
+    /// "1.2 MB/s, 35 s left" once the console has seen it progress; empty before.
+    pub rate: String,
 }
 
 pub struct Incomplete {
@@ -114,7 +121,30 @@ fn progress(o: &crate::status::ObjectStatus) -> Progress {
         permille: (o.percent.clamp(0.0, 100.0) * 10.0) as u64,
         percent: format!("{:.1}", o.percent),
         blocks: format!("{}/{}", o.blocks_done, o.blocks),
+        rate: String::new(),
     }
+}
+
+fn rate_words(bytes_per_sec: f64, secs_left: f64) -> String {
+    format!(
+        "{:.2} MB/s, {} left",
+        bytes_per_sec / 1e6,
+        humantime::format_duration(Duration::from_secs(secs_left.ceil() as u64))
+    )
+}
+
+/// The daemon's status file, or why there is none.
+pub fn read_status(cfg: &Config) -> Result<Status, String> {
+    fs::read_to_string(cfg.status_path())
+        .map_err(|e| {
+            format!(
+                "no status in {} ({e}): is diode-recv running with this config?",
+                cfg.status_path().display()
+            )
+        })
+        .and_then(|t| {
+            serde_json::from_str(&t).map_err(|e| format!("the status file is damaged: {e}"))
+        })
 }
 
 /// The missing runs of a gap report (`3,9,17-19`), at most `GAPS_DRAWN`; a report that does not parse
@@ -142,6 +172,8 @@ fn link(s: &SessionStatus) -> Link {
         },
         loss: format!("{:.2} %", s.loss_percent),
         frames: format!("{} of {}", s.frames_received, s.frames_expected),
+        fps_chart: None,
+        loss_chart: None,
     }
 }
 
@@ -253,18 +285,14 @@ fn quarantined(dir: &Path) -> Vec<Quarantined> {
 }
 
 impl Snapshot {
-    pub fn read(cfg: &Config) -> Snapshot {
+    pub fn read(cfg: &Config, history: &Mutex<History>) -> Snapshot {
         let now = diode_host::unix_now();
-        let status: Result<Status, String> = fs::read_to_string(cfg.status_path())
-            .map_err(|e| {
-                format!(
-                    "no status in {} ({e}): is diode-recv running with this config?",
-                    cfg.status_path().display()
-                )
-            })
-            .and_then(|t| {
-                serde_json::from_str(&t).map_err(|e| format!("the status file is damaged: {e}"))
-            });
+        let status = read_status(cfg);
+        // a poisoned lock only means a panic elsewhere mid-update: the figures are still usable
+        let mut history = history.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(s) = &status {
+            history.record(s);
+        }
         let (status, status_warning) = match status {
             Ok(s) => {
                 let age = now.saturating_sub(s.updated);
@@ -288,14 +316,27 @@ impl Snapshot {
             .sessions
             .iter()
             .filter(|s| seen.insert(s.sender.clone()))
-            .map(link)
+            .map(|s| {
+                let mut l = link(s);
+                if let Some((fps, loss)) = history.charts(&s.sender, now) {
+                    (l.fps_chart, l.loss_chart) = (Some(fps), Some(loss));
+                }
+                l
+            })
             .collect();
         let receiving = status
             .objects
             .iter()
             .filter(|o| o.state == "receiving")
-            .map(progress)
+            .map(|o| {
+                let mut p = progress(o);
+                if let Some((r, left)) = history.rate(&o.object, o.size) {
+                    p.rate = rate_words(r, left);
+                }
+                p
+            })
             .collect();
+        drop(history);
         let incomplete = status
             .objects
             .iter()
