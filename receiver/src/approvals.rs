@@ -95,8 +95,11 @@ impl Approvals {
     }
 
     fn save_metrics(&self) {
+        // best effort: a failure is logged, never fatal to reception
         if let Some(p) = &self.metrics {
-            save_metrics(p, &self.audit);
+            if let Err(e) = save_metrics(p, &self.audit) {
+                tracing::warn!(error = %format!("{e:#}"), path = %p.display(), "cannot write the approval metrics");
+            }
         }
     }
 
@@ -192,12 +195,13 @@ pub fn metrics_path(cfg: &Config) -> Option<PathBuf> {
     Some(m.with_file_name(format!("{stem}_approvals.prom")))
 }
 
-/// Write the approval and audit metrics (best effort: a failure is logged, never fatal).
-pub fn save_metrics(path: &Path, audit: &AuditLog) {
-    let text = metrics_text(audit, diode_host::unix_now());
-    if let Err(e) = write_atomic(path, text.as_bytes(), 0o644) {
-        tracing::warn!(error = %format!("{e:#}"), path = %path.display(), "cannot write the approval metrics");
-    }
+/// Write the approval and audit metrics.
+pub fn save_metrics(path: &Path, audit: &AuditLog) -> Result<()> {
+    write_atomic(
+        path,
+        metrics_text(audit, diode_host::unix_now()).as_bytes(),
+        0o644,
+    )
 }
 
 /// A label value from a record: a reason code is a lowercase word; anything else (a log edited by hand)
@@ -463,9 +467,12 @@ pub fn consume(
         )?;
         Ok(Some(found))
     })?;
-    // the pipeline's user may not be allowed to write there: then the next delivery brings them up to date
+    // the pipeline's user may not be allowed to write there (then the daemon's next write brings the
+    // figures up to date): not worth a line on the pipeline's stderr
     if let (Some(p), Some(_)) = (metrics_path(cfg), &found) {
-        save_metrics(&p, &audit);
+        if let Err(e) = save_metrics(&p, &audit) {
+            tracing::debug!(error = %format!("{e:#}"), path = %p.display(), "cannot write the approval metrics");
+        }
     }
     Ok(found)
 }
