@@ -21,6 +21,11 @@ command -v unzip >/dev/null || need+=(unzip)
 command -v rsyslogd >/dev/null || [ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
 dpkg -s rsyslog-gnutls >/dev/null 2>&1 || need+=(rsyslog-gnutls)
 command -v openssl >/dev/null || need+=(openssl)
+# promtool, for the alert rules, their unit tests and the metrics format (tests/tests/monitoring.rs)
+command -v promtool >/dev/null || need+=(prometheus)
+# the console in a real headless browser through WebDriver (tests/tests/console.rs)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing ${need[*]}"

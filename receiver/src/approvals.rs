@@ -32,6 +32,8 @@ pub struct Approvals {
     dir: PathBuf,
     /// The helper that runs `[approvals] hook` outside the sandbox, when one is configured.
     hooks: Option<HookRunner>,
+    /// Where the approval and audit metrics go (beside recv.toml's `metrics_file`), if anywhere.
+    metrics: Option<PathBuf>,
 }
 
 fn registry(dir: &Path, name: &str) -> HashSet<String> {
@@ -79,19 +81,38 @@ impl Approvals {
         for k in &trusted {
             tracing::info!(adapter = %k.id_hex(), "trusting approval envelopes signed by this adapter key");
         }
-        Ok(Some(Approvals {
+        let me = Approvals {
             seen: registry(&dir, "seen"),
             audit: audit_log(cfg),
             trusted,
             cfg: a,
             dir,
             hooks,
-        }))
+            metrics: metrics_path(cfg),
+        };
+        me.save_metrics();
+        Ok(Some(me))
+    }
+
+    fn save_metrics(&self) {
+        // best effort: a failure is logged, never fatal to reception
+        if let Some(p) = &self.metrics {
+            if let Err(e) = save_metrics(p, &self.audit) {
+                tracing::warn!(error = %format!("{e:#}"), path = %p.display(), "cannot write the approval metrics");
+            }
+        }
+    }
+
+    /// `deliver`, then the metrics written again (an accepted or quarantined approval changes them).
+    pub fn deliver(&mut self, bytes: &[u8], wire_name: &str) -> Result<PathBuf> {
+        let r = self.deliver_one(bytes, wire_name);
+        self.save_metrics();
+        r
     }
 
     /// An envelope object arrived whole and hash-verified: accept it into `approvals/` or refuse it into
     /// `quarantine/`, with an audit record either way. Returns where it went.
-    pub fn deliver(&mut self, bytes: &[u8], wire_name: &str) -> Result<PathBuf> {
+    fn deliver_one(&mut self, bytes: &[u8], wire_name: &str) -> Result<PathBuf> {
         let now = diode_host::unix_now();
         let parsed = SignedEnvelope::parse(bytes);
         let id = parsed
@@ -164,6 +185,119 @@ impl Approvals {
             }
         }
     }
+}
+
+/// The approval and audit metrics file: beside `metrics_file`, named after it (`diode_recv.prom` gives
+/// `diode_recv_approvals.prom`), so node_exporter's textfile collector reads both.
+pub fn metrics_path(cfg: &Config) -> Option<PathBuf> {
+    let m = cfg.metrics_file.as_deref()?;
+    let stem = m.file_stem()?.to_string_lossy();
+    Some(m.with_file_name(format!("{stem}_approvals.prom")))
+}
+
+/// Write the approval and audit metrics.
+pub fn save_metrics(path: &Path, audit: &AuditLog) -> Result<()> {
+    write_atomic(
+        path,
+        metrics_text(audit, diode_host::unix_now()).as_bytes(),
+        0o644,
+    )
+}
+
+/// A label value from a record: a reason code is a lowercase word; anything else (a log edited by hand)
+/// becomes `other`, so nothing in a label needs escaping.
+fn label_word(v: Option<&str>) -> String {
+    match v {
+        Some(w)
+            if !w.is_empty()
+                && w.len() <= 40
+                && w.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') =>
+        {
+            w.to_string()
+        }
+        _ => "other".to_string(),
+    }
+}
+
+/// Approvals by outcome and the audit chain's state, in Prometheus' text format. Counted from the audit
+/// log itself, so the counters survive restarts and include what `approvals consume` and the hook runner
+/// appended; the chain is verified against its head file at every write.
+pub fn metrics_text(audit: &AuditLog, now: u64) -> String {
+    use crate::status::write_metric;
+    use std::collections::BTreeMap;
+    let (mut accepted, mut consumed, mut quarantined) = (0u64, 0u64, 0u64);
+    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut hook_ok, mut hook_failed) = (0u64, 0u64);
+    for r in diode_host::audit::records(audit.path()) {
+        match r["event"].as_str() {
+            Some("accept") => accepted += 1,
+            Some("consume") => consumed += 1,
+            Some("reject") => {
+                quarantined += 1;
+                *reasons.entry(label_word(r["reason"].as_str())).or_default() += 1;
+            }
+            Some("hook") if r["ok"] == json!(true) => hook_ok += 1,
+            Some("hook") => hook_failed += 1,
+            _ => {}
+        }
+    }
+    let verified = audit.verify();
+    let mut o = String::new();
+    let one = |v: u64| vec![(String::new(), v as f64)];
+    write_metric(
+        &mut o,
+        "approvals_total",
+        "counter",
+        "Approval envelopes by outcome, from the audit log: accepted into approvals/, consumed by a pipeline, quarantined.",
+        &[
+            ("{outcome=\"accepted\"}".into(), accepted as f64),
+            ("{outcome=\"consumed\"}".into(), consumed as f64),
+            ("{outcome=\"quarantined\"}".into(), quarantined as f64),
+        ],
+    );
+    write_metric(
+        &mut o,
+        "approvals_quarantined_total",
+        "counter",
+        "Approval envelopes refused into quarantine/, by reason (docs/approvals.md).",
+        &reasons
+            .iter()
+            .map(|(k, v)| (format!("{{reason=\"{k}\"}}"), *v as f64))
+            .collect::<Vec<_>>(),
+    );
+    write_metric(
+        &mut o,
+        "approval_hooks_total",
+        "counter",
+        "Runs of the approval hook, by result.",
+        &[
+            ("{result=\"ok\"}".into(), hook_ok as f64),
+            ("{result=\"failed\"}".into(), hook_failed as f64),
+        ],
+    );
+    write_metric(
+        &mut o,
+        "audit_chain_ok",
+        "gauge",
+        "1 if the high side's audit log verified against its hash chain and head at the last check, 0 if broken.",
+        &one(u64::from(verified.is_ok())),
+    );
+    write_metric(
+        &mut o,
+        "audit_records",
+        "gauge",
+        "Records in the audit log that verified at the last check (0 when the chain is broken).",
+        &one(*verified.as_ref().unwrap_or(&0)),
+    );
+    write_metric(
+        &mut o,
+        "audit_checked_timestamp_seconds",
+        "gauge",
+        "When the audit chain was last checked (Unix time): at start, at each envelope and each consume.",
+        &one(now),
+    );
+    o
 }
 
 fn sha2_digest(b: &[u8]) -> Vec<u8> {
@@ -319,7 +453,7 @@ pub fn consume(
     id: Option<&str>,
 ) -> Result<Option<SignedEnvelope>> {
     let audit = audit_log(cfg);
-    audit.locked(|| {
+    let found = audit.locked(|| {
         let Some(found) = find(cfg, artifact, env, id)? else {
             return Ok(None);
         };
@@ -332,5 +466,64 @@ pub fn consume(
                 "pid": std::process::id()}),
         )?;
         Ok(Some(found))
-    })
+    })?;
+    // the pipeline's user may not be allowed to write there (then the daemon's next write brings the
+    // figures up to date): not worth a line on the pipeline's stderr
+    if let (Some(p), Some(_)) = (metrics_path(cfg), &found) {
+        if let Err(e) = save_metrics(&p, &audit) {
+            tracing::debug!(error = %format!("{e:#}"), path = %p.display(), "cannot write the approval metrics");
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(text: &str, name: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn metrics_count_the_audit_log_and_see_a_broken_chain() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let log = AuditLog::new(dir.path().join("audit.jsonl"));
+        log.append("accept", json!({"id": "a"}))?;
+        log.append("accept", json!({"id": "b"}))?;
+        log.append("consume", json!({"id": "a"}))?;
+        log.append("reject", json!({"id": "c", "reason": "expired"}))?;
+        log.append("reject", json!({"id": "d", "reason": "Bad\"Label\n"}))?;
+        log.append("hook", json!({"id": "b", "ok": false}))?;
+        let t = metrics_text(&log, 1234);
+        for (name, want) in [
+            ("diode_recv_approvals_total{outcome=\"accepted\"}", 2.0),
+            ("diode_recv_approvals_total{outcome=\"consumed\"}", 1.0),
+            ("diode_recv_approvals_total{outcome=\"quarantined\"}", 2.0),
+            (
+                "diode_recv_approvals_quarantined_total{reason=\"expired\"}",
+                1.0,
+            ),
+            // a reason that is not a plain word never reaches a label as it is
+            (
+                "diode_recv_approvals_quarantined_total{reason=\"other\"}",
+                1.0,
+            ),
+            ("diode_recv_approval_hooks_total{result=\"failed\"}", 1.0),
+            ("diode_recv_approval_hooks_total{result=\"ok\"}", 0.0),
+            ("diode_recv_audit_chain_ok", 1.0),
+            ("diode_recv_audit_records", 6.0),
+            ("diode_recv_audit_checked_timestamp_seconds", 1234.0),
+        ] {
+            assert_eq!(sample(&t, name), Some(want), "{name} in:\n{t}");
+        }
+        // one record edited: the chain no longer verifies
+        let text = fs::read_to_string(log.path())?;
+        fs::write(log.path(), text.replacen("\"b\"", "\"x\"", 1))?;
+        let t = metrics_text(&log, 1235);
+        assert_eq!(sample(&t, "diode_recv_audit_chain_ok"), Some(0.0), "{t}");
+        assert_eq!(sample(&t, "diode_recv_audit_records"), Some(0.0), "{t}");
+        Ok(())
+    }
 }

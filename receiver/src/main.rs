@@ -3,6 +3,7 @@
 
 mod approvals;
 mod config;
+mod console;
 mod hook_runner;
 mod receive;
 mod sandbox;
@@ -57,6 +58,13 @@ enum Cmd {
     Audit {
         #[command(subcommand)]
         cmd: AuditCmd,
+    },
+    /// A read-only web page for the operator (links, objects, gaps with their replay lines, received
+    /// files, approvals, the audit chain), read from what the daemon writes; a process of its own
+    Console {
+        /// Where to listen: loopback only (the console has no TLS or authentication; use an SSH tunnel)
+        #[arg(long, default_value = "127.0.0.1:8440")]
+        listen: std::net::SocketAddr,
     },
     /// Internal: runs the approval hook outside the daemon's sandbox (started by the daemon)
     #[command(hide = true)]
@@ -240,6 +248,11 @@ fn run(cli: Cli) -> Result<()> {
             let n = log.verify()?;
             println!("ok: {n} records in {}", log.path().display());
             Ok(())
+        }
+        Some(Cmd::Console { listen }) => {
+            // refused before the config is read: the answer does not depend on it
+            console::check_listen(&listen)?;
+            console::serve(Config::load(&cli.config)?, listen)
         }
         Some(Cmd::HookRunner) => hook_runner::serve(&Config::load(&cli.config)?),
         None => {

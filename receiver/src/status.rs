@@ -80,16 +80,9 @@ impl Status {
     /// (`metrics_file` in recv.toml). Label values are hex key ids and fixed reason words: nothing to
     /// escape.
     pub fn prometheus(&self) -> String {
-        use std::fmt::Write;
         let mut o = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
-            let _ = writeln!(
-                o,
-                "# HELP diode_recv_{name} {help}\n# TYPE diode_recv_{name} {kind}"
-            );
-            for (labels, v) in rows {
-                let _ = writeln!(o, "diode_recv_{name}{labels} {v}");
-            }
+            write_metric(&mut o, name, kind, help, &rows)
         };
         metric(
             "updated_timestamp_seconds",
@@ -149,6 +142,18 @@ impl Status {
             "Frames lost on the link in the current session, percent.",
             per_sender(&|s| s.loss_percent),
         );
+        metric(
+            "link_frames_expected_total",
+            "counter",
+            "Frames the sender sent in its current session (from sequence numbers); starts again at each new session.",
+            per_sender(&|s| s.frames_expected as f64),
+        );
+        metric(
+            "link_frames_received_total",
+            "counter",
+            "Frames received in the sender's current session; starts again at each new session.",
+            per_sender(&|s| s.frames_received as f64),
+        );
         let count = |state: &str| self.objects.iter().filter(|o| o.state == state).count() as f64;
         metric(
             "objects",
@@ -159,7 +164,32 @@ impl Status {
                 ("{state=\"incomplete\"}".into(), count("incomplete")),
             ],
         );
+        metric(
+            "refused_objects_total",
+            "counter",
+            "Objects refused for good since the receiver started (state/refused.jsonl has each with its reason).",
+            vec![(String::new(), self.refused_total as f64)],
+        );
+        metric(
+            "partial_bytes",
+            "gauge",
+            "Bytes of objects in progress on disk (state/partial/), against max_partial_mb.",
+            vec![(String::new(), self.limits.bytes as f64)],
+        );
         o
+    }
+}
+
+/// One metric `diode_recv_<name>` in Prometheus' text format: its HELP and TYPE lines, then a sample per
+/// row (`{labels}` already formatted, or empty). Labels must hold no `"`, `\\` or newline.
+pub fn write_metric(o: &mut String, name: &str, kind: &str, help: &str, rows: &[(String, f64)]) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        o,
+        "# HELP diode_recv_{name} {help}\n# TYPE diode_recv_{name} {kind}"
+    );
+    for (labels, v) in rows {
+        let _ = writeln!(o, "diode_recv_{name}{labels} {v}");
     }
 }
 
@@ -269,5 +299,57 @@ pub fn print(s: &Status, now: u64, running: bool, free: Option<u64>) {
         if let Some(r) = &o.replay {
             println!("    on the low side run: {r}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(sender: &str, counter: u64, link: &str, expected: u64, got: u64) -> SessionStatus {
+        SessionStatus {
+            sender: sender.into(),
+            counter,
+            created_at: 0,
+            link: link.into(),
+            last_seen_secs: 0.5,
+            frames_expected: expected,
+            frames_received: got,
+            loss_percent: 100.0 * (1.0 - got as f64 / expected as f64),
+        }
+    }
+
+    #[test]
+    fn prometheus_has_one_row_per_sender_and_the_new_counters() {
+        let s = Status {
+            // newest session first: the older one of sender aa must not give a second row
+            sessions: vec![
+                session("aa", 7, "up", 1000, 990),
+                session("aa", 6, "down", 50, 10),
+                session("bb", 3, "down", 200, 200),
+            ],
+            refused_total: 2,
+            limits: LimitStatus {
+                bytes: 4096,
+                ..LimitStatus::default()
+            },
+            ..Status::default()
+        };
+        let t = s.prometheus();
+        for line in [
+            "# TYPE diode_recv_link_frames_expected_total counter\n",
+            "diode_recv_link_frames_expected_total{sender=\"aa\"} 1000\n",
+            "diode_recv_link_frames_received_total{sender=\"aa\"} 990\n",
+            "diode_recv_link_frames_received_total{sender=\"bb\"} 200\n",
+            "diode_recv_link_up{sender=\"aa\"} 1\n",
+            "diode_recv_link_up{sender=\"bb\"} 0\n",
+            "# TYPE diode_recv_refused_objects_total counter\n",
+            "diode_recv_refused_objects_total 2\n",
+            "diode_recv_partial_bytes 4096\n",
+        ] {
+            assert!(t.contains(line), "missing {line:?} in:\n{t}");
+        }
+        assert_eq!(t.matches("diode_recv_link_up{sender=\"aa\"}").count(), 1);
+        assert!(!t.contains(" 50\n"), "the older session leaked into:\n{t}");
     }
 }

@@ -53,3 +53,21 @@ pub fn good(d: &str) -> Envelope {
         expires_at: now() + 3600,
     }
 }
+
+/// Drop into the site's outbox one approval that the receiver accepts and one that expired before it
+/// was sent (refused as `expired`), both signed by the site's adapter key; returns the good one.
+pub fn drop_accepted_and_expired(site: &crate::Site, seed: u8) -> Envelope {
+    let text = std::fs::read_to_string(site.path("keys/adapter.key")).expect("keys/adapter.key");
+    let key = diode_proto::envelope::SigningKey::from_text(
+        &text,
+        diode_proto::envelope::SignerRole::Adapter,
+    )
+    .expect("an adapter key");
+    let ok = good(&digest(seed));
+    site.drop_in("ok.envelope", ok.clone().sign(&key).to_json().as_bytes());
+    let mut old = good(&digest(seed.wrapping_add(1)));
+    old.issued_at = now() - 7200;
+    old.expires_at = now() - 60;
+    site.drop_in("old.envelope", old.sign(&key).to_json().as_bytes());
+    ok
+}
