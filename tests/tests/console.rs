@@ -572,7 +572,14 @@ fn the_console_in_a_real_headless_chromium() {
     );
     assert_eq!(r.status, 404, "an alert is open: {}", r.body);
     assert!(r.body.contains("no such alert"), "{}", r.body);
-    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/console");
+    // screenshots into target/ (a test run leaves the checkout as it found it); into docs/console/, where
+    // the README links them, with DIODE_UPDATE_SCREENSHOTS=1
+    let docs = if std::env::var("DIODE_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/console")
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots")
+    };
+    std::fs::create_dir_all(&docs).unwrap();
     browser.screenshot(&docs.join("incomplete.png"));
 
     sc.replay();
