@@ -374,19 +374,7 @@ pub async fn messages(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
     let Some(request) = request else {
         return (StatusCode::BAD_REQUEST, "no request id in the card data").into_response();
     };
-    let actor = Actor {
-        source: Source::Teams,
-        user_id: teams_user(&app, &a),
-        name: a
-            .pointer("/from/name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string(),
-        channel: a
-            .pointer("/conversation/id")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-    };
+    let actor = teams_actor(&app, &a);
     let out = match app.engine.act(request, &actor, decision) {
         Ok(o) => o,
         Err(e) => {
@@ -407,6 +395,17 @@ pub async fn messages(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
         invoke_response(&text)
     } else {
         StatusCode::OK.into_response()
+    }
+}
+
+/// The person acting in an activity: its Teams user, display name and conversation.
+fn teams_actor(app: &App, a: &Value) -> Actor {
+    let text = |p: &str| a.pointer(p).and_then(Value::as_str);
+    Actor {
+        source: Source::Teams,
+        user_id: teams_user(app, a),
+        name: text("/from/name").unwrap_or("").to_string(),
+        channel: text("/conversation/id").map(str::to_string),
     }
 }
 
@@ -436,19 +435,7 @@ fn request_from_card(app: &App, a: &Value, data: &Value) -> Response {
         version: field("version"),
         digest: field("digest"),
     };
-    let actor = Actor {
-        source: Source::Teams,
-        user_id: teams_user(app, a),
-        name: a
-            .pointer("/from/name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string(),
-        channel: a
-            .pointer("/conversation/id")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-    };
+    let actor = teams_actor(app, a);
     match app
         .engine
         .request(crate::approval::Requester::Chat(actor), new)

@@ -1,4 +1,6 @@
 //! What the endpoints' unit tests share: fixed keys, an object, a sender endpoint and a source in memory.
+//! Test code only (compiled with the unit tests).
+#![cfg(test)]
 
 use crate::fec::Geometry;
 use crate::frame::{peek_kind, FrameKind, SealedHeader};
