@@ -85,7 +85,7 @@ impl AuditLog {
     }
 
     /// The head: from the head file, or (first use, or a log from before heads) from the log itself.
-    fn head(&self) -> Result<Head> {
+    pub fn head(&self) -> Result<Head> {
         if let Ok(t) = fs::read_to_string(head_path(&self.path)) {
             if let Some(h) = Head::from_text(&t) {
                 return Ok(h);

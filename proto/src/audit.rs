@@ -58,6 +58,49 @@ pub fn chain(head: &Head, mut fields: Map<String, Value>) -> (String, Head) {
     (Value::Object(fields).to_string(), Head { count: seq, hash })
 }
 
+/// Where one record sits in its chain: its sequence number, the hash of the record before it, its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    pub seq: u64,
+    pub prev: [u8; 32],
+    pub hash: [u8; 32],
+}
+
+impl Link {
+    /// Whether `self` comes right after `before` in one chain.
+    pub fn follows(&self, before: &Link) -> bool {
+        self.seq == before.seq.saturating_add(1) && self.prev == before.hash
+    }
+}
+
+/// Check one record on its own (its hash covers its content and `prev`), without the records around
+/// it: what a copy of some records of another side's log can be checked with. Err says what is wrong.
+pub fn link(line: &str) -> Result<Link, String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("not a JSON record: {e}"))?;
+    let Value::Object(mut fields) = v else {
+        return Err("not a JSON object".into());
+    };
+    let hex32 = |v: Option<Value>, what: &str| -> Result<[u8; 32], String> {
+        v.as_ref()
+            .and_then(Value::as_str)
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|h| <[u8; 32]>::try_from(h).ok())
+            .ok_or_else(|| format!("no {what} of 64 hex digits"))
+    };
+    let hash = hex32(fields.remove("hash"), "hash")?;
+    let prev = hex32(fields.get("prev").cloned(), "prev")?;
+    let seq = fields
+        .get("seq")
+        .and_then(Value::as_u64)
+        .filter(|s| *s >= 1)
+        .ok_or("no sequence number")?;
+    // not secret: plain comparison
+    if digest(&prev, &fields) != hash {
+        return Err("its content does not match its hash: the record was edited".into());
+    }
+    Ok(Link { seq, prev, hash })
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ChainError {
     #[error("line {line}: {why}")]
@@ -183,6 +226,21 @@ mod tests {
                 expected: 5
             })
         ));
+    }
+
+    #[test]
+    fn one_record_is_checked_on_its_own_and_links_to_the_one_before() {
+        let (text, _) = log(3);
+        let links: Vec<Link> = text.lines().map(|l| link(l).unwrap()).collect();
+        assert_eq!(links[0].prev, GENESIS);
+        assert!(links[1].follows(&links[0]) && links[2].follows(&links[1]));
+        assert!(!links[2].follows(&links[0]) && !links[0].follows(&links[2]));
+        let line = text.lines().nth(1).unwrap();
+        assert!(link(&line.replacen("\"i\":1", "\"i\":9", 1))
+            .unwrap_err()
+            .contains("edited"));
+        assert!(link(&line.replacen("\"seq\":2", "\"seq\":3", 1)).is_err());
+        assert!(link("{}").is_err() && link("[1]").is_err() && link("not json").is_err());
     }
 
     #[test]

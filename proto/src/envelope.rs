@@ -319,6 +319,8 @@ pub enum SignerRole {
     Adapter,
     /// A pipeline inside the air gap: signs deployment requests.
     Pipeline,
+    /// The high side's receiver: signs the outcomes it sends back (`crate::outcome`).
+    Outcome,
 }
 
 impl SignerRole {
@@ -326,6 +328,7 @@ impl SignerRole {
         match self {
             SignerRole::Adapter => "adapter",
             SignerRole::Pipeline => "pipeline",
+            SignerRole::Outcome => "outcome",
         }
     }
 }

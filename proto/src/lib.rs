@@ -15,6 +15,7 @@ pub mod hash;
 pub mod journal;
 pub mod keys;
 pub mod object;
+pub mod outcome;
 pub mod receiver;
 pub mod reception;
 pub mod request;

@@ -35,6 +35,18 @@ pub enum ObjectKind {
 /// its inbox.
 pub const ENVELOPE_SUFFIX: &str = ".envelope";
 
+/// A character that changes how text reads without being seen: Unicode format characters (category Cf:
+/// bidi overrides, embeddings and isolates, directional marks, zero-width joiners and spaces, the BOM,
+/// soft hyphen, ...) and the line and paragraph separators.
+pub fn invisible(c: char) -> bool {
+    matches!(
+        c.general_category(),
+        GeneralCategory::Format
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+    )
+}
+
 pub fn kind_for_name(name: &str) -> ObjectKind {
     if name.ends_with(ENVELOPE_SUFFIX) {
         ObjectKind::Envelope
@@ -162,14 +174,7 @@ pub fn safe_name(name: &str) -> Result<Vec<&str>, MetaError> {
     // and U+2066-U+2069, the marks U+200E/U+200F/U+061C, zero-width joiners and spaces, the BOM, soft
     // hyphen, ...) and the line and paragraph separators change how a name reads without being seen:
     // `invoice<U+202E>fdp.exe` lists as `invoiceexe.pdf`.
-    if name.chars().any(|c| {
-        matches!(
-            c.general_category(),
-            GeneralCategory::Format
-                | GeneralCategory::LineSeparator
-                | GeneralCategory::ParagraphSeparator
-        )
-    }) {
+    if name.chars().any(invisible) {
         return bad("invisible Unicode format character (bidi control, zero-width or separator)");
     }
     if name.contains('\\') {

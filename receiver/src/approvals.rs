@@ -34,6 +34,10 @@ pub struct Approvals {
     hooks: Option<HookRunner>,
     /// Where the approval and audit metrics go (beside recv.toml's `metrics_file`), if anywhere.
     metrics: Option<PathBuf>,
+    /// Signed outcomes back through the reverse link, when `[approvals.outcomes]` is set.
+    outcomes: Option<crate::outcomes::Reporter>,
+    /// Whether the last outcome report failed (said once per failure streak).
+    outcomes_failing: bool,
 }
 
 fn registry(dir: &Path, name: &str) -> HashSet<String> {
@@ -81,7 +85,14 @@ impl Approvals {
         for k in &trusted {
             tracing::info!(adapter = %k.id_hex(), "trusting approval envelopes signed by this adapter key");
         }
-        let me = Approvals {
+        let outcomes = a
+            .outcomes
+            .as_ref()
+            .map(|o| crate::outcomes::Reporter::open(o, &dir))
+            .transpose()?;
+        let mut me = Approvals {
+            outcomes,
+            outcomes_failing: false,
             seen: registry(&dir, "seen"),
             audit: audit_log(cfg),
             trusted,
@@ -91,7 +102,29 @@ impl Approvals {
             metrics: metrics_path(cfg),
         };
         me.save_metrics();
+        me.report_outcomes();
         Ok(Some(me))
+    }
+
+    /// Send the audit records appended since the last look back to the low side as signed outcomes,
+    /// if configured. A failure (a full outbox disk) is logged once per streak and tried again.
+    pub fn report_outcomes(&mut self) {
+        let Some(r) = self.outcomes.as_mut() else {
+            return;
+        };
+        match r.report(&self.audit) {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::debug!(records = n, "outcomes written for the low side");
+                }
+                self.outcomes_failing = false;
+            }
+            Err(e) if !self.outcomes_failing => {
+                self.outcomes_failing = true;
+                tracing::error!(error = %format!("{e:#}"), "cannot write outcomes for the low side; trying again every second");
+            }
+            Err(_) => {}
+        }
     }
 
     fn save_metrics(&self) {
@@ -107,6 +140,7 @@ impl Approvals {
     pub fn deliver(&mut self, bytes: &[u8], wire_name: &str) -> Result<PathBuf> {
         let r = self.deliver_one(bytes, wire_name);
         self.save_metrics();
+        self.report_outcomes();
         r
     }
 
@@ -445,13 +479,28 @@ pub fn find(
 }
 
 /// Consume one approval exactly once: under the audit lock, find a valid unconsumed one, record it as
-/// consumed (fsynced) and audit it. Of racing callers for one approval, exactly one gets it.
+/// consumed (fsynced) and audit it, naming `by` (the pipeline; default the user running this). Of racing callers for one approval, exactly one gets it.
 pub fn consume(
     cfg: &Config,
     artifact: &str,
     env: &str,
     id: Option<&str>,
+    by: Option<&str>,
 ) -> Result<Option<SignedEnvelope>> {
+    if let Some(b) = by {
+        if b.is_empty()
+            || b.len() > 64
+            || b.chars()
+                .any(|c| c.is_control() || diode_proto::object::invisible(c))
+        {
+            bail!("--by must be 1-64 printable characters (the pipeline's name, e.g. ci-runner-3)");
+        }
+    }
+    let by = by.map(str::to_string).unwrap_or_else(|| {
+        std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_default()
+    });
     let audit = audit_log(cfg);
     let found = audit.locked(|| {
         let Some(found) = find(cfg, artifact, env, id)? else {
@@ -462,8 +511,7 @@ pub fn consume(
         audit.append_locked(
             "consume",
             json!({"id": e.id, "request_id": e.request_id, "digest": e.artifact.digest, "environment": e.environment,
-                "by": std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_default(),
-                "pid": std::process::id()}),
+                "by": by, "pid": std::process::id()}),
         )?;
         Ok(Some(found))
     })?;

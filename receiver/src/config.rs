@@ -76,6 +76,26 @@ pub struct ApprovalsConfig {
     pub hook_retries: u32,
     /// Per environment: minimum approvals, required roles, maximum validity.
     pub rules: BTreeMap<String, Rule>,
+    /// Signed outcomes sent back to the low side through the reverse diode (`[approvals.outcomes]`).
+    pub outcomes: Option<OutcomesConfig>,
+}
+
+/// `[approvals.outcomes]`: every record of the audit log goes back to the low side, signed, as an
+/// `<hash>.outcome` file in the reverse link's outbox (`crate::outcomes`).
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomesConfig {
+    /// The outbox of the reverse link's diode-send (the one with `envelope_only = true`).
+    pub outbox: PathBuf,
+    /// The outcome signing key (`diode-recv keygen --outcome`), mode 0600.
+    pub key: PathBuf,
+    /// This high side's name, as the low side shows it ("Refused on <name>: expired").
+    #[serde(default = "d_outcome_name")]
+    pub name: String,
+}
+
+fn d_outcome_name() -> String {
+    "high side".into()
 }
 
 fn d_pending_secs() -> u64 {
@@ -152,6 +172,24 @@ impl Config {
             {
                 if p.is_relative() {
                     *p = base.join(&*p);
+                }
+            }
+            if let Some(o) = a.outcomes.as_mut() {
+                for p in [&mut o.outbox, &mut o.key] {
+                    if p.is_relative() {
+                        *p = base.join(&*p);
+                    }
+                }
+                let bad = o.name.is_empty()
+                    || o.name.len() > 64
+                    || o.name
+                        .chars()
+                        .any(|c| c.is_control() || diode_proto::object::invisible(c));
+                if bad {
+                    bail!(
+                        "{}: [approvals.outcomes] name must be 1-64 printable characters",
+                        path.display()
+                    );
                 }
             }
             if a.adapters.is_empty() {

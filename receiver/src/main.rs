@@ -5,6 +5,7 @@ mod approvals;
 mod config;
 mod console;
 mod hook_runner;
+mod outcomes;
 mod receive;
 mod sandbox;
 mod status;
@@ -16,6 +17,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use config::Config;
 use diode_host::keyfile;
+use diode_proto::envelope::SignerRole;
 use diode_proto::{Role, SessionTable};
 use std::path::PathBuf;
 
@@ -38,9 +40,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Write a new receiver key pair: DIR/receiver.key (mode 0600) and DIR/receiver.pub (give it to the low side)
+    /// With --outcome: the outcome signing key pair instead, DIR/outcome.key (0600) and DIR/outcome.pub,
+    /// which signs what goes back to the low side ([approvals.outcomes]; outcome.pub goes to diode-chat)
     Keygen {
         #[arg(long)]
         dir: PathBuf,
+        /// An outcome signing key, not the link's receiver key
+        #[arg(long)]
+        outcome: bool,
     },
     /// Sessions, link health, objects in progress, and for each incomplete object the missing blocks and
     /// the exact `diode-send replay` line to run on the low side
@@ -97,6 +104,10 @@ enum ApprovalsCmd {
         /// A particular envelope id (otherwise the newest valid one)
         #[arg(long)]
         id: Option<String>,
+        /// Who consumes it, for the audit log and the outcome the low side sees ("deployed by
+        /// ci-runner-3"); default the user running this
+        #[arg(long)]
+        by: Option<String>,
     },
     /// Block until the answer to a request made with `diode-send request` comes back (an envelope whose
     /// request_id is ID). Exit 0 approved (prints the envelope id), 2 rejected, 3 expired (no decision
@@ -112,6 +123,9 @@ enum ApprovalsCmd {
         /// Consume the approval (exactly once) as soon as it is there
         #[arg(long)]
         consume: bool,
+        /// With --consume: who consumes it (as for `approvals consume --by`)
+        #[arg(long, requires = "consume")]
+        by: Option<String>,
     },
 }
 
@@ -131,7 +145,24 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Some(Cmd::Keygen { dir }) => {
+        Some(Cmd::Keygen { dir, outcome: true }) => {
+            let (k, p) = keyfile::generate_signing(&dir, SignerRole::Outcome)?;
+            println!(
+                "wrote {} (secret, mode 0600) and {}",
+                k.display(),
+                p.display()
+            );
+            println!(
+                "set key = \"{}\" in recv.toml's [approvals.outcomes]; copy {} to the low side and list it in diode-chat's [reverse] outcome_keys",
+                k.display(),
+                p.display()
+            );
+            Ok(())
+        }
+        Some(Cmd::Keygen {
+            dir,
+            outcome: false,
+        }) => {
             let (k, p) = keyfile::generate(&dir, Role::Receiver)?;
             println!(
                 "wrote {} (secret, mode 0600) and {}",
@@ -215,8 +246,10 @@ fn run(cli: Cli) -> Result<()> {
                     request,
                     timeout,
                     consume,
+                    by,
                 } => {
-                    let answer = wait::wait(&cfg, &request, timeout.into(), consume)?;
+                    let answer =
+                        wait::wait(&cfg, &request, timeout.into(), consume, by.as_deref())?;
                     match &answer {
                         wait::Answer::Approved(id) => println!("{id}"),
                         wait::Answer::Rejected(what) => {
@@ -234,8 +267,14 @@ fn run(cli: Cli) -> Result<()> {
                     }
                     std::process::exit(answer.code());
                 }
-                ApprovalsCmd::Consume { artifact, env, id } => {
-                    let found = approvals::consume(&cfg, &artifact, &env, id.as_deref())?;
+                ApprovalsCmd::Consume {
+                    artifact,
+                    env,
+                    id,
+                    by,
+                } => {
+                    let found =
+                        approvals::consume(&cfg, &artifact, &env, id.as_deref(), by.as_deref())?;
                     print_or_exit(found, &artifact, &env)
                 }
             }

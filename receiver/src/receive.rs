@@ -254,6 +254,10 @@ impl Receiver {
                 if let Err(e) = self.write_status() {
                     tracing::warn!(error = %format!("{e:#}"), "cannot write status");
                 }
+                // records appended by `approvals consume` and the hook runner go back too
+                if let Some(a) = self.approvals.as_mut() {
+                    a.report_outcomes();
+                }
             }
         }
     }

@@ -35,6 +35,10 @@ pub fn restrict_files(cfg: &Config, config: &Path) -> Result<Sandbox> {
             a.quarantine.clone(),
         ]);
         ro.extend(a.adapters.iter().cloned());
+        if let Some(o) = &a.outcomes {
+            rw.push(o.outbox.clone());
+            ro.push(o.key.clone());
+        }
     }
     // the metrics file is replaced atomically: a temporary file beside it, then a rename
     if let Some(dir) = cfg.metrics_file.as_deref().and_then(Path::parent) {

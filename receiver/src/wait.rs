@@ -36,7 +36,13 @@ impl Answer {
 }
 
 /// Poll the accepted envelopes (re-verified each time, as `approvals list` does) for the answer.
-pub fn wait(cfg: &Config, request: &str, timeout: Duration, consume: bool) -> Result<Answer> {
+pub fn wait(
+    cfg: &Config,
+    request: &str,
+    timeout: Duration,
+    consume: bool,
+    by: Option<&str>,
+) -> Result<Answer> {
     if !is_hex_id(request, 32) {
         bail!("--request must be the 32 lowercase hex digits `diode-send request` printed");
     }
@@ -66,7 +72,8 @@ pub fn wait(cfg: &Config, request: &str, timeout: Duration, consume: bool) -> Re
                 if !consume {
                     return Ok(Answer::Approved(e.id.clone()));
                 }
-                match approvals::consume(cfg, &e.artifact.digest, &e.environment, Some(&e.id))? {
+                match approvals::consume(cfg, &e.artifact.digest, &e.environment, Some(&e.id), by)?
+                {
                     Some(c) => return Ok(Answer::Approved(c.envelope.id)),
                     None => return Ok(Answer::Consumed(e.id.clone())),
                 }

@@ -7,16 +7,19 @@ use anyhow::{bail, Context, Result};
 use diode_host::atomic::write_atomic;
 use diode_proto::envelope::{Artifact, SignedEnvelope, SignerRole};
 use diode_proto::object::ENVELOPE_SUFFIX;
+use diode_proto::outcome::{SignedOutcome, OUTCOME_SUFFIX};
 use diode_proto::request::{Request, SignedRequest, REQUEST_SUFFIX};
 use std::path::{Path, PathBuf};
 
-/// Envelopes and requests jump the queue and are repeated (see `REPEATS` in transmit.rs).
+/// Envelopes, requests and outcomes jump the queue and are repeated (see `REPEATS` in transmit.rs).
 pub fn is_urgent(name: &str) -> bool {
-    name.ends_with(ENVELOPE_SUFFIX) || name.ends_with(REQUEST_SUFFIX)
+    name.ends_with(ENVELOPE_SUFFIX)
+        || name.ends_with(REQUEST_SUFFIX)
+        || name.ends_with(OUTCOME_SUFFIX)
 }
 
-/// In envelope-only mode: why this file may not travel, or None if it may. Only a signed request or
-/// approval envelope, named as one, within `max_envelope_bytes`, whose JSON parses and has the right
+/// In envelope-only mode: why this file may not travel, or None if it may. Only a signed request,
+/// approval envelope or high-side outcome, named as one, within `max_envelope_bytes`, whose JSON parses and has the right
 /// shape. (Its signature is for the far side to judge, with its own trusted keys.)
 pub fn envelope_only_refusal(cfg: &Config, path: &Path, name: &str) -> Option<String> {
     if !cfg.envelope_only {
@@ -24,7 +27,7 @@ pub fn envelope_only_refusal(cfg: &Config, path: &Path, name: &str) -> Option<St
     }
     if !is_urgent(name) {
         return Some(format!(
-            "not an envelope: envelope_only = true carries only *{REQUEST_SUFFIX} and *{ENVELOPE_SUFFIX} files"
+            "not an envelope: envelope_only = true carries only *{REQUEST_SUFFIX}, *{OUTCOME_SUFFIX} and *{ENVELOPE_SUFFIX} files"
         ));
     }
     let size = match std::fs::metadata(path) {
@@ -43,6 +46,8 @@ pub fn envelope_only_refusal(cfg: &Config, path: &Path, name: &str) -> Option<St
     };
     let parsed = if name.ends_with(REQUEST_SUFFIX) {
         SignedRequest::parse(&bytes).map(|_| ())
+    } else if name.ends_with(OUTCOME_SUFFIX) {
+        SignedOutcome::parse(&bytes).map(|_| ())
     } else {
         SignedEnvelope::parse(&bytes).and_then(|e| e.envelope.check_shape())
     };
