@@ -8,7 +8,7 @@ use crate::clock::Clock;
 use crate::emit;
 use crate::policy::{self, Due, Environment, Person, Policy, Source};
 use crate::refusal_limit::{RefusalLimit, Stranger, Summary, Verdict};
-use crate::store::{Request, Status, Store, Vote};
+use crate::store::{Request, Returned, Status, Store, Vote};
 use anyhow::{anyhow, Context, Result};
 use diode_host::audit::AuditLog;
 use diode_proto::envelope::{
@@ -173,6 +173,8 @@ pub struct View {
     pub votes: Vec<Vote>,
     pub rule: String,
     pub approvals: u32,
+    /// What the high side did with the envelope, as its signed outcomes told (oldest first).
+    pub outcomes: Vec<Returned>,
 }
 
 impl View {
@@ -252,12 +254,12 @@ impl Engine {
         self.clock.now()
     }
 
-    fn store(&self) -> MutexGuard<'_, Store> {
+    pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
         // A panic while holding the lock leaves SQLite consistent (transactions), so carry on.
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn audit(&self, event: &str, mut fields: Map<String, Value>) -> Result<()> {
+    pub(crate) fn audit(&self, event: &str, mut fields: Map<String, Value>) -> Result<()> {
         fields.insert("clock".into(), self.clock.now().into());
         self.audit
             .append(event, Value::Object(fields))
@@ -916,6 +918,7 @@ impl Engine {
             return Ok(None);
         };
         let votes = store.votes(id)?;
+        let outcomes = store.outcomes(id)?;
         let (rule, approvals) = match self.policy.environments.get(&request.environment) {
             Some(env) => (env.describe(), env.approvals),
             None => ("(environment no longer configured)".into(), 0),
@@ -925,6 +928,7 @@ impl Engine {
             votes,
             rule,
             approvals,
+            outcomes,
         }))
     }
 
@@ -982,8 +986,12 @@ impl Engine {
     }
 
     pub fn mark_clean(&self, v: &View) -> Result<()> {
-        self.store()
-            .mark_clean(&v.request.id, &v.request.status, v.votes.len())
+        self.store().mark_clean(
+            &v.request.id,
+            &v.request.status,
+            v.votes.len(),
+            v.outcomes.len(),
+        )
     }
 
     /// Record that chat could not be told something (the message is retried on the next tick).

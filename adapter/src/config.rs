@@ -134,6 +134,10 @@ pub struct Reverse {
     pub inbox: PathBuf,
     /// `pipeline.pub` files of the pipeline keys whose requests are taken.
     pub pipeline_keys: Vec<PathBuf>,
+    /// `outcome.pub` files of the high sides whose outcomes are taken (`diode-recv keygen --outcome`);
+    /// two while rotating. Empty: every outcome is refused into quarantine.
+    #[serde(default)]
+    pub outcome_keys: Vec<PathBuf>,
     /// Oldest request taken, from its created_at (humantime).
     #[serde(default = "d_max_age")]
     pub max_age: String,
@@ -276,7 +280,8 @@ impl Config {
         }
         if let Some(r) = &mut c.reverse {
             let paths = [&mut r.inbox, &mut r.processed, &mut r.quarantine];
-            for p in paths.into_iter().chain(r.pipeline_keys.iter_mut()) {
+            let keys = r.pipeline_keys.iter_mut().chain(r.outcome_keys.iter_mut());
+            for p in paths.into_iter().chain(keys) {
                 if p.is_relative() {
                     *p = base.join(&*p);
                 }

@@ -15,6 +15,7 @@ pub mod pipeline_client;
 pub mod policy;
 pub mod rate_limit;
 pub mod refusal_limit;
+pub mod returned;
 pub mod reverse;
 pub mod secret;
 pub mod server;

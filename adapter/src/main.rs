@@ -5,7 +5,7 @@
 
 use diode_chat::pipeline_client::{self, Answer, Ask};
 use diode_chat::secret::Secret;
-use diode_chat::{audit_ship, breakglass, clock, config, emit, server};
+use diode_chat::{audit_ship, breakglass, clock, config, emit, returned, server};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -200,6 +200,30 @@ fn run(cli: Cli) -> Result<()> {
             let cfg = Config::load(&cli.config)?;
             let n = AuditLog::new(&cfg.audit).verify()?;
             println!("ok: {n} records");
+            // the high side's records that came back as outcomes: signatures, hashes, their chain
+            let keys = cfg
+                .reverse
+                .iter()
+                .flat_map(|r| r.outcome_keys.iter())
+                .map(|p| keyfile::load_verifying(p, SignerRole::Outcome))
+                .collect::<Result<Vec<_>>>()?;
+            for c in returned::verify_copies(diode_host::audit::records(&cfg.audit), &keys)? {
+                let gaps = if c.gaps.is_empty() {
+                    "none missing in between".to_string()
+                } else {
+                    let g: Vec<String> = c.gaps.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+                    format!("not come back (yet): {}", g.join(", "))
+                };
+                println!(
+                    "ok: {} of {}'s records returned ({}-{}), each linked to the one before it; {} signature(s) checked again ({} by keys no longer listed); {gaps}",
+                    c.records,
+                    c.receiver,
+                    c.first,
+                    c.last,
+                    c.signatures_checked,
+                    c.records - c.signatures_checked.min(c.records),
+                );
+            }
             Ok(())
         }
     }

@@ -206,7 +206,44 @@ pub fn status_json(v: &View) -> Value {
         "decided_by": r.decided_by,
         // the envelope exists once the request is decided; its id was chosen when it was made
         "envelope_id": if decided { json!(r.envelope_id) } else { Value::Null },
-        // the high side's signed outcome (accepted, refused, consumed) does not come back yet
-        "outcome": Value::Null,
+        // what the high side did with the envelope, from its signed outcomes; null until one came back
+        "outcome": outcome(&v.outcomes),
+    })
+}
+
+/// The high side's outcomes of a request, for a pipeline: the state they add up to (`deployed` once a
+/// pipeline there consumed the approval, else `refused` or `accepted`), the last hook run's result, and
+/// each outcome in the order the high side recorded them.
+fn outcome(all: &[crate::store::Returned]) -> Value {
+    if all.is_empty() {
+        return Value::Null;
+    }
+    let has = |w: &str| all.iter().any(|o| o.event == w);
+    let state = if has("consume") {
+        "deployed"
+    } else if has("reject") {
+        "refused"
+    } else if has("accept") {
+        "accepted"
+    } else {
+        "recorded"
+    };
+    let hook = all.iter().rev().find_map(|o| match o.event.as_str() {
+        "hook" => Some("ok"),
+        "hook_failed" => Some("failed"),
+        _ => None,
+    });
+    let events: Vec<Value> = all
+        .iter()
+        .map(|o| {
+            json!({"event": o.event, "summary": o.summary, "at": o.at, "receiver": o.receiver,
+            "record": o.seq, "envelope_id": o.envelope_id})
+        })
+        .collect();
+    json!({
+        "state": state,
+        "summary": all.last().map(|o| o.summary.clone()),
+        "hook": hook,
+        "events": events,
     })
 }

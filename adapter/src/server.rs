@@ -309,7 +309,8 @@ async fn forward_audit(f: crate::audit_forward::Forwarder) {
     }
 }
 
-/// Look at the reverse receiver's inbox every `every`; post each request taken.
+/// Look at the reverse receiver's inbox every `every`; post each request taken, update each request
+/// an outcome came back for.
 async fn watch_reverse(app: Arc<App>, inbox: crate::reverse::Inbox, every: Duration) {
     let inbox = Arc::new(inbox);
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
@@ -319,10 +320,10 @@ async fn watch_reverse(app: Arc<App>, inbox: crate::reverse::Inbox, every: Durat
         tick.tick().await;
         let (engine, inbox) = (app.engine.clone(), inbox.clone());
         match tokio::task::spawn_blocking(move || inbox.scan(&engine)).await {
-            Ok(Ok(ids)) => {
+            Ok(Ok(effects)) => {
                 failing = false;
-                for request in ids {
-                    app.push(Effect::Post { request });
+                for e in effects {
+                    app.push(e);
                 }
             }
             // said once per failure streak

@@ -67,6 +67,28 @@ pub struct Request {
     pub reason: Option<String>,
 }
 
+/// What the high side did with a request's envelope, as a signed outcome told (`crate::returned`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Returned {
+    /// The high side's name and the record's place in its audit log.
+    pub receiver: String,
+    pub seq: u64,
+    /// The record's hash, 64 hex digits.
+    pub hash: String,
+    /// The high side's event word: accept, reject, consume, hook, ...; `hook_failed` for a hook run
+    /// that did not succeed.
+    pub event: String,
+    pub envelope_id: Option<String>,
+    /// The request it belongs to here, when one does.
+    pub request_id: Option<String>,
+    /// When the high side recorded it (its clock).
+    pub at: u64,
+    /// One sentence for people ("Deployed to prod at 2026-12-05 14:02 UTC by ci-runner-3 ...").
+    pub summary: String,
+    /// When it arrived here (the adapter's clock).
+    pub received_at: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Vote {
     pub person: String,
@@ -100,6 +122,13 @@ CREATE TABLE IF NOT EXISTS votes (
 );
 CREATE INDEX IF NOT EXISTS requests_status ON requests(status);
 CREATE TABLE IF NOT EXISTS deliveries (id TEXT PRIMARY KEY, at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS outcomes (
+    receiver TEXT NOT NULL, seq INTEGER NOT NULL, hash TEXT NOT NULL, event TEXT NOT NULL,
+    envelope_id TEXT, request_id TEXT, at INTEGER NOT NULL, summary TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (receiver, seq)
+);
+CREATE INDEX IF NOT EXISTS outcomes_request ON outcomes(request_id);
 CREATE TABLE IF NOT EXISTS teams_cards (
     request_id TEXT NOT NULL REFERENCES requests(id), via TEXT NOT NULL,
     activity_id TEXT, shown TEXT NOT NULL,
@@ -292,14 +321,91 @@ impl Store {
         Ok(())
     }
 
-    /// The message shows the state as of `shown` votes and status: clear the flag only if nothing changed
-    /// since it was rendered.
-    pub fn mark_clean(&self, id: &str, status: &Status, votes: usize) -> Result<()> {
+    /// The message shows the state as of `votes`, `outcomes` and status: clear the flag only if nothing
+    /// changed since it was rendered.
+    pub fn mark_clean(
+        &self,
+        id: &str,
+        status: &Status,
+        votes: usize,
+        outcomes: usize,
+    ) -> Result<()> {
         self.db.execute(
-            "UPDATE requests SET dirty = 0 WHERE id = ?1 AND status = ?2 AND (SELECT count(*) FROM votes WHERE request_id = ?1) = ?3",
-            params![id, status.word(), votes as i64],
+            "UPDATE requests SET dirty = 0 WHERE id = ?1 AND status = ?2 \
+             AND (SELECT count(*) FROM votes WHERE request_id = ?1) = ?3 \
+             AND (SELECT count(*) FROM outcomes WHERE request_id = ?1) = ?4",
+            params![id, status.word(), votes as i64, outcomes as i64],
         )?;
         Ok(())
+    }
+
+    /// The request whose envelope has this id.
+    pub fn request_by_envelope(&self, envelope_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .db
+            .query_row(
+                "SELECT id FROM requests WHERE envelope_id = ?1",
+                [envelope_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The hash of the high side's record `seq` from `receiver`, if it came before.
+    pub fn outcome_hash(&self, receiver: &str, seq: u64) -> Result<Option<String>> {
+        Ok(self
+            .db
+            .query_row(
+                "SELECT hash FROM outcomes WHERE receiver = ?1 AND seq = ?2",
+                params![receiver, seq as i64],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Keep an outcome, and mark its request's message out of date.
+    pub fn add_outcome(&self, o: &Returned) -> Result<()> {
+        self.db.execute(
+            "INSERT INTO outcomes (receiver, seq, hash, event, envelope_id, request_id, at, summary, received_at) \
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+            params![o.receiver, o.seq as i64, o.hash, o.event, o.envelope_id, o.request_id,
+                o.at as i64, o.summary, o.received_at as i64],
+        )?;
+        if let Some(id) = &o.request_id {
+            self.mark_dirty(id)?;
+        }
+        Ok(())
+    }
+
+    /// Take an outcome back out (its audit record could not be written).
+    pub fn remove_outcome(&self, receiver: &str, seq: u64) -> Result<()> {
+        self.db.execute(
+            "DELETE FROM outcomes WHERE receiver = ?1 AND seq = ?2",
+            params![receiver, seq as i64],
+        )?;
+        Ok(())
+    }
+
+    /// A request's outcomes, in the order the high side recorded them.
+    pub fn outcomes(&self, request_id: &str) -> Result<Vec<Returned>> {
+        let mut st = self.db.prepare(
+            "SELECT receiver, seq, hash, event, envelope_id, request_id, at, summary, received_at \
+             FROM outcomes WHERE request_id = ?1 ORDER BY at, receiver, seq",
+        )?;
+        let rows = st.query_map([request_id], |r| {
+            Ok(Returned {
+                receiver: r.get(0)?,
+                seq: r.get::<_, i64>(1)? as u64,
+                hash: r.get(2)?,
+                event: r.get(3)?,
+                envelope_id: r.get(4)?,
+                request_id: r.get(5)?,
+                at: r.get::<_, i64>(6)? as u64,
+                summary: r.get(7)?,
+                received_at: r.get::<_, i64>(8)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Take a delivery from chat once, by every identity it carries (`ids`, each prefixed with what

@@ -440,6 +440,24 @@ pub fn render(v: &View, buttons: bool) -> Value {
     if let Some(s) = status {
         body.push(json!({"type": "TextBlock", "wrap": true, "weight": "Bolder", "text": s}));
     }
+    if !v.outcomes.is_empty() {
+        body.push(
+            json!({"type": "TextBlock", "wrap": true, "weight": "Bolder", "spacing": "Medium",
+            "text": "On the high side"}),
+        );
+        for o in &v.outcomes {
+            let color = match o.event.as_str() {
+                "consume" => "Good",
+                "reject" => "Attention",
+                "hook_failed" => "Warning",
+                _ => "Default",
+            };
+            body.push(
+                json!({"type": "TextBlock", "wrap": true, "spacing": "None", "color": color,
+                "text": o.summary}),
+            );
+        }
+    }
     let mut card = json!({
         "type": "AdaptiveCard",
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",

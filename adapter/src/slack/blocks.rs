@@ -4,11 +4,32 @@
 //! which envelope carries the decision.
 
 use crate::approval::{rfc3339, View};
-use crate::store::Status;
+use crate::store::{Returned, Status};
 use serde_json::{json, Value};
 
 pub const APPROVE: &str = "approve";
 pub const REJECT: &str = "reject";
+
+/// Text from outside (a requester's reason, a high side's outcome) made safe for mrkdwn: Slack reads
+/// `<...>` as links and mentions (`<!channel>`) and `&` as the start of an entity, and asks that these
+/// three be escaped.
+pub(crate) fn esc(t: &str) -> String {
+    t.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The emoji for a high side's event word.
+fn outcome_emoji(o: &Returned) -> &'static str {
+    match o.event.as_str() {
+        "accept" => ":inbox_tray:",
+        "consume" => ":rocket:",
+        "reject" => ":x:",
+        "hook" => ":gear:",
+        "hook_failed" => ":warning:",
+        _ => ":memo:",
+    }
+}
 
 pub(crate) fn mrkdwn(t: String) -> Value {
     json!({"type": "mrkdwn", "text": t})
@@ -68,7 +89,8 @@ pub fn render(v: &View) -> (String, Vec<Value>) {
         json!({"type": "section", "text": mrkdwn(format!("*Digest*\n`{}`", r.digest))}),
     ];
     if let Some(reason) = &r.reason {
-        blocks.push(json!({"type": "section", "text": mrkdwn(format!("*Reason*\n{reason}"))}));
+        blocks
+            .push(json!({"type": "section", "text": mrkdwn(format!("*Reason*\n{}", esc(reason)))}));
     }
     blocks.extend([
         json!({"type": "section", "text": mrkdwn(format!("*Rule*\n{}", v.rule))}),
@@ -104,6 +126,20 @@ pub fn render(v: &View) -> (String, Vec<Value>) {
     if r.status != Status::Pending {
         blocks.push(json!({"type": "section", "text": mrkdwn(status.clone())}));
     }
+    if !v.outcomes.is_empty() {
+        let lines: Vec<String> = v
+            .outcomes
+            .iter()
+            .map(|o| format!("{} {}", outcome_emoji(o), esc(&o.summary)))
+            .collect();
+        blocks.push(json!({"type": "section", "block_id": "outcomes",
+            "text": mrkdwn(format!("*On the high side*\n{}", lines.join("\n")))}));
+    }
     blocks.push(json!({"type": "context", "elements": [mrkdwn(format!("request `{}`", r.id))]}));
-    (format!("{title} ({})", r.status.word()), blocks)
+    let last = v
+        .outcomes
+        .last()
+        .map(|o| format!(": {}", o.summary))
+        .unwrap_or_default();
+    (format!("{title} ({}){last}", r.status.word()), blocks)
 }
