@@ -306,3 +306,72 @@ pub fn verify_copies(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diode_proto::audit::{chain, Head};
+    use diode_proto::envelope::SigningKey;
+    use diode_proto::outcome::Outcome;
+    use serde_json::json;
+
+    /// Our audit records holding the high side's records `lines`, signed by `key`.
+    fn held(lines: &[String], key: &SigningKey) -> Vec<Value> {
+        lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let s = Outcome {
+                    receiver: "high-1".into(),
+                    record: l.clone(),
+                }
+                .sign(key);
+                json!({"event": "outcome", "seq": i + 10, "receiver": "high-1", "record": l,
+                    "signer": s.signer, "signature": s.signature})
+            })
+            .collect()
+    }
+
+    fn high_log(n: u64, by: &str) -> Vec<String> {
+        let mut head = Head::default();
+        (0..n)
+            .map(|i| {
+                let mut m = serde_json::Map::new();
+                m.insert("event".into(), "consume".into());
+                m.insert("at".into(), (1_000 + i).into());
+                m.insert("by".into(), by.into());
+                let (line, h) = chain(&head, m);
+                head = h;
+                line
+            })
+            .collect()
+    }
+
+    #[test]
+    fn copies_are_checked_for_signature_link_and_gaps() {
+        let k = SigningKey::from_seed(&[3; 32]);
+        let lines = high_log(5, "ci");
+        let all = held(&lines, &k);
+        let c = verify_copies(all.clone(), &[k.public()]).unwrap();
+        assert_eq!((c[0].records, c[0].first, c[0].last), (5, 1, 5));
+        assert!(c[0].gaps.is_empty());
+        // records 2 and 3 not come back: a gap, not an error
+        let partial = [&all[..1], &all[3..]].concat();
+        let c = verify_copies(partial, &[k.public()]).unwrap();
+        assert_eq!(c[0].gaps, [(2, 3)]);
+        // a record from another log with the next number: the copies are not one chain
+        let other = high_log(5, "someone-else");
+        let mixed = [held(&lines[..2], &k), held(&other[2..3], &k)].concat();
+        assert!(verify_copies(mixed, &[k.public()])
+            .unwrap_err()
+            .to_string()
+            .contains("does not follow"));
+        // a signature that no longer matches (our log's copy edited, and its chain redone)
+        let mut bad = all.clone();
+        bad[1]["record"] = lines[1].replace("\"ci\"", "\"ic\"").into();
+        assert!(verify_copies(bad, &[k.public()]).is_err());
+        // a key rotated away: hashes and links are still checked, the signature was checked when taken
+        let c = verify_copies(all, &[]).unwrap();
+        assert_eq!(c[0].signatures_checked, 0);
+    }
+}

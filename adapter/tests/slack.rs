@@ -16,6 +16,7 @@ use diode_host::audit::AuditLog;
 use diode_proto::envelope::{
     self, Artifact, Decision, Rule, SignedEnvelope, SignerRole, SigningKey, VerifyingKey,
 };
+use diode_proto::outcome::Outcome;
 use diode_proto::request::{Request, SignedRequest, MAX_REQUEST_BYTES};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
@@ -2238,6 +2239,7 @@ fn example_reverse() -> toml::Table {
     for k in [
         "inbox",
         "pipeline_keys",
+        "outcome_keys",
         "max_age",
         "skew",
         "processed",
@@ -2250,10 +2252,20 @@ fn example_reverse() -> toml::Table {
 }
 
 async fn reverse_site(pipeline: &Pipeline) -> Site {
+    reverse_site_trusting(pipeline, None).await
+}
+
+/// As `reverse_site`, trusting outcomes signed by the key of `outcome_pub` (none: outcome_keys = []).
+async fn reverse_site_trusting(pipeline: &Pipeline, outcome_pub: Option<&Path>) -> Site {
     let public = pipeline.public.to_str().unwrap().to_string();
+    let outcome: Vec<toml::Value> = outcome_pub
+        .map(|p| p.to_str().unwrap().to_string().into())
+        .into_iter()
+        .collect();
     Site::with(move |cfg| {
         let mut r = example_reverse();
         r["pipeline_keys"] = toml::Value::Array(vec![public.into()]);
+        r["outcome_keys"] = toml::Value::Array(outcome);
         r["poll"] = "20ms".into();
         cfg.insert("reverse".into(), r.into());
     })
@@ -2671,4 +2683,253 @@ async fn teams_pending_lists_the_inbox_and_the_card_form_makes_a_request() {
             .contains("Your open requests (1)"),
         "{answer}"
     );
+}
+
+// ---- outcomes from the high side, through the reverse diode ----------------------------------------------
+
+/// The high side's end: its approvals audit log (the same `AuditLog` diode-recv appends to) and its
+/// outcome key, from `keygen --outcome`'s function; each record signed as `[approvals.outcomes]` does.
+struct HighSide {
+    dir: tempfile::TempDir,
+    key: SigningKey,
+    public: PathBuf,
+    log: AuditLog,
+}
+
+impl HighSide {
+    fn new() -> HighSide {
+        let dir = tempfile::tempdir().unwrap();
+        let (k, p) =
+            diode_host::keyfile::generate_signing(&dir.path().join("keys"), SignerRole::Outcome)
+                .unwrap();
+        let key =
+            SigningKey::from_text(&fs::read_to_string(&k).unwrap(), SignerRole::Outcome).unwrap();
+        let log = AuditLog::new(dir.path().join("audit.jsonl"));
+        HighSide {
+            dir,
+            key,
+            public: p,
+            log,
+        }
+    }
+
+    /// Append a record to the high side's log and return it as the signed outcome file (name, bytes).
+    fn record(&self, event: &str, fields: Value) -> (String, Vec<u8>) {
+        self.log.append(event, fields).unwrap();
+        let line = fs::read_to_string(self.log.path())
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .to_string();
+        self.sign(&line, &self.key)
+    }
+
+    fn sign(&self, line: &str, key: &SigningKey) -> (String, Vec<u8>) {
+        let s = Outcome {
+            receiver: "high-1".into(),
+            record: line.to_string(),
+        }
+        .sign(key);
+        // a record that does not match its hash has no name of its own: the forger picks one
+        let name = s
+            .file_name()
+            .unwrap_or_else(|_| format!("{:032x}.outcome", line.len()));
+        (name, s.to_json().into_bytes())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_from_the_high_side_show_on_the_message_and_forged_ones_are_quarantined_never_shown(
+) {
+    let pipeline = Pipeline::new();
+    let high = HighSide::new();
+    let site = reverse_site_trusting(&pipeline, Some(&high.public)).await;
+    let signed = pipeline.request(RID, "prod", T0 - 30);
+    site.arrive("", &signed.file_name(), signed.to_json().as_bytes());
+    site.slack.wait_count("chat.postMessage", 1).await;
+    site.click("U0ADA", "approve", RID).await;
+    site.click("U0BOB", "approve", RID).await;
+    site.slack.update_with("Approved").await;
+    let env_id = site.envelopes()[0].envelope.id.clone();
+
+    // what the high side did: accepted, consumed by a pipeline, the hook ran; each record comes back
+    let accepted = high.record(
+        "accept",
+        json!({"id": env_id, "request_id": RID, "decision": "approve", "environment": "prod"}),
+    );
+    site.arrive("", &accepted.0, &accepted.1);
+    let update = site.slack.update_with("Approval accepted on high-1").await;
+    println!("after accept: {}", update.body["text"]);
+    let consumed = high.record(
+        "consume",
+        json!({"id": env_id, "request_id": RID, "environment": "prod", "by": "ci-runner-3", "pid": 77}),
+    );
+    let hook = high.record(
+        "hook",
+        json!({"id": env_id, "attempt": 1, "ok": true, "detail": "exit 0"}),
+    );
+    site.arrive("", &consumed.0, &consumed.1);
+    site.arrive("", &hook.0, &hook.1);
+    let update = site
+        .slack
+        .update_with("Deploy hook succeeded on high-1")
+        .await;
+    let text = text_of(&update);
+    for want in [
+        "On the high side",
+        "Approval accepted on high-1",
+        &format!("by ci-runner-3 with approval {}…", &env_id[..8]),
+        "Deployed to prod at ",
+        "Deploy hook succeeded on high-1",
+    ] {
+        assert!(text.contains(want), "the message lacks {want:?}: {text}");
+    }
+    println!("message now: {}", update.body["text"]);
+    site.until("the outcome files to leave the inbox", |s| {
+        s.inbox_files() == 0
+    })
+    .await;
+    // taken in the order they came (the reverse link may reorder): sorted here by the high side's seq
+    let mut outcomes = site.events("outcome");
+    outcomes.sort_by_key(|o| o["high_seq"].as_u64());
+    assert_eq!(outcomes.len(), 3);
+    assert_eq!(
+        outcomes
+            .iter()
+            .map(|o| o["high_seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(outcomes[1]["request_id"], RID);
+    assert_eq!(outcomes[1]["high_event"], "consume");
+
+    // a pipeline asking how its request stands sees the outcome
+    let r = site
+        .http
+        .get(site.url(&format!("/v1/requests/{RID}")))
+        .bearer_auth(CI_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["outcome"]["state"], "deployed", "{v}");
+    assert_eq!(v["outcome"]["hook"], "ok", "{v}");
+    assert_eq!(v["outcome"]["events"].as_array().unwrap().len(), 3, "{v}");
+
+    // the same record again (the reverse link repeats): taken once
+    site.arrive("again", &consumed.0, &consumed.1);
+    site.until("the repeat to leave the inbox", |s| s.inbox_files() == 0)
+        .await;
+    assert_eq!(site.events("outcome").len(), 3);
+
+    // forged: a well-formed record signed by a key the low side does not trust; a record edited after
+    // signing (its hash no longer matches); the receiver's name changed after signing (the signature
+    // no longer matches); a second, different record 2 signed with the real key (a rewritten
+    // high-side log); garbage
+    let stranger = SigningKey::from_seed(&[9; 32]);
+    let other = HighSide::new();
+    other.record("accept", json!({"id": env_id, "decision": "approve"}));
+    other.record(
+        "consume",
+        json!({"id": env_id, "request_id": RID, "environment": "prod", "by": "ci-runner-666"}),
+    );
+    let line2 = fs::read_to_string(other.log.path())
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let forged = (
+        format!("{:032x}.outcome", 6),
+        high.sign(&line2, &stranger).1,
+    );
+    let tampered = |from: &str, to: &str, n: u32| {
+        let text = String::from_utf8(consumed.1.clone()).unwrap();
+        assert!(text.contains(from));
+        (
+            format!("{n:032x}.outcome"),
+            text.replace(from, to).into_bytes(),
+        )
+    };
+    let edited = tampered("ci-runner-3", "ci-runner-666", 7);
+    let renamed = tampered("\"high-1\"", "\"ci-runner-666\"", 8);
+    let rewritten = high.sign(&line2, &high.key);
+    let garbage = (format!("{:032x}.outcome", 9), b"{\"outcome\": 1}".to_vec());
+    for (name, bytes) in [&forged, &edited, &renamed, &rewritten, &garbage] {
+        site.arrive("", name, bytes);
+    }
+    site.until("the forged outcomes to be refused", |s| {
+        s.events("outcome_refused").len() == 5
+    })
+    .await;
+    let mut reasons: Vec<String> = site
+        .events("outcome_refused")
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap().to_string())
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            "bad_signature",
+            "conflicting_outcome",
+            "malformed",
+            "malformed",
+            "unknown_key"
+        ]
+    );
+    site.until("the forged files to leave the inbox", |s| {
+        s.inbox_files() == 0
+    })
+    .await;
+    let quarantined = site.names_in("state/reverse/quarantine");
+    assert_eq!(quarantined.len(), 5, "{quarantined:?}");
+    assert!(
+        quarantined.contains(&format!("{}.unknown_key", forged.0)),
+        "{quarantined:?}"
+    );
+    site.tick();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for c in site.slack.calls() {
+        assert!(
+            !c.body.to_string().contains("ci-runner-666"),
+            "a forged outcome reached Slack: {}",
+            c.body
+        );
+    }
+    assert_eq!(site.events("outcome").len(), 3, "nothing forged was taken");
+
+    // `audit verify` checks the records that came back: an intact copy passes
+    let copies = diode_chat::returned::verify_copies(
+        diode_host::audit::records(&site.dir.join("state/audit.jsonl")),
+        &[VerifyingKey::from_text(
+            &fs::read_to_string(&high.public).unwrap(),
+            SignerRole::Outcome,
+        )
+        .unwrap()],
+    )
+    .unwrap();
+    assert_eq!(copies.len(), 1);
+    let c = &copies[0];
+    assert_eq!(
+        (
+            c.receiver.as_str(),
+            c.records,
+            c.first,
+            c.last,
+            c.signatures_checked
+        ),
+        ("high-1", 3, 1, 3, 3)
+    );
+    assert!(c.gaps.is_empty());
+    // and both logs tell the same story: the high side's records, byte for byte, are in ours
+    let theirs = fs::read_to_string(high.log.path()).unwrap();
+    let ours: Vec<String> = outcomes
+        .iter()
+        .map(|o| o["record"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(theirs.lines().collect::<Vec<_>>(), ours);
+    assert!(high.dir.path().exists());
 }
