@@ -137,7 +137,7 @@ impl Cards {
             }
             if t.workflow.is_some() {
                 let shown = engine.teams_card(&v.request.id, "workflow")?.map(|c| c.1);
-                lagging |= shown.as_deref() != Some(v.request.status.word());
+                lagging |= shown.as_deref() != Some(workflow_shows(&v).as_str());
             }
             if lagging {
                 out.push(v.request.id.clone());
@@ -184,10 +184,10 @@ impl Cards {
         engine.set_teams_card(request, "bot", id.as_deref(), &shown)
     }
 
-    /// One card when asked, one when decided.
+    /// One card when asked, one when decided, one when deployed or refused on the high side.
     async fn sync_workflow(&self, engine: &Engine, v: &View, url: &Secret) -> Result<()> {
         let request = &v.request.id;
-        let shown = v.request.status.word().to_string();
+        let shown = workflow_shows(v);
         let card = engine.teams_card(request, "workflow")?;
         if card.as_ref().map(|(_, s)| s) == Some(&shown) {
             return Ok(());
@@ -370,7 +370,28 @@ impl Cards {
 
 /// What a bot card shows, as remembered: it changes with every vote and the decision.
 fn bot_shows(v: &View) -> String {
-    format!("{}:{}", v.request.status.word(), v.votes.len())
+    format!(
+        "{}:{}:{}",
+        v.request.status.word(),
+        v.votes.len(),
+        v.outcomes.len()
+    )
+}
+
+/// What a workflow's card (posted anew each time: a workflow cannot update one) shows: one when asked,
+/// one when decided, one when the high side deployed or refused it.
+fn workflow_shows(v: &View) -> String {
+    let last = v
+        .outcomes
+        .iter()
+        .rev()
+        .find_map(|o| match o.event.as_str() {
+            "consume" => Some(":deployed"),
+            "reject" => Some(":refused"),
+            _ => None,
+        })
+        .unwrap_or_default();
+    format!("{}{last}", v.request.status.word())
 }
 
 /// A message activity carrying one Adaptive Card.

@@ -1843,6 +1843,13 @@ fn executes(v: &Value) -> Vec<Value> {
 /// A Teams server and a site whose prod environment posts cards through the Bot Connector (to it)
 /// and a Workflows webhook (on it too).
 async fn cards_site() -> (FakeTeams, Site) {
+    cards_site_with(|_| {}).await
+}
+
+/// As `cards_site`, with `more` applied to adapter.toml too.
+async fn cards_site_with(
+    more: impl FnOnce(&mut toml::Table) + Send + 'static,
+) -> (FakeTeams, Site) {
     let (teams, base) = FakeTeams::start().await;
     let workflow = format!("{base}/workflows/prod/triggers/manual/paths/invoke?sig=wf-secret-sig");
     let site = Site::with_secrets(
@@ -1864,6 +1871,7 @@ async fn cards_site() -> (FakeTeams, Site) {
                 "teams_workflow_url".into(),
                 "file:secrets/teams-workflow-url".into(),
             );
+            more(cfg);
         },
         &[
             ("teams-app-password", TEAMS_APP_PASSWORD),
@@ -2932,4 +2940,78 @@ async fn outcomes_from_the_high_side_show_on_the_message_and_forged_ones_are_qua
         .collect();
     assert_eq!(theirs.lines().collect::<Vec<_>>(), ours);
     assert!(high.dir.path().exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_teams_card_shows_the_deployment_when_its_outcome_comes_back() {
+    let high = HighSide::new();
+    let public = high.public.to_str().unwrap().to_string();
+    let pipeline = Pipeline::new();
+    let pipeline_pub = pipeline.public.to_str().unwrap().to_string();
+    let (teams, site) = cards_site_with(move |cfg| {
+        let mut r = example_reverse();
+        r["pipeline_keys"] = toml::Value::Array(vec![pipeline_pub.into()]);
+        r["outcome_keys"] = toml::Value::Array(vec![public.into()]);
+        r["poll"] = "20ms".into();
+        cfg.insert("reverse".into(), r.into());
+    })
+    .await;
+    pipeline_request(&site).await;
+    let activities = format!("/amer/v3/conversations/{PROD_CONVERSATION}/activities");
+    let post = teams
+        .wait("the card", |c| {
+            c.iter()
+                .find(|c| c.method == "POST" && c.path == activities)
+                .cloned()
+        })
+        .await;
+    let id = executes(&post.body["attachments"][0]["content"])[0]["data"]["request"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    site.click("U0ADA", "approve", &id).await;
+    site.click("U0BOB", "approve", &id).await;
+    let has = |needle: &'static str| {
+        move |c: &[TeamsCall]| {
+            c.iter()
+                .rev()
+                .find(|c| c.method == "PUT" && c.body.to_string().contains(needle))
+                .cloned()
+        }
+    };
+    teams
+        .wait("the card saying approved", has("Approved by"))
+        .await;
+    let env_id = site.envelopes()[0].envelope.id.clone();
+    let consumed = high.record(
+        "consume",
+        json!({"id": env_id, "request_id": id, "environment": "prod", "by": "ci-runner-3"}),
+    );
+    site.arrive("", &consumed.0, &consumed.1);
+    site.until("the outcome to be taken", |s| {
+        !s.events("outcome").is_empty()
+    })
+    .await;
+    let put = teams
+        .wait("the card saying deployed", has("Deployed to prod"))
+        .await;
+    let text = put.body.to_string();
+    assert!(
+        text.contains("On the high side") && text.contains("by ci-runner-3"),
+        "{text}"
+    );
+    assert!(executes(&put.body).is_empty(), "decided: no buttons");
+    // the workflow's channel gets one more card: deployed
+    let wf = teams
+        .wait("the workflow's deployed card", |c| {
+            c.iter()
+                .find(|c| {
+                    c.path.starts_with("/workflows/")
+                        && c.body.to_string().contains("Deployed to prod")
+                })
+                .cloned()
+        })
+        .await;
+    assert!(executes(&wf.body).is_empty());
+    println!("card after the outcome: {}", &text[..text.len().min(400)]);
 }

@@ -182,7 +182,8 @@ impl Outcome {
                 .and_then(Value::as_u64)
                 .ok_or_else(|| malformed("record has no time"))?,
             envelope_id: id("id")?,
-            request_id: id("request_id")?,
+            // the envelope's request_id: any short printable text (the adapter's `req-…`, a pipeline's hex id)
+            request_id: text("request_id", 256)?,
             decision: text("decision", 16)?,
             environment: text("environment", 256)?,
             reason,
