@@ -4,11 +4,19 @@
 //!   high side: `diode-send request` -> reverse diode-send (envelope_only) ==reverse link==>
 //!   low side:  reverse diode-recv inbox -> diode-chat (verifies the pipeline's signature, posts to a
 //!              local Slack-format server, people click) -> forward outbox -> forward diode-send
-//!              ==forward link==> high side: diode-recv verifies the approval; `approvals wait` returns.
+//!              ==forward link==> high side: diode-recv verifies the approval; `approvals wait` returns;
+//!   and back: diode-recv signs each approvals audit record as an outcome into the reverse outbox
+//!              ==reverse link==> diode-chat verifies it and updates the request's Slack message.
 //!
-//! Three requests: one approved by two people (wait exits 0 and consumes it), one rejected (exit 2), one
-//! nobody answers (the low side's deadline passes: exit 3).
+//! Four requests: one approved by two people (wait exits 0 and consumes it as ci-runner-3: the message
+//! says "Deployed to prod ... by ci-runner-3"), one the high side refuses (its rule for staging is
+//! stricter: the message says why), one rejected (exit 2), one nobody answers (the low side's deadline
+//! passes: exit 3). A forged outcome sent across the reverse link is quarantined and never shown; the
+//! high side's audit log comes back whole, and `diode-chat audit verify` checks it.
 
+use diode_proto::audit::{chain, Head};
+use diode_proto::envelope::SigningKey;
+use diode_proto::outcome::Outcome;
 use diode_tests::chat::{click, secret, start_chat_with, FakeSlack, SIGNING_SECRET};
 use diode_tests::envelopes::digest;
 use diode_tests::link::Link;
@@ -50,6 +58,8 @@ fn wait(forward: &Site, id: &str) -> Child {
             "--timeout",
             "90s",
             "--consume",
+            "--by",
+            "ci-runner-3",
         ])
         .stdout(Stdio::piped())
         .spawn()
@@ -76,8 +86,25 @@ fn posted(slack: &FakeSlack, id: &str) -> String {
         .to_string()
 }
 
+/// The text of the newest chat.update of the message whose buttons carried `key`, once it holds `needle`.
+fn updated(slack: &FakeSlack, key: &str, needle: &str) -> String {
+    wait_for(
+        &format!("the Slack message to say {needle:?}"),
+        Duration::from_secs(40),
+        || {
+            slack
+                .calls("chat.update")
+                .into_iter()
+                .map(|c| c.to_string())
+                .filter(|c| c.contains(key) && c.contains(needle))
+                .last()
+        },
+    )
+}
+
 #[test]
-fn a_request_from_inside_the_air_gap_comes_back_approved_rejected_or_expired() {
+fn a_request_from_inside_the_air_gap_comes_back_approved_rejected_or_expired_and_the_outcome_returns(
+) {
     let Some(fwd) = Link::up("lpfwd", 0.0) else {
         return;
     };
@@ -100,6 +127,28 @@ fn a_request_from_inside_the_air_gap_comes_back_approved_rejected_or_expired() {
             .args(["keygen", "--pipeline", "--dir"])
             .arg(reverse.path("keys")),
     );
+    // the high side signs its outcomes with a key of its own, into the reverse link's outbox; its rule
+    // for staging asks for two approvers where the low side's asks for one
+    run_ok(
+        Command::new(diode_tests::bin("diode-recv"))
+            .args(["keygen", "--outcome", "--dir"])
+            .arg(forward.path("keys")),
+    );
+    let recv_toml = forward.path("recv.toml");
+    let mut r: toml::Table = toml::from_str(&fs::read_to_string(&recv_toml).unwrap()).unwrap();
+    let mut outcomes = toml::Table::new();
+    outcomes.insert(
+        "outbox".into(),
+        reverse.outbox().display().to_string().into(),
+    );
+    outcomes.insert("key".into(), "keys/outcome.key".into());
+    outcomes.insert("name".into(), "high-1".into());
+    r["approvals"]
+        .as_table_mut()
+        .unwrap()
+        .insert("outcomes".into(), outcomes.into());
+    r["approvals"]["rules"]["staging"]["min_approvals"] = 2.into();
+    fs::write(&recv_toml, toml::to_string(&r).unwrap()).unwrap();
     let _fr = forward.start("recv");
     let _fs = forward.start("send");
     let _rr = reverse.start("recv");
@@ -137,6 +186,10 @@ fn a_request_from_inside_the_air_gap_comes_back_approved_rejected_or_expired() {
         "pipeline_keys".into(),
         vec![reverse.path("keys/pipeline.pub").display().to_string()].into(),
     );
+    reverse_cfg.insert(
+        "outcome_keys".into(),
+        vec![forward.path("keys/outcome.pub").display().to_string()].into(),
+    );
     cfg.insert("reverse".into(), reverse_cfg.into());
     fs::write(low.join("adapter.toml"), toml::to_string(&cfg).unwrap()).unwrap();
     secret(low, "slack-bot-token", "xoxb-loop");
@@ -166,6 +219,22 @@ fn a_request_from_inside_the_air_gap_comes_back_approved_rejected_or_expired() {
         digest(0xa1).as_str()
     );
     println!("request {id}: approved by two, envelope {envelope_id} consumed by `approvals wait`");
+    // the outcome comes back across the reverse link: the message says deployed, by whom, with what
+    let text = updated(&slack, &id, "Deployed to prod");
+    assert!(
+        text.contains("by ci-runner-3")
+            && text.contains(&format!("with approval {}", &envelope_id[..8])),
+        "{text}"
+    );
+    println!("request {id}: the Slack message now says it was deployed by ci-runner-3");
+
+    // 1b. approved on the low side, refused by the high side's stricter rule: the message says why
+    let id = request(&reverse, "staging", 0xa4);
+    let key = posted(&slack, &id);
+    click(&addr, "U0ADA", "approve", &key);
+    let text = updated(&slack, &id, "Refused on high-1: rule not met");
+    assert!(text.contains("2 required"), "{text}");
+    println!("request {id}: refused on the high side, the message says: rule not met (1 approver, 2 required)");
 
     // 2. rejected: exit 2
     let id = request(&reverse, "prod", 0xa2);
@@ -183,6 +252,88 @@ fn a_request_from_inside_the_air_gap_comes_back_approved_rejected_or_expired() {
     let out = waiter.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(3), "expired request");
     println!("request {id}: unanswered, expired at the deadline, `approvals wait` exit 3");
+
+    // a forged outcome (a record of a log nobody keeps, signed by a key the low side does not trust)
+    // crosses the reverse link like any outcome: quarantined, audited, never shown
+    let stranger = SigningKey::from_seed(&[0x66; 32]);
+    let mut fields = serde_json::Map::new();
+    fields.insert("event".into(), "consume".into());
+    fields.insert("at".into(), 1u64.into());
+    fields.insert("by".into(), "forger-666".into());
+    let (line, _) = chain(&Head::default(), fields);
+    let forged = Outcome {
+        receiver: "high-1".into(),
+        record: line,
+    }
+    .sign(&stranger);
+    let name = forged.file_name().unwrap();
+    fs::write(reverse.outbox().join(&name), forged.to_json()).unwrap();
+    let quarantine = low.join("state/reverse/quarantine");
+    wait_for(
+        "the forged outcome in quarantine",
+        Duration::from_secs(40),
+        || {
+            quarantine
+                .join(format!("{name}.unknown_key"))
+                .exists()
+                .then_some(())
+        },
+    );
+    assert!(slack
+        .calls("chat.update")
+        .iter()
+        .all(|c| !c.to_string().contains("forger-666")));
+    println!(
+        "a forged outcome crossed the reverse link: quarantined as {name}.unknown_key, never shown"
+    );
+
+    // both audit logs tell the same story: every record of the high side's log came back, verified
+    let high_log = forward.path("state/approvals/audit.jsonl");
+    let low_log = low.join("state/audit.jsonl");
+    let returned = |path: &Path| -> Vec<String> {
+        fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["event"] == "outcome")
+            .filter_map(|v| v["record"].as_str().map(str::to_string))
+            .collect()
+    };
+    let high: Vec<String> = wait_for(
+        "every high-side record back",
+        Duration::from_secs(40),
+        || {
+            let high: Vec<String> = fs::read_to_string(&high_log)
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect();
+            let mut low = returned(&low_log);
+            low.sort();
+            let mut want = high.clone();
+            want.sort();
+            (low == want).then_some(high)
+        },
+    );
+    let verify = run_ok(
+        Command::new(diode_tests::bin("diode-chat"))
+            .arg("--config")
+            .arg(low.join("adapter.toml"))
+            .args(["audit", "verify"]),
+    );
+    assert!(
+        verify.contains(&format!(
+            "ok: {} of high-1's records returned (1-{})",
+            high.len(),
+            high.len()
+        )) && verify.contains("none missing"),
+        "{verify}"
+    );
+    println!(
+        "{} high-side records came back; diode-chat audit verify: {}",
+        high.len(),
+        verify.trim()
+    );
 
     fwd.assert_one_way();
     rev.assert_one_way();
