@@ -4,7 +4,9 @@
 # diode-recv) to the low side, where diode-chat verifies the pipeline's signature and posts it to a local
 # stand-in for Slack (hardware-free: tests/demo-slack.py speaks Slack's Web API and clicks Approve as two
 # people, signing each click as Slack does); the signed approval crosses the forward link and
-# `diode-recv approvals wait` returns 0 with it. Cleans up after itself.
+# `diode-recv approvals wait` returns 0 with it and consumes it as the pipeline ci-runner-3; the high side's
+# signed outcome ("deployed by ci-runner-3") crosses the reverse link back and diode-chat updates the
+# Slack message with it. Cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # DIODE_BIN_DIR=<folder>: use the binaries there instead of building
@@ -20,6 +22,7 @@ echo "== keys: forward link (f/), reverse link (r/), adapter and pipeline signin
 "$B/diode-recv" keygen --dir f >/dev/null && "$B/diode-send" keygen --dir f >/dev/null
 "$B/diode-recv" keygen --dir r >/dev/null && "$B/diode-send" keygen --dir r >/dev/null
 "$B/diode-chat" keygen --dir f >/dev/null
+"$B/diode-recv" keygen --outcome --dir f >/dev/null
 "$B/diode-send" keygen --pipeline --dir r >/dev/null
 cat >fwd-recv.toml <<T
 listen = "127.0.0.1:$P"
@@ -35,6 +38,10 @@ quarantine = "high/quarantine"
 min_approvals = 2
 required_roles = ["release-manager", "security"]
 max_validity_secs = 86400
+[approvals.outcomes]
+outbox = "high/requests"
+key = "f/outcome.key"
+name = "the high side"
 T
 cat >fwd-send.toml <<T
 target = "127.0.0.1:$P"
@@ -78,6 +85,7 @@ signing_secret = "env:DEMO_SLACK_SIGNING_SECRET"
 [reverse]
 inbox = "low/requests"
 pipeline_keys = ["r/pipeline.pub"]
+outcome_keys = ["f/outcome.pub"]
 [people.ada]
 name = "Ada Lovelace"
 slack = "U0ADA"
@@ -110,9 +118,9 @@ DIGEST="sha256:$(head -c 1000000 /dev/urandom | sha256sum | cut -d' ' -f1)"
 ID=$("$B/diode-send" --config rev-send.toml request --artifact billing --version 2.0.0 --digest "$DIGEST" \
   --env prod --reason "release train 48" --requester pipeline:release)
 echo "   request id $ID"
-echo "== high side, the pipeline waits: diode-recv approvals wait --request $ID --consume"
+echo "== high side, the pipeline waits: diode-recv approvals wait --request $ID --consume --by ci-runner-3"
 set +e
-ENV_ID=$("$B/diode-recv" --config fwd-recv.toml approvals wait --request "$ID" --timeout 60s --consume)
+ENV_ID=$("$B/diode-recv" --config fwd-recv.toml approvals wait --request "$ID" --timeout 60s --consume --by ci-runner-3)
 code=$?
 set -e
 echo "== what happened on the low side:"
@@ -122,4 +130,10 @@ if [ $code != 0 ]; then
 fi
 echo "== approvals wait exited 0: approval $ENV_ID for request $ID, consumed"
 python3 -c 'import json,sys; e=json.load(open(sys.argv[1]))["envelope"]; print("   request_id", e["request_id"], "digest", e["artifact"]["digest"][:23] + "...", "approved by", ", ".join(a["name"] for a in e["approvers"]))' "high/approvals/$ENV_ID.json"
+echo "== the outcome comes back: the high side signs each audit record, the reverse link carries it, diode-chat updates the message"
+for _ in $(seq 1 150); do grep -q "Deployed to" slack.log && break; sleep 0.2; done
+if ! grep -q "Deployed to" slack.log; then echo "no outcome came back"; tail -5 chat.log rev-recv.log fwd-recv.log; exit 1; fi
+grep "Deployed to" slack.log | tail -1 | sed 's/^/   /'
+echo "== diode-chat audit verify (its own chain, and the high side's records that came back):"
+"$B/diode-chat" --config adapter.toml audit verify | sed 's/^/   /'
 echo "== loop demo ok"

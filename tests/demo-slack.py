@@ -57,7 +57,7 @@ class Slack(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
         n[0] += 1
         text = body.get("text", "")
-        say(f"Slack {method} in {body.get('channel', '?')}: {text[:150]}")
+        say(f"Slack {method} in {body.get('channel', '?')}: {text[:220]}")
         for block in body.get("blocks", []):
             if method == "chat.postMessage" and block.get("type") == "actions":
                 threading.Thread(target=clicks, args=(block["elements"][0]["value"],)).start()
