@@ -29,6 +29,7 @@ fn write_all() {
     announces(&root.join("announce"));
     metas(&root.join("object_meta"));
     envelopes(&root.join("envelope"));
+    outcomes(&root.join("outcome"));
     state_files(&root.join("state_files"));
     serial(&root.join("serial"));
     endpoint(&root.join("endpoint"));
@@ -273,6 +274,42 @@ fn envelopes(dir: &Path) {
         .sign(&k)
         .to_json();
     put(dir, "expired", &with_mode(1, old.as_bytes()));
+}
+
+/// Outcomes as the high side writes them: each record of a short approvals audit log, signed.
+fn outcomes(dir: &Path) {
+    use diode_proto::audit::{chain, Head};
+    use diode_proto::outcome::Outcome;
+    let id = "5f2b7c3e9d1a4b6c8e0f2a4c6e8b0d1f";
+    let records = [
+        serde_json::json!({"event": "accept", "at": NOW, "id": id, "request_id": "req-0123456789abcdef",
+            "decision": "approve", "environment": "prod", "approvers": ["ada (release-manager, slack)"]}),
+        serde_json::json!({"event": "reject", "at": NOW, "id": id, "reason": "expired",
+            "detail": "expired at 1, now 2", "quarantine": "/var/lib/diode/quarantine/x.json"}),
+        serde_json::json!({"event": "consume", "at": NOW, "id": id, "request_id": "req-0123456789abcdef",
+            "environment": "prod", "by": "ci-runner-3", "pid": 4242}),
+        serde_json::json!({"event": "hook", "at": NOW, "id": id, "attempt": 2, "ok": false,
+            "detail": "deploy-notify exited with exit status: 1"}),
+    ];
+    let mut head = Head::default();
+    for (i, r) in records.into_iter().enumerate() {
+        let serde_json::Value::Object(m) = r else {
+            continue;
+        };
+        let (line, h) = chain(&head, m);
+        head = h;
+        let o = Outcome {
+            receiver: "high-1".into(),
+            record: line,
+        }
+        .sign(&outcome_key())
+        .to_json();
+        put(
+            dir,
+            &format!("record-{}", i + 1),
+            &with_mode((i % 2) as u8, o.as_bytes()),
+        );
+    }
 }
 
 fn state_files(dir: &Path) {

@@ -28,6 +28,11 @@ pub fn adapter_key() -> SigningKey {
     SigningKey::from_seed(&[0x53; 32])
 }
 
+/// The high side's outcome key the `outcome` target trusts.
+pub fn outcome_key() -> SigningKey {
+    SigningKey::from_seed(&[0x0c; 32])
+}
+
 pub fn trusted_adapters() -> Vec<VerifyingKey> {
     vec![adapter_key().public()]
 }

@@ -95,9 +95,9 @@ fn updated(slack: &FakeSlack, key: &str, needle: &str) -> String {
             slack
                 .calls("chat.update")
                 .into_iter()
+                .rev()
                 .map(|c| c.to_string())
-                .filter(|c| c.contains(key) && c.contains(needle))
-                .last()
+                .find(|c| c.contains(key) && c.contains(needle))
         },
     )
 }
