@@ -176,8 +176,13 @@ fn a_request_from_inside_the_air_gap_comes_back_approved_rejected_or_expired_and
     );
     cfg["http"]["listen"] = "127.0.0.1:0".into();
     cfg["http"]["tick"] = "200ms".into();
-    cfg["slack"]["api_base"] = api.into();
+    cfg["slack"]["api_base"] = api.clone().into();
     cfg["slack"]["signing_secret"] = "file:secrets/slack-signing-secret".into();
+    // prod's cards also go to a Teams channel through a workflow (posted to the same local server)
+    cfg["environments"]["prod"].as_table_mut().unwrap().insert(
+        "teams_workflow_url".into(),
+        "file:secrets/teams-workflow-url".into(),
+    );
     cfg["environments"]["staging"]["deadline"] = "6s".into();
     cfg["environments"]["staging"]["remind_every"] = "3s".into();
     let mut reverse_cfg = toml::Table::new();
@@ -192,6 +197,11 @@ fn a_request_from_inside_the_air_gap_comes_back_approved_rejected_or_expired_and
     );
     cfg.insert("reverse".into(), reverse_cfg.into());
     fs::write(low.join("adapter.toml"), toml::to_string(&cfg).unwrap()).unwrap();
+    secret(
+        low,
+        "teams-workflow-url",
+        &format!("{api}/teams-workflow/prod"),
+    );
     secret(low, "slack-bot-token", "xoxb-loop");
     secret(low, "slack-signing-secret", SIGNING_SECRET);
     secret(low, "teams-webhook-token", "dGVhbXMtbG9vcC10b2tlbg==");
@@ -226,7 +236,24 @@ fn a_request_from_inside_the_air_gap_comes_back_approved_rejected_or_expired_and
             && text.contains(&format!("with approval {}", &envelope_id[..8])),
         "{text}"
     );
-    println!("request {id}: the Slack message now says it was deployed by ci-runner-3");
+    let card = wait_for(
+        "the Teams card saying deployed",
+        Duration::from_secs(40),
+        || {
+            slack
+                .calls("teams-workflow/prod")
+                .into_iter()
+                .map(|c| c.to_string())
+                .find(|c| c.contains(&id) && c.contains("Deployed to prod"))
+        },
+    );
+    assert!(
+        card.contains("AdaptiveCard") && card.contains("by ci-runner-3"),
+        "{card}"
+    );
+    println!(
+        "request {id}: the Slack message and the Teams card now say it was deployed by ci-runner-3"
+    );
 
     // 1b. approved on the low side, refused by the high side's stricter rule: the message says why
     let id = request(&reverse, "staging", 0xa4);
