@@ -16,7 +16,7 @@ use diode_host::atomic::write_atomic;
 use diode_host::audit::AuditLog;
 use diode_host::keyfile;
 use diode_proto::envelope::{SignerRole, SigningKey};
-use diode_proto::outcome::Outcome;
+use diode_proto::outcome::{Outcome, MAX_OUTCOME_BYTES};
 use serde_json::json;
 use std::fs;
 use std::io::BufRead;
@@ -88,10 +88,17 @@ impl Reporter {
                 record: line,
             }
             .sign(&self.key);
+            let mut text = signed.to_json();
+            text.push('\n');
             match signed.file_name() {
+                Ok(_) if text.len() > MAX_OUTCOME_BYTES => skipped.push((
+                    seq,
+                    format!(
+                        "{} bytes as an outcome, more than {MAX_OUTCOME_BYTES}",
+                        text.len()
+                    ),
+                )),
                 Ok(name) => {
-                    let mut text = signed.to_json();
-                    text.push('\n');
                     write_atomic(&self.outbox.join(&name), text.as_bytes(), 0o644)?;
                     written += 1;
                 }
