@@ -53,6 +53,8 @@ pub struct Receiver {
     drops_logged: BTreeMap<DropReason, u64>,
     last_drop_log: Instant,
     last_status: Instant,
+    /// What the kernel dropped at the link's socket.
+    kernel: crate::status::KernelDrops,
     received_files: u64,
     received_bytes: u64,
     approvals: Option<Approvals>,
@@ -191,6 +193,7 @@ impl Receiver {
             drops_logged: BTreeMap::new(),
             last_drop_log: now,
             last_status: now,
+            kernel: Default::default(),
             received_files: 0,
             received_bytes: 0,
             approvals: Approvals::open(&cfg, hooks)?,
@@ -250,6 +253,14 @@ impl Receiver {
             }
             if self.last_status.elapsed() >= Duration::from_secs(1) {
                 self.last_status = Instant::now();
+                if let Some(c) = rx.kernel_drops() {
+                    let was = self.kernel.overloaded();
+                    let new = self.kernel.note(c);
+                    if new > 0 && !was {
+                        // said when it starts, not every second; status and metrics carry the figures
+                        tracing::warn!(dropped = new, "{}", self.kernel.advice());
+                    }
+                }
                 self.log_drops();
                 if let Err(e) = self.write_status() {
                     tracing::warn!(error = %format!("{e:#}"), "cannot write status");
@@ -669,6 +680,7 @@ impl Receiver {
                 max_bytes: rules.limits.max_bytes,
             },
             state_dir: self.cfg.state.display().to_string(),
+            kernel: self.kernel.clone(),
         };
         if let Some(m) = &self.cfg.metrics_file {
             self.persist.write(m, s.prometheus().into_bytes(), 0o644);

@@ -25,6 +25,55 @@ pub struct Status {
     /// Where the receiver keeps its state (so `status` can say why the figures are stale).
     #[serde(default)]
     pub state_dir: String,
+    /// What the kernel dropped at the link's socket because the receiver fell behind.
+    #[serde(default)]
+    pub kernel: KernelDrops,
+}
+
+/// Datagrams the kernel dropped at the link's socket (its receive queue was full: the receiver did not
+/// keep up), counted from the socket's 32-bit drop counter, read once a second.
+#[derive(Serialize, Deserialize, Debug, Default, Clone)]
+pub struct KernelDrops {
+    /// Since the receiver started.
+    pub total: u64,
+    /// In the last `WINDOW` seconds; more than 0 means overloaded now.
+    pub last_minute: u64,
+    #[serde(skip)]
+    last: Option<u32>,
+    #[serde(skip)]
+    window: std::collections::VecDeque<u64>,
+}
+
+impl KernelDrops {
+    /// Seconds (status ticks) the recent count covers.
+    pub const WINDOW: usize = 60;
+
+    /// One reading of the socket's counter, once a second. Returns the drops since the last reading.
+    pub fn note(&mut self, counter: u32) -> u64 {
+        // the first reading is the baseline: drops before this process opened the socket are not its own
+        let new = self.last.map_or(0, |l| u64::from(counter.wrapping_sub(l)));
+        self.last = Some(counter);
+        self.total += new;
+        self.window.push_back(new);
+        while self.window.len() > Self::WINDOW {
+            self.window.pop_front();
+        }
+        self.last_minute = self.window.iter().sum();
+        new
+    }
+
+    pub fn overloaded(&self) -> bool {
+        self.last_minute > 0
+    }
+
+    /// What to tell the admin.
+    pub fn advice(&self) -> String {
+        format!(
+            "receiver overloaded: {} frames (or GRO batches) dropped by the kernel in the last minute, {} since start: \
+             its socket queue overflowed. Lower the sender's `rate`, raise `rcvbuf_mb`, or give the receiver a faster disk or CPU",
+            self.last_minute, self.total
+        )
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -101,6 +150,18 @@ impl Status {
             "counter",
             "Bytes of files published in the inbox since the receiver started.",
             vec![(String::new(), self.received_bytes as f64)],
+        );
+        metric(
+            "kernel_dropped_total",
+            "counter",
+            "Datagrams (or GRO batches) the kernel dropped at the link's socket since start because the receiver fell behind (its queue was full).",
+            vec![(String::new(), self.kernel.total as f64)],
+        );
+        metric(
+            "overloaded",
+            "gauge",
+            "1 when the kernel dropped datagrams at the link's socket within the last minute: the receiver does not keep up.",
+            vec![(String::new(), f64::from(u8::from(self.kernel.overloaded())))],
         );
         metric(
             "dropped_frames_total",
@@ -237,6 +298,14 @@ pub fn print(s: &Status, now: u64, running: bool, free: Option<u64>) {
         "listening on {}; {} file(s), {} bytes received since start",
         s.listen, s.received_files, s.received_bytes
     );
+    if s.kernel.overloaded() {
+        println!("WARNING: {}", s.kernel.advice());
+    } else if s.kernel.total > 0 {
+        println!(
+            "kernel drops at the socket: {} since start, none in the last minute",
+            s.kernel.total
+        );
+    }
     if s.sessions.is_empty() {
         println!("sessions: none yet (waiting for a sender's announce)");
     }
@@ -351,5 +420,33 @@ mod tests {
         }
         assert_eq!(t.matches("diode_recv_link_up{sender=\"aa\"}").count(), 1);
         assert!(!t.contains(" 50\n"), "the older session leaked into:\n{t}");
+    }
+}
+
+#[cfg(test)]
+mod kernel_tests {
+    use super::KernelDrops;
+
+    #[test]
+    fn kernel_drops_count_from_a_baseline_across_a_wrap_and_age_out_of_the_minute() {
+        let mut k = KernelDrops::default();
+        assert_eq!(
+            k.note(1000),
+            0,
+            "drops before the first reading are not ours"
+        );
+        assert!(!k.overloaded());
+        assert_eq!(k.note(1010), 10);
+        assert_eq!(k.note(u32::MAX - 4), u64::from(u32::MAX - 4 - 1010));
+        assert_eq!(k.note(5), 10, "the 32-bit counter wrapped");
+        assert!(k.overloaded());
+        assert_eq!(k.total, 10 + u64::from(u32::MAX - 4 - 1010) + 10);
+        for _ in 0..KernelDrops::WINDOW {
+            k.note(5);
+        }
+        assert!(!k.overloaded(), "a quiet minute clears it: {k:?}");
+        assert_eq!(k.last_minute, 0);
+        assert!(k.total > 0);
+        assert!(k.advice().contains("dropped by the kernel"));
     }
 }

@@ -48,7 +48,7 @@ fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
     let text = run(promtool()
         .args(["check", "rules", "diode-rules.yml"])
         .current_dir(&dir));
-    assert!(text.contains("SUCCESS: 6 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 7 rules found"), "{text}");
     let text = run(promtool()
         .args(["test", "rules", "diode-rules.test.yml"])
         .current_dir(&dir));

@@ -2,7 +2,8 @@
 //! - key rotation without downtime: the receiver trusts the old and the new sender key at once, the sender
 //!   moves to its new key with no receiver restart and nothing is lost; once the old key is removed, its
 //!   frames are dropped as `unknown_sender`; two trusted adapter keys both sign accepted approvals;
-//! - metrics for node_exporter's textfile collector on the high side.
+//! - metrics for node_exporter's textfile collector on the high side;
+//! - a receiver that falls behind says so: the kernel's drops at its socket in status, log and metrics.
 
 use diode_proto::envelope::{SignerRole, SigningKey};
 use diode_tests::envelopes::{digest, good};
@@ -135,4 +136,62 @@ fn the_receiver_writes_metrics_for_node_exporter() {
         assert!(v.parse::<f64>().is_ok(), "not a sample: {l}");
     }
     println!("{up}");
+}
+
+#[test]
+fn a_receiver_that_falls_behind_says_so_in_status_log_and_metrics() {
+    // a small socket buffer, and the receiver stopped (SIGSTOP) while 20,000 datagrams arrive: the
+    // kernel must drop most of them, as it does when a real receiver cannot keep up with the link
+    let site = Site::new(&[]);
+    edit(&site.path("recv.toml"), |t| {
+        t.insert("rcvbuf_mb".into(), 1.into());
+        t.insert("metrics_file".into(), "metrics/diode_recv.prom".into());
+    });
+    fs::create_dir_all(site.path("metrics")).unwrap();
+    let r = site.start("recv");
+    wait_for("the first status", Duration::from_secs(10), || {
+        (site.status_json()["updated"].as_u64().unwrap_or(0) > 0).then_some(())
+    });
+    let before = site.status_json();
+    assert_eq!(before["kernel"]["total"], 0, "{before}");
+    let pid = r.child.id().to_string();
+    run_ok(Command::new("kill").args(["-STOP", &pid]));
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let junk = vec![0x5au8; 1400];
+    let mut sent = 0;
+    for _ in 0..20_000 {
+        if sock.send_to(&junk, ("127.0.0.1", site.port)).is_ok() {
+            sent += 1;
+        }
+    }
+    run_ok(Command::new("kill").args(["-CONT", &pid]));
+    let status = wait_for("the drops in status", Duration::from_secs(15), || {
+        let s = site.status_json();
+        (s["kernel"]["total"].as_u64().unwrap_or(0) > 0).then_some(s)
+    });
+    let total = status["kernel"]["total"].as_u64().unwrap();
+    assert!(total <= sent, "{total} dropped of {sent} sent");
+    assert!(status["kernel"]["last_minute"].as_u64().unwrap() > 0);
+    let text = run_ok(site.recv_cmd().arg("status"));
+    assert!(
+        text.contains("WARNING: receiver overloaded:") && text.contains("rcvbuf_mb"),
+        "{text}"
+    );
+    let metrics = wait_for("the metrics", Duration::from_secs(5), || {
+        let t = fs::read_to_string(site.path("metrics/diode_recv.prom")).ok()?;
+        t.contains("diode_recv_overloaded 1\n").then_some(t)
+    });
+    assert!(
+        metrics.contains(&format!("diode_recv_kernel_dropped_total {total}\n")),
+        "{metrics}"
+    );
+    assert!(
+        r.log_text().contains("receiver overloaded"),
+        "{}",
+        r.log_text()
+    );
+    println!(
+        "{sent} datagrams sent while the receiver was stopped: {total} dropped by the kernel; status says: {}",
+        text.lines().find(|l| l.contains("overloaded")).unwrap_or("")
+    );
 }

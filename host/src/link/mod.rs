@@ -138,6 +138,12 @@ pub trait FramesIn {
     fn recv(&mut self, on_frame: &mut dyn FnMut(&mut [u8])) -> Result<Noise>;
     /// The socket, where the link is one (the sandbox's probe of it).
     fn socket(&self) -> Option<BorrowedFd<'_>>;
+    /// How many datagrams (or GRO batches) the kernel has dropped at this link's socket since it was
+    /// opened because its receive queue was full: the receiver fell behind. A 32-bit counter that
+    /// wraps; None where the link has no such counter (a serial line).
+    fn kernel_drops(&self) -> Option<u32> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -171,6 +171,31 @@ impl FramesIn for UdpRx {
     fn socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         Some(std::os::fd::AsFd::as_fd(&self.sock))
     }
+    fn kernel_drops(&self) -> Option<u32> {
+        socket_drops(&self.sock)
+    }
+}
+
+/// SO_MEMINFO's drop counter of a socket (`sk_drops`: what the kernel could not queue for it).
+fn socket_drops(sock: &UdpSocket) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    const SO_MEMINFO: libc::c_int = 55;
+    let mut v = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
+    let mut len = std::mem::size_of_val(&v) as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes (the size of `v`, which lives across the call) and
+    // stores the length written in `len`; the socket is borrowed for the call. socket2 has no wrapper
+    // for SO_MEMINFO.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            v.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    let i = libc::SK_MEMINFO_DROPS as usize;
+    (r == 0 && len as usize >= (i + 1) * 4).then(|| v[i])
 }
 
 impl FramesOut for UdpTx {
