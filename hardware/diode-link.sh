@@ -23,13 +23,15 @@
 #   link_drop udp dport 47041 @th,88,8 2        # also drop every frame matching an nftables expression
 #   [ "$(link_reverse_packets)" = 0 ]           # the receiver side never transmitted
 # As a command (state kept in /run/diode-link/<prefix>, so later commands find the link):
-#   hardware/diode-link.sh up [PCT] | down | loss PCT | drop NFT-MATCH... | rate RATE|off | reverse | fwd | status
+#   hardware/diode-link.sh up [PCT] | down | loss PCT | segment on|off | drop NFT-MATCH... | rate RATE|off | reverse | fwd | status
 #                          | exec-s CMD... | exec-r CMD...
 #   With DIODE_NS unset, `up` picks dd<pid> and prints it; the other commands use the only link that exists.
 # Environment: DIODE_NS (prefix, [a-z][a-z0-9]{0,11}), DIODE_NET (third octet, 1-254, default derived from
 # the prefix), DIODE_MTU (veth MTU, default 1500; e.g. 9000 for jumbo tests), DIODE_TBF_BURST (default 16kb),
-# DIODE_TBF_LATENCY (default 10ms).
-# Needs root, iproute2, nftables (installed by `link_up` if missing) and a kernel with the netdev egress
+# DIODE_TBF_LATENCY (default 10ms), DIODE_VETH_SEGMENT (default 1: the sender's veth segments GSO batches
+# before the link as a NIC does, `ethtool -K <veth> tx-udp-segmentation off`; 0: the veth default, which
+# passes a batch on whole).
+# Needs root, iproute2, nftables and ethtool (installed by `link_up` if missing) and a kernel with the netdev egress
 # hook (5.16+). No netem: loss is nftables `numgen random`; for bursts, reordering, duplication and bit
 # flips put hardware/relay.py in the path.
 
@@ -58,14 +60,15 @@ _link_bp() {
   awk -v p="${1:-}" 'BEGIN { if (p !~ /^[0-9]+(\.[0-9]+)?$/ || p + 0 > 100) exit 1; printf "%d\n", p * 100 + 0.5 }'
 }
 
-_link_need_nft() {
-  command -v nft >/dev/null 2>&1 && return 0
-  command -v apt-get >/dev/null 2>&1 || { _link_err "nft is missing and apt-get is not available"; return 1; }
-  _link_err "installing nftables"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables >/dev/null 2>&1 ||
-    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables >/dev/null 2>&1; } ||
-    { _link_err "cannot install nftables (apt-get install -y nftables)"; return 1; }
-  command -v nft >/dev/null 2>&1
+# _link_need CMD PACKAGE : install PACKAGE with apt-get when CMD is missing
+_link_need() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  command -v apt-get >/dev/null 2>&1 || { _link_err "$1 is missing and apt-get is not available"; return 1; }
+  _link_err "installing $2"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null 2>&1 ||
+    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null 2>&1; } ||
+    { _link_err "cannot install $2 (apt-get install -y $2)"; return 1; }
+  command -v "$1" >/dev/null 2>&1
 }
 
 _link_mac() { ip -n "$1" -o link show "$2" | sed -n 's/.*link\/ether \([0-9a-f:]*\).*/\1/p'; }
@@ -79,7 +82,8 @@ link_up() {
   [[ $DIODE_NET =~ ^[0-9]+$ ]] && [ "$DIODE_NET" -ge 1 ] && [ "$DIODE_NET" -le 254 ] ||
     { _link_err "DIODE_NET=$DIODE_NET: use 1-254"; return 1; }
   bp=$(_link_bp "$loss") || { _link_err "loss '$loss': use a percent 0-100"; return 1; }
-  _link_need_nft || return 1
+  _link_need nft nftables || return 1
+  _link_need ethtool ethtool || return 1
   if ip netns list | grep -qE "^($DIODE_NS_S|$DIODE_NS_R)( |\$)"; then
     _link_err "namespaces $DIODE_NS_S / $DIODE_NS_R already exist (link_down first, or another DIODE_NS)"; return 1
   fi
@@ -100,6 +104,13 @@ link_up() {
     ip -n "$DIODE_NS_R" addr add "$DIODE_IP_R/24" dev "$DIODE_IF_R" &&
     ip -n "$DIODE_NS_S" link set "$DIODE_IF_S" up &&
     ip -n "$DIODE_NS_R" link set "$DIODE_IF_R" up || { _link_err "cannot address the veth pair"; link_down; return 1; }
+  # like a NIC: a GSO batch is cut into datagrams before it crosses, so loss stays per datagram (a veth
+  # passes batches on whole otherwise). DIODE_VETH_SEGMENT=0 keeps the veth's default, for the test that
+  # the sender then sends one datagram per call.
+  if [ "${DIODE_VETH_SEGMENT:-1}" = 1 ]; then
+    ip netns exec "$DIODE_NS_S" ethtool -K "$DIODE_IF_S" tx-udp-segmentation off >/dev/null 2>&1 ||
+      { _link_err "cannot turn tx-udp-segmentation off on the sender's veth"; link_down; return 1; }
+  fi
   mac_s=$(_link_mac "$DIODE_NS_S" "$DIODE_IF_S") mac_r=$(_link_mac "$DIODE_NS_R" "$DIODE_IF_R")
   ip -n "$DIODE_NS_S" neigh replace "$DIODE_IP_R" lladdr "$mac_r" dev "$DIODE_IF_S" nud permanent &&
     ip -n "$DIODE_NS_R" neigh replace "$DIODE_IP_S" lladdr "$mac_s" dev "$DIODE_IF_R" nud permanent &&
@@ -136,6 +147,15 @@ NFT
 }
 
 # link_loss PCT : drop PCT% (0-100, up to two decimals) of the frames that reach the receiver, from now on
+# link_segment on|off : whether the sender's veth cuts GSO batches into datagrams before the link (as a
+# NIC does; `on`, the default of link_up) or passes them on whole (`off`, the veth's own default)
+link_segment() {
+  local v
+  case "${1:-}" in on) v=off ;; off) v=on ;; *) _link_err "segment '${1:-}': use on or off"; return 1 ;; esac
+  _link_names
+  ip netns exec "$DIODE_NS_S" ethtool -K "$DIODE_IF_S" tx-udp-segmentation "$v" >/dev/null
+}
+
 link_loss() {
   local bp
   bp=$(_link_bp "${1:-}") || { _link_err "loss '${1:-}': use a percent 0-100"; return 1; }
@@ -240,6 +260,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     up) link_up "${1:-0}" && echo "DIODE_NS=$DIODE_NS sender=$DIODE_NS_S/$DIODE_IP_S receiver=$DIODE_NS_R/$DIODE_IP_R" ;;
     down) link_down ;;
     loss) link_loss "${1:-}" ;;
+    segment) link_segment "${1:-}" ;;
     drop) link_drop "$@" ;;
     rate) link_rate "${1:-}" ;;
     reverse) link_reverse_packets ;;

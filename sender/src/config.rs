@@ -138,7 +138,7 @@ impl Config {
             c.udp_target()?;
         }
         c.rate_bps()?;
-        c.use_gso()?;
+        c.gso_setting()?;
         c.geometry()?;
         if c.passes == 0 || c.passes > 100 {
             bail!("passes = {} in {}: use 1 to 100", c.passes, path.display());
@@ -211,15 +211,13 @@ impl Config {
         Ok(g)
     }
 
-    /// Batch frames into one GSO send? "auto" batches towards loopback only: a GSO batch that is not
-    /// split into datagrams before the link (a veth, a software bridge) is lost or kept as a whole, which
-    /// turns independent frame loss into bursts of up to 44 frames.
-    pub fn use_gso(&self) -> Result<bool> {
+    /// Batch frames into one GSO send: Some(yes or no) as set, None for "auto" (decided from the egress
+    /// device at start: `diode_host::link::egress`).
+    pub fn gso_setting(&self) -> Result<Option<bool>> {
         match self.gso.as_str() {
-            "auto" => Ok(self.line.link == LinkKind::Udp
-                && self.target.is_some_and(|t| t.ip().is_loopback())),
-            "on" | "true" => Ok(true),
-            "off" | "false" => Ok(false),
+            "auto" => Ok(None),
+            "on" | "true" => Ok(Some(true)),
+            "off" | "false" => Ok(Some(false)),
             g => bail!("gso = {g:?}: use \"auto\", \"on\" or \"off\""),
         }
     }

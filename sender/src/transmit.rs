@@ -72,11 +72,28 @@ impl Transmitter {
             Some(line) => Box::new(SerialTx::open(&line)?),
             None => Box::new(UdpTx::new(cfg.udp_target()?, cfg.bind, 8 << 20)?),
         };
-        let max_segments = if cfg.line.link == LinkKind::Udp && !cfg.use_gso()? {
-            1
-        } else {
-            tx.max_segments()
+        let max_segments = match (cfg.line.link, cfg.gso_setting()?) {
+            (LinkKind::Serial, _) => tx.max_segments(),
+            (LinkKind::Udp, Some(false)) => 1,
+            (LinkKind::Udp, Some(true)) => tx.max_segments(),
+            (LinkKind::Udp, None) => {
+                let e = diode_host::link::egress::egress(cfg.udp_target()?, cfg.bind)?;
+                tracing::info!(device = %e.device, batching = e.splits, "gso = \"auto\": {}", e.why);
+                if e.splits {
+                    tx.max_segments()
+                } else {
+                    1
+                }
+            }
         };
+        // a batch leaves at the NIC's speed: at most about a millisecond of the paced rate in one, so that
+        // a slower diode behind a faster NIC, or its buffer, sees no burst larger than that
+        let frame_bits = 8 * tx.paced_bytes(
+            cfg.geometry()?.shard_size
+                + diode_proto::frame::SEALED_HEADER_LEN
+                + diode_proto::frame::TAG_LEN,
+        ) as u64;
+        let max_segments = max_segments.min((rate_bps / 1000 / frame_bits.max(1)).max(1) as usize);
         let link_name = tx.describe();
         forbid_receiving(cfg, tx.as_ref())?;
         let counter_file = cfg.state.join("session.counter");

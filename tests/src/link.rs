@@ -114,6 +114,12 @@ impl Link {
             .unwrap_or_else(|e| panic!("link {}: {e}", self.prefix))
     }
 
+    /// Whether the sender's veth cuts GSO batches into datagrams before the link, as a NIC does (the
+    /// default of `up`), or passes them on whole (a veth's own default).
+    pub fn segment(&self, on: bool) {
+        self.run(&format!("link_segment {}", if on { "on" } else { "off" }));
+    }
+
     /// Random loss from now on, percent; clears any `drop` rule.
     pub fn loss(&self, pct: f64) {
         self.run(&format!("link_loss {pct}"));

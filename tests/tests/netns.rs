@@ -702,3 +702,75 @@ fn gap_report_names_exactly_the_dropped_blocks_and_its_replay_line_completes_the
     );
     evidence(&link, &site);
 }
+
+/// `gso = "auto"` (the default) batches frames into GSO sends where the egress device cuts a batch into
+/// datagrams before the link (here the sender's veth with `tx-udp-segmentation off`, as hardware/ sets
+/// it up to behave like a NIC), and sends one datagram per call where a batch would cross whole (the
+/// veth's own default). Either way every packet that reaches the receiver's side is one frame (the
+/// link's counters: bytes per packet), so loss on the link stays per datagram.
+#[test]
+fn gso_auto_batches_only_where_the_egress_device_cuts_batches_into_datagrams() {
+    let _one = one_at_a_time();
+    let Some(link) = Link::up("gso", 0.0) else {
+        return;
+    };
+    let site = Site::across(&link, &[("rate", "1Gbit".into())], &[]);
+    let _r = site.start("recv");
+    let mut s = site.start("send");
+    site.wait_session(Duration::from_secs(10));
+    let said = |s: &diode_tests::Daemon, what: &str| {
+        wait_for(what, Duration::from_secs(10), || {
+            let log = s.log_text();
+            log.lines()
+                .find(|l| l.contains("gso = \"auto\""))
+                .map(str::to_string)
+        })
+    };
+    let line = said(&s, "the sender's GSO decision");
+    assert!(
+        line.contains("batching=true") && line.contains("tx-udp-segmentation off"),
+        "{line}"
+    );
+    println!("segmenting veth: {line}");
+    let per_packet = |bytes: u64, packets: u64| bytes / packets.max(1);
+    let (b0, p0) = (link.fwd_bytes(), link.fwd_packets());
+    let one = files("gso-a", [8 << 20]);
+    site.drop_in(&one[0].0, &one[0].1);
+    expect_inbox(&site, &one, Duration::from_secs(60));
+    let (b1, p1) = (link.fwd_bytes(), link.fwd_packets());
+    let size = per_packet(b1 - b0, p1 - p0);
+    assert!(
+        size <= 1500,
+        "{size} bytes per packet on the link: batches crossed whole"
+    );
+    println!(
+        "batched sends: {} packets of {size} bytes on average crossed the link",
+        p1 - p0
+    );
+
+    // the veth as it comes (passes a GSO batch on whole): the sender, started again, sends one by one
+    link.segment(false);
+    s.kill9();
+    let s = site.start("send");
+    let line = said(&s, "the sender's GSO decision on the whole-batch veth");
+    assert!(
+        line.contains("batching=false") && line.contains("passes GSO batches on whole"),
+        "{line}"
+    );
+    println!("whole-batch veth: {line}");
+    let two = files("gso-b", [8 << 20]);
+    site.drop_in(&two[0].0, &two[0].1);
+    expect_inbox(
+        &site,
+        &[one[0].clone(), two[0].clone()],
+        Duration::from_secs(60),
+    );
+    let (b2, p2) = (link.fwd_bytes(), link.fwd_packets());
+    let size = per_packet(b2 - b1, p2 - p1);
+    assert!(size <= 1500, "{size} bytes per packet on the link");
+    println!(
+        "single sends: {} packets of {size} bytes on average crossed the link",
+        p2 - p1
+    );
+    link.assert_one_way();
+}

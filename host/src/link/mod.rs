@@ -4,6 +4,7 @@
 //! byte-stream framing of `diode_proto::stream`) plus its lines in the configs. Protocol logic stays in
 //! proto: a link only moves bytes.
 
+pub mod egress;
 pub mod serial;
 pub mod udp;
 
