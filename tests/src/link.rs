@@ -37,6 +37,11 @@ impl Link {
     /// loss. Returns None, after saying so loudly, only when `DIODE_SKIP_NETNS=1`; otherwise a link that
     /// cannot be built fails the test with the reason.
     pub fn up(tag: &str, loss_pct: f64) -> Option<Link> {
+        Link::up_mtu(tag, loss_pct, 1500)
+    }
+
+    /// `up` with the veth pair's MTU set to `mtu` (9000: jumbo frames).
+    pub fn up_mtu(tag: &str, loss_pct: f64, mtu: u32) -> Option<Link> {
         if std::env::var(SKIP_VAR).as_deref() == Ok("1") {
             // straight to the process's stderr: the test harness captures eprintln! of passing tests
             let _ = writeln!(
@@ -66,7 +71,7 @@ impl Link {
         };
         let names = link
             .sh(&format!(
-                "link_up {loss_pct} >&2 || exit 1\n\
+                "DIODE_MTU={mtu}; link_up {loss_pct} >&2 || exit 1\n\
                  echo \"$DIODE_NS_S $DIODE_NS_R $DIODE_IP_S $DIODE_IP_R\""
             ))
             .unwrap_or_else(|e| {
