@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v nft >/dev/null || need+=(nftables)
 command -v ip >/dev/null || need+=(iproute2)
+# the emulated diode's veth segments GSO batches like a NIC (hardware/diode-link.sh)
+command -v ethtool >/dev/null || [ -x /usr/sbin/ethtool ] || need+=(ethtool)
 command -v socat >/dev/null || need+=(socat)
 command -v python3 >/dev/null || need+=(python3)
 # the disk tests (tests/tests/disk.rs) make a small ext4 filesystem and loop-mount it
