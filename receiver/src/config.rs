@@ -16,6 +16,10 @@ pub struct Config {
     #[serde(skip)]
     pub line: LinkConfig,
     pub listen: Option<SocketAddr>,
+    /// UDP ports to listen on: `listen`'s port and the next `ports - 1` (the sender's `ports` matches),
+    /// so that a NIC's receive-side scaling spreads the frames over its queues and cores.
+    #[serde(default = "d_ports")]
+    pub ports: u16,
     pub inbox: PathBuf,
     pub state: PathBuf,
     pub key: PathBuf,
@@ -98,6 +102,9 @@ fn d_outcome_name() -> String {
     "high side".into()
 }
 
+fn d_ports() -> u16 {
+    1
+}
 fn d_pending_secs() -> u64 {
     30
 }
@@ -227,10 +234,23 @@ impl Config {
         )
     }
 
+    /// Every address to listen on: `listen` and the next `ports - 1` ports.
+    pub fn udp_listens(&self) -> Result<Vec<SocketAddr>> {
+        let first = self.udp_listen()?;
+        diode_host::link::consecutive_ports(first, self.ports)
+    }
+
     /// The link as shown in logs and status: the UDP address or `serial:DEVICE@BAUD`.
     pub fn link_name(&self) -> Result<String> {
         Ok(match self.serial_line()? {
             Some(l) => l.describe(),
+            None if self.ports > 1 => {
+                let l = self.udp_listens()?;
+                match (l.first(), l.last()) {
+                    (Some(a), Some(b)) => format!("{a} (ports {}-{})", a.port(), b.port()),
+                    _ => self.udp_listen()?.to_string(),
+                }
+            }
             None => self.udp_listen()?.to_string(),
         })
     }

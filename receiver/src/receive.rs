@@ -12,7 +12,7 @@ use crate::store::{Partial, PublishError, Storage};
 use crate::writer::{self, Done, Job, Writer};
 use anyhow::{Context, Result};
 use diode_host::atomic::{append_line, write_atomic, Persister};
-use diode_host::link::{serial::SerialRx, udp::UdpRx, FramesIn};
+use diode_host::link::{serial::SerialRx, udp::UdpRxSet, FramesIn};
 use diode_proto::envelope::MAX_ENVELOPE_BYTES;
 use diode_proto::journal::format_id;
 use diode_proto::object::{ObjectKind, ObjectMeta};
@@ -55,6 +55,8 @@ pub struct Receiver {
     last_status: Instant,
     /// What the kernel dropped at the link's socket.
     kernel: crate::status::KernelDrops,
+    /// Frames taken from each of the link's sockets (several UDP ports).
+    sockets: Vec<(String, u64)>,
     received_files: u64,
     received_bytes: u64,
     approvals: Option<Approvals>,
@@ -143,7 +145,7 @@ impl Receiver {
         let rx: Box<dyn FramesIn> = match cfg.serial_line()? {
             Some(line) => Box::new(SerialRx::open(&line)?),
             None => {
-                let rx = UdpRx::bind(cfg.udp_listen()?, cfg.rcvbuf_mb << 20)?;
+                let rx = UdpRxSet::bind(&cfg.udp_listens()?, cfg.rcvbuf_mb << 20)?;
                 if rx.recv_buffer_size() < (cfg.rcvbuf_mb << 20) {
                     tracing::warn!(
                         have = rx.recv_buffer_size(), want = cfg.rcvbuf_mb << 20,
@@ -194,6 +196,7 @@ impl Receiver {
             last_drop_log: now,
             last_status: now,
             kernel: Default::default(),
+            sockets: Vec::new(),
             received_files: 0,
             received_bytes: 0,
             approvals: Approvals::open(&cfg, hooks)?,
@@ -253,6 +256,7 @@ impl Receiver {
             }
             if self.last_status.elapsed() >= Duration::from_secs(1) {
                 self.last_status = Instant::now();
+                self.sockets = rx.per_socket();
                 if let Some(c) = rx.kernel_drops() {
                     let was = self.kernel.overloaded();
                     let new = self.kernel.note(c);
@@ -681,6 +685,11 @@ impl Receiver {
             },
             state_dir: self.cfg.state.display().to_string(),
             kernel: self.kernel.clone(),
+            sockets: if self.sockets.len() > 1 {
+                self.sockets.iter().cloned().collect()
+            } else {
+                Default::default()
+            },
         };
         if let Some(m) = &self.cfg.metrics_file {
             self.persist.write(m, s.prometheus().into_bytes(), 0o644);

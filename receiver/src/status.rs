@@ -28,6 +28,9 @@ pub struct Status {
     /// What the kernel dropped at the link's socket because the receiver fell behind.
     #[serde(default)]
     pub kernel: KernelDrops,
+    /// Frames taken from each listening address since start, when the link uses several ports.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sockets: BTreeMap<String, u64>,
 }
 
 /// Datagrams the kernel dropped at the link's socket (its receive queue was full: the receiver did not
@@ -305,6 +308,10 @@ pub fn print(s: &Status, now: u64, running: bool, free: Option<u64>) {
             "kernel drops at the socket: {} since start, none in the last minute",
             s.kernel.total
         );
+    }
+    if !s.sockets.is_empty() {
+        let per: Vec<String> = s.sockets.iter().map(|(a, n)| format!("{a}={n}")).collect();
+        println!("frames per port: {}", per.join(" "));
     }
     if s.sessions.is_empty() {
         println!("sessions: none yet (waiting for a sender's announce)");

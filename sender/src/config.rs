@@ -17,6 +17,10 @@ pub struct Config {
     pub line: LinkConfig,
     pub target: Option<SocketAddr>,
     pub bind: Option<SocketAddr>,
+    /// UDP ports to send to: `target`'s port and the next `ports - 1`, one send each in turn (the
+    /// receiver's `ports` matches), so that the receiving NIC spreads frames over its queues and cores.
+    #[serde(default = "d_ports")]
+    pub ports: u16,
     pub outbox: PathBuf,
     pub state: PathBuf,
     pub key: PathBuf,
@@ -66,6 +70,9 @@ fn d_envelope_max() -> usize {
 }
 fn d_true() -> bool {
     true
+}
+fn d_ports() -> u16 {
+    1
 }
 fn d_gso() -> String {
     "auto".into()
@@ -135,7 +142,7 @@ impl Config {
         }
         c.serial_line()?;
         if c.line.link == LinkKind::Udp {
-            c.udp_target()?;
+            c.udp_targets()?;
         }
         c.rate_bps()?;
         c.gso_setting()?;
@@ -173,6 +180,11 @@ impl Config {
         self.target.context(
             "target = \"host:port\" (the receiver's UDP address) is required with link = \"udp\"",
         )
+    }
+
+    /// Every address to send to: `target` and the next `ports - 1` ports.
+    pub fn udp_targets(&self) -> Result<Vec<SocketAddr>> {
+        diode_host::link::consecutive_ports(self.udp_target()?, self.ports)
     }
 
     pub fn geometry(&self) -> Result<Geometry> {

@@ -70,7 +70,7 @@ impl Transmitter {
         let rate_bps = cfg.rate_bps()?;
         let tx: Box<dyn FramesOut> = match cfg.serial_line()? {
             Some(line) => Box::new(SerialTx::open(&line)?),
-            None => Box::new(UdpTx::new(cfg.udp_target()?, cfg.bind, 8 << 20)?),
+            None => Box::new(UdpTx::new(cfg.udp_targets()?, cfg.bind, 8 << 20)?),
         };
         let max_segments = match (cfg.line.link, cfg.gso_setting()?) {
             (LinkKind::Serial, _) => tx.max_segments(),

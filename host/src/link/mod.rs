@@ -145,6 +145,24 @@ pub trait FramesIn {
     fn kernel_drops(&self) -> Option<u32> {
         None
     }
+    /// Frames taken from each of the link's sockets since start, by listening address, where the link
+    /// has several (UDP on several ports); empty otherwise.
+    fn per_socket(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+}
+
+/// `first` and the next `n - 1` ports of the same address; `n` from 1 to 64, the last port at most 65535.
+pub fn consecutive_ports(first: std::net::SocketAddr, n: u16) -> Result<Vec<std::net::SocketAddr>> {
+    if !(1..=64).contains(&n) || u32::from(first.port()) + u32::from(n) - 1 > 65535 {
+        anyhow::bail!(
+            "ports = {n} from port {}: use 1 to 64 ports, the last at most 65535",
+            first.port()
+        );
+    }
+    Ok((0..n)
+        .map(|i| std::net::SocketAddr::new(first.ip(), first.port() + i))
+        .collect())
 }
 
 #[cfg(test)]

@@ -16,11 +16,19 @@ use diode_proto::frame::IP_UDP_OVERHEAD;
 pub struct UdpTx {
     sock: UdpSocket,
     state: UdpSocketState,
-    target: SocketAddr,
+    /// The receiver's ports: each send goes to the next (several ports let a NIC's receive-side
+    /// scaling put the frames on several queues and cores).
+    targets: Vec<SocketAddr>,
+    first: SocketAddr,
+    next: std::cell::Cell<usize>,
 }
 
 impl UdpTx {
-    pub fn new(target: SocketAddr, bind: Option<SocketAddr>, sndbuf: usize) -> Result<Self> {
+    /// A socket sending to `targets` in turn, one send (a frame or a GSO batch) each.
+    pub fn new(targets: Vec<SocketAddr>, bind: Option<SocketAddr>, sndbuf: usize) -> Result<Self> {
+        let Some(&target) = targets.first() else {
+            anyhow::bail!("no UDP target");
+        };
         let local = bind.unwrap_or_else(|| {
             if target.is_ipv4() {
                 "0.0.0.0:0".parse().unwrap_or(target)
@@ -41,7 +49,9 @@ impl UdpTx {
         Ok(UdpTx {
             sock,
             state,
-            target,
+            targets,
+            first: target,
+            next: std::cell::Cell::new(0),
         })
     }
 
@@ -53,8 +63,10 @@ impl UdpTx {
     /// Send `contents` as datagrams of `segment` bytes (the last may be shorter). A full socket buffer is
     /// waited out; other errors are returned (the caller logs them and carries on: the link is lossy).
     pub fn send(&self, contents: &[u8], segment: usize) -> io::Result<()> {
+        let i = self.next.get();
+        self.next.set((i + 1) % self.targets.len().max(1));
         let t = Transmit {
-            destination: self.target,
+            destination: self.targets.get(i).copied().unwrap_or(self.first),
             ecn: None,
             contents,
             segment_size: (contents.len() > segment).then_some(segment),
@@ -125,6 +137,103 @@ impl UdpRx {
         self.state
             .recv_buffer_size((&self.sock).into())
             .unwrap_or(0)
+    }
+}
+
+/// The receiver's sockets when the link uses several ports: one `recv` waits on all of them (poll) and
+/// takes what each has, counting frames per socket so that status shows how they spread.
+pub struct UdpRxSet {
+    socks: Vec<UdpRx>,
+    names: Vec<String>,
+    frames: Vec<u64>,
+}
+
+impl UdpRxSet {
+    /// Bind every address in `listen` (one socket each, `rcvbuf` bytes of buffer each).
+    pub fn bind(listen: &[SocketAddr], rcvbuf: usize) -> Result<Self> {
+        let mut socks = Vec::new();
+        for a in listen {
+            let rx = UdpRx::bind(*a, rcvbuf)?;
+            if listen.len() > 1 {
+                // waited on with poll: each socket is read until it has nothing more
+                rx.sock.set_nonblocking(true)?;
+            }
+            socks.push(rx);
+        }
+        if socks.is_empty() {
+            anyhow::bail!("no UDP address to listen on");
+        }
+        Ok(UdpRxSet {
+            frames: vec![0; socks.len()],
+            names: listen.iter().map(|a| a.to_string()).collect(),
+            socks,
+        })
+    }
+
+    pub fn recv_buffer_size(&self) -> usize {
+        self.socks
+            .iter()
+            .map(UdpRx::recv_buffer_size)
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+impl FramesIn for UdpRxSet {
+    fn recv(&mut self, on_frame: &mut dyn FnMut(&mut [u8])) -> Result<Noise> {
+        if let ([one], [count]) = (self.socks.as_mut_slice(), self.frames.as_mut_slice()) {
+            return one.recv(&mut |f| {
+                *count += 1;
+                on_frame(f)
+            });
+        }
+        let mut fds: Vec<libc::pollfd> = self
+            .socks
+            .iter()
+            .map(|s| libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&s.sock),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: poll reads and writes exactly `fds.len()` pollfd entries of the vector, which lives
+        // across the call; the sockets the fds name are owned by `self.socks`.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(Vec::new());
+            }
+            return Err(e).context("poll on the link's sockets failed");
+        }
+        let mut noise = Vec::new();
+        for ((s, fd), count) in self.socks.iter_mut().zip(&fds).zip(self.frames.iter_mut()) {
+            if fd.revents & libc::POLLIN != 0 {
+                noise.extend(s.recv(&mut |f| {
+                    *count += 1;
+                    on_frame(f)
+                })?);
+            }
+        }
+        Ok(noise)
+    }
+    fn socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.socks
+            .first()
+            .map(|s| std::os::fd::AsFd::as_fd(&s.sock))
+    }
+    fn kernel_drops(&self) -> Option<u32> {
+        self.socks
+            .iter()
+            .map(|s| s.kernel_drops())
+            .try_fold(0u32, |sum, d| d.map(|d| sum.wrapping_add(d)))
+    }
+    fn per_socket(&self) -> Vec<(String, u64)> {
+        self.names
+            .iter()
+            .cloned()
+            .zip(self.frames.iter().copied())
+            .collect()
     }
 }
 
@@ -215,7 +324,11 @@ impl FramesOut for UdpTx {
         std::os::fd::AsRawFd::as_raw_fd(&self.sock)
     }
     fn describe(&self) -> String {
-        self.target.to_string()
+        match self.targets.as_slice() {
+            [one] => one.to_string(),
+            [first, .., last] => format!("{first} (ports {}-{})", first.port(), last.port()),
+            [] => String::new(),
+        }
     }
 }
 
