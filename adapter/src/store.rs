@@ -168,6 +168,30 @@ impl Store {
         Ok(Store { db })
     }
 
+    /// The database as it stands, read-only and changing nothing (not even the schema): for
+    /// `diode-chat console`, while `diode-chat serve` writes it.
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let db = Connection::open_with_flags(path, flags).with_context(|| {
+            format!("cannot open the state database {} to read", path.display())
+        })?;
+        db.pragma_update(None, "query_only", true)
+            .with_context(|| {
+                format!("cannot open the state database {} to read", path.display())
+            })?;
+        Ok(Store { db })
+    }
+
+    /// The `limit` requests decided last, newest first.
+    pub fn decided(&self, limit: usize) -> Result<Vec<Request>> {
+        let mut st = self.db.prepare(&format!(
+            "SELECT {COLUMNS} FROM requests WHERE status != 'pending' ORDER BY decided_at DESC, id LIMIT ?1"
+        ))?;
+        let rows = st.query_map([limit as i64], row_request)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn insert(&self, r: &Request) -> Result<()> {
         self.db.execute(
             &format!("INSERT INTO requests ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21)"),
