@@ -421,6 +421,46 @@ mod tests {
     }
 
     #[test]
+    fn the_console_reads_the_database_and_cannot_change_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("chat.sqlite");
+        assert!(
+            Store::open_read_only(&path).is_err(),
+            "a missing database is not created"
+        );
+        assert!(!path.exists());
+        let row = |id: &str, status: &str, decided: Option<i64>| {
+            format!(
+                "INSERT INTO requests (id, app, version, environment, digest, requester, requester_name, \
+                 source, created_at, deadline_at, status, envelope_id, channel, decided_at) \
+                 VALUES ('{id}', 'a', '1', 'prod', 'd', 'U1', 'U', 'slack', 1, 2, '{status}', 'e-{id}', 'C', {})",
+                decided.map_or("NULL".into(), |d| d.to_string())
+            )
+        };
+        let writer = Store::open(&path).unwrap();
+        for r in [
+            row("req-1", "pending", None),
+            row("req-2", "approved", Some(10)),
+            row("req-3", "rejected", Some(20)),
+        ] {
+            writer.db.execute_batch(&r).unwrap();
+        }
+        let ro = Store::open_read_only(&path).unwrap();
+        assert_eq!(ro.pending().unwrap().len(), 1);
+        let ids: Vec<String> = ro.decided(5).unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, ["req-3", "req-2"], "newest decision first");
+        assert_eq!(ro.decided(1).unwrap().len(), 1);
+        // what the daemon writes meanwhile is seen; the console's own writes are refused
+        writer
+            .db
+            .execute_batch(&row("req-4", "pending", None))
+            .unwrap();
+        assert_eq!(ro.pending().unwrap().len(), 2);
+        assert!(ro.db.execute_batch(&row("req-5", "pending", None)).is_err());
+        assert!(ro.mark_dirty("req-1").is_err());
+    }
+
+    #[test]
     fn a_delivery_is_taken_once_by_any_of_its_ids_and_teams_ids_survive_the_upgrade() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("chat.sqlite");

@@ -122,3 +122,73 @@ impl Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(dir: &std::path::Path) -> Status {
+        Status {
+            path: dir.join("sending.json"),
+            persist: Persister::spawn().unwrap(),
+            file: StatusFile::default(),
+            by_id: BTreeMap::new(),
+            next_seq: 0,
+            last_write: None,
+        }
+    }
+
+    fn written(p: &std::path::Path) -> StatusFile {
+        // the persist thread writes soon after the tick
+        for _ in 0..200 {
+            if let Some(f) = std::fs::read_to_string(p)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+            {
+                return f;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("{} was not written", p.display());
+    }
+
+    #[test]
+    fn objects_in_flight_in_order_with_their_bytes_and_the_rate_on_the_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = status(dir.path());
+        s.started(7, "b.bin", 100, 2, false);
+        s.started(3, "a.bin", 50, 1, true);
+        s.progress(7, 60);
+        s.progress(9, 1000); // not in flight: ignored
+        s.tick(4, 10, 14_000);
+        let f = written(&dir.path().join("sending.json"));
+        let names: Vec<(&str, u64, bool)> = f
+            .sending
+            .iter()
+            .map(|o| (o.name.as_str(), o.sent, o.replay))
+            .collect();
+        assert_eq!(names, [("b.bin", 60, false), ("a.bin", 0, true)]);
+        assert_eq!((f.waiting, f.frames, f.line_bytes), (4, 10, 14_000));
+        assert_eq!(f.line_bytes_per_sec, 0.0, "no rate before an interval");
+        // within the second nothing is written; after it, the rate over the interval
+        s.finished(7);
+        s.tick(0, 20, 28_000);
+        s.last_write = s
+            .last_write
+            .map(|(_, f, b)| (Instant::now() - EVERY * 2, f, b));
+        std::fs::remove_file(dir.path().join("sending.json")).unwrap();
+        s.tick(0, 30, 42_000);
+        let f = written(&dir.path().join("sending.json"));
+        assert_eq!(f.sending.len(), 1);
+        assert!(
+            (f.line_bytes_per_sec - 14_000.0).abs() < 1_000.0,
+            "{}",
+            f.line_bytes_per_sec
+        );
+        assert!(
+            (f.frames_per_sec - 10.0).abs() < 1.0,
+            "{}",
+            f.frames_per_sec
+        );
+    }
+}
