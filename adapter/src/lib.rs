@@ -8,6 +8,7 @@ pub mod audit_ship;
 pub mod breakglass;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod emit;
 pub mod inbox;
 pub mod pipeline;

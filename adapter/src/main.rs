@@ -5,7 +5,7 @@
 
 use diode_chat::pipeline_client::{self, Answer, Ask};
 use diode_chat::secret::Secret;
-use diode_chat::{audit_ship, breakglass, clock, config, emit, returned, server};
+use diode_chat::{audit_ship, breakglass, clock, config, console, emit, returned, server};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -61,6 +61,10 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// A read-only web page for the operator (open requests with their votes, deadlines and escalation
+    /// tier, recent decisions, the high side's outcomes, the audit chain), read from what `serve` writes;
+    /// a process of its own
+    Console(diode_console::Command),
 }
 
 #[derive(clap::Args)]
@@ -162,6 +166,9 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Keygen { dir, pipeline } => keygen(&dir, pipeline),
         Cmd::Sign(args) => sign(&Config::load(&cli.config)?, args),
+        Cmd::Console(c) => c.run("diode-chat", console::PORT, |plan| {
+            console::serve(Config::load(&cli.config)?, plan)
+        }),
         Cmd::Serve => {
             let cfg = Config::load(&cli.config)?;
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

@@ -197,6 +197,30 @@ impl Store {
         Ok(Store { db })
     }
 
+    /// The database as it stands, read-only and changing nothing (not even the schema): for
+    /// `diode-chat console`, while `diode-chat serve` writes it.
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let db = Connection::open_with_flags(path, flags).with_context(|| {
+            format!("cannot open the state database {} to read", path.display())
+        })?;
+        db.pragma_update(None, "query_only", true)
+            .with_context(|| {
+                format!("cannot open the state database {} to read", path.display())
+            })?;
+        Ok(Store { db })
+    }
+
+    /// The `limit` requests decided last, newest first.
+    pub fn decided(&self, limit: usize) -> Result<Vec<Request>> {
+        let mut st = self.db.prepare(&format!(
+            "SELECT {COLUMNS} FROM requests WHERE status != 'pending' ORDER BY decided_at DESC, id LIMIT ?1"
+        ))?;
+        let rows = st.query_map([limit as i64], row_request)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn insert(&self, r: &Request) -> Result<()> {
         self.db.execute(
             &format!("INSERT INTO requests ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21)"),
@@ -500,6 +524,46 @@ mod tests {
         // and again: the column is there now
         drop(store);
         Store::open(&path).unwrap();
+    }
+
+    #[test]
+    fn the_console_reads_the_database_and_cannot_change_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("chat.sqlite");
+        assert!(
+            Store::open_read_only(&path).is_err(),
+            "a missing database is not created"
+        );
+        assert!(!path.exists());
+        let row = |id: &str, status: &str, decided: Option<i64>| {
+            format!(
+                "INSERT INTO requests (id, app, version, environment, digest, requester, requester_name, \
+                 source, created_at, deadline_at, status, envelope_id, channel, decided_at) \
+                 VALUES ('{id}', 'a', '1', 'prod', 'd', 'U1', 'U', 'slack', 1, 2, '{status}', 'e-{id}', 'C', {})",
+                decided.map_or("NULL".into(), |d| d.to_string())
+            )
+        };
+        let writer = Store::open(&path).unwrap();
+        for r in [
+            row("req-1", "pending", None),
+            row("req-2", "approved", Some(10)),
+            row("req-3", "rejected", Some(20)),
+        ] {
+            writer.db.execute_batch(&r).unwrap();
+        }
+        let ro = Store::open_read_only(&path).unwrap();
+        assert_eq!(ro.pending().unwrap().len(), 1);
+        let ids: Vec<String> = ro.decided(5).unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, ["req-3", "req-2"], "newest decision first");
+        assert_eq!(ro.decided(1).unwrap().len(), 1);
+        // what the daemon writes meanwhile is seen; the console's own writes are refused
+        writer
+            .db
+            .execute_batch(&row("req-4", "pending", None))
+            .unwrap();
+        assert_eq!(ro.pending().unwrap().len(), 2);
+        assert!(ro.db.execute_batch(&row("req-5", "pending", None)).is_err());
+        assert!(ro.mark_dirty("req-1").is_err());
     }
 
     #[test]

@@ -34,8 +34,9 @@ pub fn generate(dir: &Path, role: Role) -> Result<(PathBuf, PathBuf)> {
     Ok((kp, pp))
 }
 
-fn check_private(path: &Path) -> Result<()> {
-    let meta = fs::metadata(path).with_context(|| format!("cannot read key {}", path.display()))?;
+/// Refuse a secret file (a key, a password hash file) that others may read.
+pub fn check_private(path: &Path) -> Result<()> {
+    let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mode = meta.permissions().mode();
     if mode & 0o077 != 0 {
         bail!(

@@ -68,11 +68,7 @@ enum Cmd {
     },
     /// A read-only web page for the operator (links, objects, gaps with their replay lines, received
     /// files, approvals, the audit chain), read from what the daemon writes; a process of its own
-    Console {
-        /// Where to listen: loopback only (the console has no TLS or authentication; use an SSH tunnel)
-        #[arg(long, default_value = "127.0.0.1:8440")]
-        listen: std::net::SocketAddr,
-    },
+    Console(diode_console::Command),
     /// Internal: runs the approval hook outside the daemon's sandbox (started by the daemon)
     #[command(hide = true)]
     HookRunner,
@@ -288,11 +284,9 @@ fn run(cli: Cli) -> Result<()> {
             println!("ok: {n} records in {}", log.path().display());
             Ok(())
         }
-        Some(Cmd::Console { listen }) => {
-            // refused before the config is read: the answer does not depend on it
-            console::check_listen(&listen)?;
-            console::serve(Config::load(&cli.config)?, listen)
-        }
+        Some(Cmd::Console(c)) => c.run("diode-recv", console::PORT, |plan| {
+            console::serve(Config::load(&cli.config)?, plan)
+        }),
         Some(Cmd::HookRunner) => hook_runner::serve(&Config::load(&cli.config)?),
         None => {
             let cfg = Config::load(&cli.config)?;

@@ -242,6 +242,12 @@ impl Config {
         self.state.join("replay")
     }
 
+    /// What the daemon is doing (`status.rs`), for `diode-send console` (not `status.json`: a test site
+    /// shares one state folder between the sender and the receiver, whose status that is).
+    pub fn status_path(&self) -> PathBuf {
+        self.state.join("sending.json")
+    }
+
     pub fn journal_path(&self) -> PathBuf {
         self.state.join("journal.jsonl")
     }

@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::encoding::{self, describe, Files};
 use crate::journal::Journal;
 use crate::replay::resolve_replay;
+use crate::status::Status;
 use crate::transmit::{Transmitter, PUMP_MAX};
 use crate::{open_link, outbox, requests};
 use anyhow::{Context, Result};
@@ -90,6 +91,7 @@ pub fn daemon(cfg: &Config) -> Result<()> {
     let journal = Journal::open(cfg)?;
     let mut tx = open_link(cfg)?;
     let mut files = Files::new(tx.fast_link());
+    let mut status = Status::new(cfg, cfg.rate_bps()?)?;
     let outbox = outbox::Outbox::watch(&cfg.outbox, Duration::from_secs(cfg.settle_secs))
         .with_context(|| format!("cannot watch {}", cfg.outbox.display()))?;
     let mut intake = Intake {
@@ -123,22 +125,27 @@ pub fn daemon(cfg: &Config) -> Result<()> {
         // envelopes (and an admin's replays of them) go to the endpoint at once; it sends them ahead
         // of the file in progress
         while let Some(job) = intake.urgent.pop_front() {
-            queue(cfg, &mut tx, &mut files, &mut started, job);
+            queue(cfg, &mut tx, &mut files, &mut started, &mut status, job);
         }
         // one bulk job waits in the endpoint at a time: each file is opened when its turn is near
         while tx.ep.queued() == 0 {
             let Some(job) = intake.bulk.pop_front() else {
                 break;
             };
-            queue(cfg, &mut tx, &mut files, &mut started, job);
+            queue(cfg, &mut tx, &mut files, &mut started, &mut status, job);
         }
         idle_for = match tx.pump(&mut files, PUMP_MAX) {
             Some(wait) if intake.bulk.is_empty() => wait,
             _ => Duration::ZERO,
         };
         while let Some(e) = tx.ep.poll_event() {
-            done(cfg, &journal, &mut started, e);
+            done(cfg, &journal, &mut started, &mut status, e);
         }
+        status.tick(
+            intake.urgent.len() + intake.bulk.len(),
+            tx.frames_sent,
+            tx.line_bytes,
+        );
         files.close_unneeded(|id| tx.ep.needs(id));
     }
 }
@@ -150,6 +157,7 @@ fn queue(
     tx: &mut Transmitter,
     files: &mut Files,
     started: &mut HashMap<u64, Instant>,
+    status: &mut Status,
     job: Job,
 ) {
     match job {
@@ -163,6 +171,7 @@ fn queue(
             match r {
                 Ok(meta) => {
                     started.insert(id, Instant::now());
+                    status.started(id, &name, meta.size, cfg.passes, false);
                     tx.ep.send(sender::Job::new(meta, cfg.passes, urgent));
                 }
                 Err(e) => match e
@@ -183,6 +192,7 @@ fn queue(
                 tracing::error!(object = %format_id(meta.id), error = %format!("{e:#}"), "replay failed");
                 return;
             }
+            status.started(meta.id, &meta.name, meta.size, 1, true);
             let urgent = requests::is_urgent(&meta.name);
             let job = sender::Job::replay(meta, blocks, urgent);
             if urgent {
@@ -195,7 +205,22 @@ fn queue(
 }
 
 /// What the endpoint says went out (or could not).
-fn done(cfg: &Config, journal: &Journal, started: &mut HashMap<u64, Instant>, e: sender::Event) {
+fn done(
+    cfg: &Config,
+    journal: &Journal,
+    started: &mut HashMap<u64, Instant>,
+    status: &mut Status,
+    e: sender::Event,
+) {
+    match &e {
+        sender::Event::Sent { meta, kind } | sender::Event::Failed { meta, kind, .. }
+            if *kind != JobKind::Meta =>
+        {
+            status.finished(meta.id)
+        }
+        sender::Event::Progress { id, bytes } => status.progress(*id, *bytes),
+        _ => {}
+    }
     match e {
         sender::Event::Sent { meta, kind } => match kind {
             JobKind::New => {

@@ -33,6 +33,28 @@ pub struct Entry {
     pub expired: bool,
 }
 
+impl Entry {
+    /// Where the object stands, in one word: `queued` (claimed, not yet sent), `kept` (sent, its copy
+    /// kept for replay), `gone` (sent, its copy removed), `expired` (removed by retention).
+    pub fn state(&self) -> &'static str {
+        if self.expired {
+            "expired"
+        } else if self.sent.is_none() {
+            "queued"
+        } else if self.path.exists() {
+            "kept"
+        } else {
+            "gone"
+        }
+    }
+
+    /// The object's block count, once sent.
+    pub fn blocks(&self) -> Option<u64> {
+        let m = self.sent.as_ref()?;
+        m.geometry().ok().map(|g| g.block_count(m.size))
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct ReplayRequest {
     pub object: Option<String>,
@@ -41,13 +63,18 @@ pub struct ReplayRequest {
 }
 
 impl Journal {
-    pub fn open(cfg: &Config) -> Result<Self> {
-        let j = Journal {
+    /// The journal's files, creating nothing (`diode-send console` only reads them).
+    pub fn at(cfg: &Config) -> Self {
+        Journal {
             path: cfg.journal_path(),
             objects: cfg.objects_dir(),
             replay: cfg.replay_dir(),
             last_id: std::sync::Mutex::new(None),
-        };
+        }
+    }
+
+    pub fn open(cfg: &Config) -> Result<Self> {
+        let j = Journal::at(cfg);
         for d in [&cfg.state, &j.objects, &j.replay] {
             fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
         }
@@ -233,8 +260,9 @@ impl Journal {
         Ok(p)
     }
 
-    /// Replay requests waiting, oldest first; each is removed as it is taken.
-    pub fn take_replays(&self) -> Vec<ReplayRequest> {
+    /// Replay requests waiting, oldest first (their files are named by the time they were queued),
+    /// each with its file; one that cannot be read says why.
+    pub fn pending_replays(&self) -> Vec<(PathBuf, Result<ReplayRequest, String>)> {
         let Ok(rd) = fs::read_dir(&self.replay) else {
             return Vec::new();
         };
@@ -244,12 +272,22 @@ impl Journal {
             .filter(|p| p.extension().is_some_and(|x| x == "json"))
             .collect();
         files.sort();
+        files
+            .into_iter()
+            .map(|f| {
+                let r = fs::read_to_string(&f)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()));
+                (f, r)
+            })
+            .collect()
+    }
+
+    /// Replay requests waiting, oldest first; each is removed as it is taken.
+    pub fn take_replays(&self) -> Vec<ReplayRequest> {
         let mut out = Vec::new();
-        for f in files {
-            match fs::read_to_string(&f)
-                .map_err(anyhow::Error::from)
-                .and_then(|t| Ok(serde_json::from_str(&t)?))
-            {
+        for (f, r) in self.pending_replays() {
+            match r {
                 Ok(r) => out.push(r),
                 Err(e) => {
                     tracing::warn!(file = %f.display(), error = %e, "ignoring an unreadable replay request")

@@ -2,6 +2,7 @@
 //! paced frames over a one-way link; keeps a journal and a sent area for replay. See `--help`.
 
 mod config;
+mod console;
 mod daemon;
 mod encoding;
 mod file;
@@ -9,6 +10,7 @@ mod journal;
 mod outbox;
 mod replay;
 mod requests;
+mod status;
 mod transmit;
 
 use anyhow::{Context, Result};
@@ -72,6 +74,9 @@ enum Cmd {
     },
     /// List the objects the journal holds, with ids to match against the receiver's gap report
     Journal,
+    /// A read-only web page for the operator (what is being sent and how fast, the outbox's queue, the
+    /// replay requests pending, the journal), read from what the daemon writes; a process of its own
+    Console(diode_console::Command),
 }
 
 fn main() {
@@ -134,6 +139,9 @@ fn run(cli: Cli) -> Result<()> {
             since,
         }) => replay::replay(&Config::load(&cli.config)?, object, blocks, since),
         Some(Cmd::Journal) => replay::list_journal(&Config::load(&cli.config)?),
+        Some(Cmd::Console(c)) => c.run("diode-send", console::PORT, |plan| {
+            console::serve(Config::load(&cli.config)?, plan)
+        }),
         None => daemon::daemon(&Config::load(&cli.config)?),
     }
 }

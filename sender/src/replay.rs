@@ -123,21 +123,11 @@ pub fn list_journal(cfg: &Config) -> Result<()> {
                 )
                 .to_string(),
                 m.size.to_string(),
-                m.geometry()
-                    .map(|g| g.block_count(m.size).to_string())
-                    .unwrap_or_default(),
+                e.blocks().map(|b| b.to_string()).unwrap_or_default(),
             ),
             None => (format!("queued {}", e.claimed_at), "-".into(), "-".into()),
         };
-        let state = if e.expired {
-            "expired"
-        } else if e.sent.is_none() {
-            "queued"
-        } else if e.path.exists() {
-            "kept"
-        } else {
-            "gone"
-        };
+        let state = e.state();
         println!(
             "{:<16}  {:<20}  {:>12}  {:>6}  {:<8}  {}",
             format_id(e.id),

@@ -59,6 +59,9 @@ pub struct Transmitter {
     max_segments: usize,
     rate_bps: u64,
     send_errors: u64,
+    /// Frames and bytes handed to the link since start (for `sending.json`).
+    pub frames_sent: u64,
+    pub line_bytes: u64,
 }
 
 /// How long `pump` sends before it returns, so the daemon looks at its outbox (and urgent envelopes
@@ -119,6 +122,8 @@ impl Transmitter {
             batch: Vec::with_capacity(64 * 9000),
             batch_len: 0,
             batch_frames: 0,
+            frames_sent: 0,
+            line_bytes: 0,
             segment: 0,
             max_segments,
             rate_bps,
@@ -210,8 +215,12 @@ impl Transmitter {
             // a batch holds frames of one length (`queued` flushes when it changes)
             self.pacer
                 .wait(self.tx.paced_bytes(self.segment) * self.batch_frames);
-            if let Err(e) = self.tx.send(&self.batch[..self.batch_len], self.segment) {
-                self.send_error(e);
+            match self.tx.send(&self.batch[..self.batch_len], self.segment) {
+                Ok(()) => {
+                    self.frames_sent += self.batch_frames as u64;
+                    self.line_bytes += self.batch_len as u64;
+                }
+                Err(e) => self.send_error(e),
             }
         }
         self.batch_len = 0;

@@ -7,6 +7,7 @@
 //! builds them first).
 
 pub mod chat;
+pub mod console;
 pub mod envelopes;
 pub mod link;
 pub mod mount;

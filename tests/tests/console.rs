@@ -4,15 +4,14 @@
 //! expired. The console, a process of its own, is fetched over HTTP: the page and `state.json` show the
 //! link up, the gap and its exact replay line, the received files, the approvals and the audit chain, with
 //! the security headers, every value escaped and no key material; after the printed replay line is run
-//! the object moves to the received files; a non-loopback address is refused at start.
+//! the object moves to the received files. (Where a console may listen, and its TLS and sign-in:
+//! `console_access.rs`; the low side's consoles: `console_low.rs`.)
 
+use diode_tests::console::{self, assert_secure, get, has_escaped, Browser};
 use diode_tests::envelopes::drop_accepted_and_expired;
 use diode_tests::{random_bytes, wait_for, Daemon, Site};
-use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::path::Path;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,135 +48,10 @@ impl Relay {
     }
 }
 
-struct Answer {
-    status: u16,
-    headers: BTreeMap<String, String>,
-    body: String,
-}
-
-/// One HTTP/1.1 GET over a plain TCP socket (the test's own client: nothing shared with the console).
-fn get(at: SocketAddr, path: &str, host: &str) -> Answer {
-    request(at, "GET", path, host, None)
-}
-
-/// One HTTP/1.1 request, with a JSON body if given; the connection closes after the answer.
-fn request(at: SocketAddr, method: &str, path: &str, host: &str, json: Option<&str>) -> Answer {
-    let mut s = TcpStream::connect(at).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let body = json.unwrap_or("");
-    let kind = if json.is_some() {
-        "Content-Type: application/json\r\n"
-    } else {
-        ""
-    };
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{kind}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let raw = read_answer(&mut s);
-    let text = String::from_utf8(raw).expect("UTF-8 answer");
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: BTreeMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let body = if headers
-        .get("transfer-encoding")
-        .is_some_and(|v| v == "chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
-
-/// An answer's bytes: up to its Content-Length when it has one (chromedriver says `Connection: close`
-/// but keeps the connection open), else to the end.
-fn read_answer(s: &mut TcpStream) -> Vec<u8> {
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-            let len = head.lines().find_map(|l| {
-                l.strip_prefix("content-length:")
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-            });
-            if let Some(len) = len {
-                if raw.len() >= end + 4 + len {
-                    raw.truncate(end + 4 + len);
-                    return raw;
-                }
-            }
-        }
-        let n = s.read(&mut buf).unwrap();
-        if n == 0 {
-            return raw;
-        }
-        raw.extend_from_slice(&buf[..n]);
-    }
-}
-
-fn dechunk(mut b: &str) -> String {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = b.split_once("\r\n").unwrap();
-        let n = usize::from_str_radix(size.trim(), 16).unwrap();
-        if n == 0 {
-            return out;
-        }
-        out.push_str(&rest[..n]);
-        b = &rest[n + 2..];
-    }
-}
-
-/// Whether `text` holds `raw` with `<` and `>` escaped, as named or as numeric character references.
-fn has_escaped(text: &str, raw: &str) -> bool {
-    let named = raw.replace('<', "&lt;").replace('>', "&gt;");
-    let numeric = raw.replace('<', "&#60;").replace('>', "&#62;");
-    text.contains(&named) || text.contains(&numeric)
-}
-
-fn assert_secure(a: &Answer, what: &str) {
-    let h = |k: &str| a.headers.get(k).map(String::as_str).unwrap_or("");
-    assert!(
-        h("content-security-policy").contains("default-src 'self'")
-            && h("content-security-policy").contains("frame-ancestors 'none'")
-            && !h("content-security-policy").contains("unsafe-inline"),
-        "{what}: CSP {:?}",
-        h("content-security-policy")
-    );
-    assert_eq!(h("x-frame-options"), "DENY", "{what}");
-    assert_eq!(h("x-content-type-options"), "nosniff", "{what}");
-}
-
 fn start_console(site: &Site) -> (Daemon, SocketAddr) {
     let mut c = site.recv_cmd();
     c.args(["console", "--listen", "127.0.0.1:0"]);
-    let mut d = Daemon::spawn(&mut c, site.dir.path(), "console");
-    let at = wait_for("the console to listen", Duration::from_secs(20), || {
-        assert!(d.alive(), "the console exited: {}", d.log_text());
-        let log = d.log_text();
-        let url = log.split("url=http://").nth(1)?;
-        url.split('/').next()?.parse::<SocketAddr>().ok()
-    });
-    (d, at)
+    console::start(&mut c, site.dir.path(), "http")
 }
 
 /// The state the console is shown against: a real transfer through the relay, with a file named in
@@ -401,134 +275,6 @@ fn the_console_shows_a_real_transfer_escaped_and_secured_and_follows_the_replay(
     println!("console at {at}: gap at block 1 shown, replayed with `{replay}`, then received");
 }
 
-/// A W3C WebDriver session on chromedriver (Debian's `chromium` and `chromium-driver`, which tests/run.sh
-/// installs), spoken over the test's own HTTP client: no WebDriver crate needed for five commands.
-struct Browser {
-    driver: Daemon,
-    at: SocketAddr,
-    session: String,
-}
-
-fn on_path(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
-}
-
-impl Browser {
-    fn start(dir: &std::path::Path) -> Browser {
-        assert!(
-            on_path("chromedriver") && on_path("chromium"),
-            "chromium and chromedriver are not installed: `apt-get install chromium chromium-driver` \
-             (tests/run.sh installs them as root)"
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let mut c = std::process::Command::new("chromedriver");
-        c.arg(format!("--port={port}"));
-        let driver = Daemon::spawn(&mut c, dir, "chromedriver");
-        let at: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        wait_for("chromedriver to be ready", Duration::from_secs(20), || {
-            TcpStream::connect(at).ok()?;
-            let v: serde_json::Value =
-                serde_json::from_str(&get(at, "/status", "localhost").body).ok()?;
-            (v["value"]["ready"] == true).then_some(())
-        });
-        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": "/usr/bin/chromium",
-                // root in a container: Chromium's own sandbox needs user namespaces it may not get
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--window-size=1280,1700", "--no-first-run"]
-            }
-        }}});
-        let mut b = Browser {
-            driver,
-            at,
-            session: String::new(),
-        };
-        let v = b.call("POST", "/session", Some(caps));
-        b.session = v["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no WebDriver session: {v}"))
-            .to_string();
-        b
-    }
-
-    /// A WebDriver command; returns the answer's `value`.
-    fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
-        let path = if self.session.is_empty() {
-            path.to_string()
-        } else {
-            format!("/session/{}{path}", self.session)
-        };
-        let body = body.map(|b| b.to_string());
-        let a = request(self.at, method, &path, "localhost", body.as_deref());
-        let v: serde_json::Value = serde_json::from_str(&a.body)
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}: {}", a.body));
-        assert!(
-            a.status == 200,
-            "{method} {path}: {} {v}\n{}",
-            a.status,
-            self.driver.log_text()
-        );
-        v["value"].clone()
-    }
-
-    fn element(&self, css: &str) -> String {
-        let e = self.call(
-            "POST",
-            "/element",
-            Some(serde_json::json!({"using": "css selector", "value": css})),
-        );
-        e.as_object()
-            .and_then(|o| o.values().next())
-            .and_then(|v| v.as_str())
-            .unwrap_or_else(|| panic!("no element {css}: {e}"))
-            .to_string()
-    }
-
-    fn type_into(&self, css: &str, text: &str) {
-        let id = self.element(css);
-        self.call(
-            "POST",
-            &format!("/element/{id}/value"),
-            Some(serde_json::json!({ "text": text })),
-        );
-    }
-
-    fn text_of(&self, css: &str) -> String {
-        let id = self.element(css);
-        self.call("GET", &format!("/element/{id}/text"), None)
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-
-    fn screenshot(&self, to: &std::path::Path) {
-        use base64::Engine;
-        let b64 = self.call("GET", "/screenshot", None);
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(b64.as_str().unwrap())
-            .unwrap();
-        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
-        fs::create_dir_all(to.parent().unwrap()).unwrap();
-        fs::write(to, png).unwrap();
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        if !self.session.is_empty() {
-            let path = format!("/session/{}", self.session);
-            let _ =
-                std::panic::catch_unwind(|| request(self.at, "DELETE", &path, "localhost", None));
-        }
-    }
-}
-
 /// The page in a real headless Chromium: its own script runs under the CSP (the live marker turns to
 /// "live"), the text a person reads shows the link up, the gap and the replay line, the file name with
 /// `<script>` as text (and no alert opened: the markup never ran), the expired approval's reason and the
@@ -537,17 +283,8 @@ impl Drop for Browser {
 #[test]
 fn the_console_in_a_real_headless_chromium() {
     let sc = Scenario::new();
-    let browser = Browser::start(sc.site.dir.path());
-    let url = format!("http://{}/", sc.at);
-    browser.call("POST", "/url", Some(serde_json::json!({ "url": url })));
-    // console.js ran (a CSP that blocked it, or a script error, would leave "loaded")
-    wait_for(
-        "console.js to update the page",
-        Duration::from_secs(20),
-        || browser.text_of("#conn").starts_with("live, ").then_some(()),
-    );
-    let text = browser.text_of("body");
-    for want in [
+    let browser = Browser::open(sc.site.dir.path(), sc.at);
+    browser.assert_shows(&[
         "UP",
         "gappy.bin",
         "Missing blocks: 1",
@@ -556,30 +293,10 @@ fn the_console_in_a_real_headless_chromium() {
         "expired",
         "it had already expired when it arrived",
         "verified: all 2 records chain up to the head",
-    ] {
-        assert!(
-            text.contains(want),
-            "the page does not show {want:?}:\n{text}"
-        );
-    }
+    ]);
     // no alert is open: the file name's markup was never run
-    let r = request(
-        browser.at,
-        "GET",
-        &format!("/session/{}/alert/text", browser.session),
-        "localhost",
-        None,
-    );
-    assert_eq!(r.status, 404, "an alert is open: {}", r.body);
-    assert!(r.body.contains("no such alert"), "{}", r.body);
-    // screenshots into target/ (a test run leaves the checkout as it found it); into docs/console/, where
-    // the README links them, with DIODE_UPDATE_SCREENSHOTS=1
-    let docs = if std::env::var("DIODE_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/console")
-    } else {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots")
-    };
-    std::fs::create_dir_all(&docs).unwrap();
+    browser.assert_no_alert();
+    let docs = console::screenshot_dir();
     browser.screenshot(&docs.join("incomplete.png"));
 
     sc.replay();
@@ -613,22 +330,4 @@ fn the_console_in_a_real_headless_chromium() {
         "chromium rendered the console; screenshots in {}",
         docs.display()
     );
-}
-
-#[test]
-fn the_console_refuses_to_listen_beyond_loopback() {
-    let site = Site::new(&[]);
-    for addr in ["0.0.0.0:8440", "[::]:0", "192.0.2.10:8440"] {
-        let out = site
-            .recv_cmd()
-            .args(["console", "--listen", addr])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{addr}: {err}");
-        assert!(
-            err.contains("refusing to listen on") && err.contains("no TLS and no authentication"),
-            "{addr}: {err}"
-        );
-    }
 }

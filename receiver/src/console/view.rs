@@ -7,18 +7,22 @@ use super::history::{Chart, History};
 use crate::approvals;
 use crate::config::Config;
 use crate::status::{SessionStatus, Status};
+use diode_console::utc;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 /// How many received files and refusals the page lists (newest first).
 const RECEIVED_SHOWN: usize = 500;
 /// Gaps drawn per incomplete object; more are counted, not drawn.
 const GAPS_DRAWN: usize = 400;
 
+/// The live sections (`receiver/templates/console.html`), which the shell wraps and the script swaps in.
+#[derive(askama::Template)]
+#[template(path = "console.html")]
 pub struct Snapshot {
     pub now: String,
     /// Why the daemon's figures are missing or old, if they are.
@@ -105,11 +109,6 @@ pub struct Quarantined {
 pub struct Audit {
     pub ok: bool,
     pub text: String,
-}
-
-/// Unix seconds as `2026-12-05T02:56:36Z`.
-pub fn utc(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
 fn progress(o: &crate::status::ObjectStatus) -> Progress {
@@ -481,11 +480,5 @@ mod tests {
         let all = newest_records(&p, usize::MAX)?;
         assert!(all.len() < 20_000 && all.len() > 8_000, "{}", all.len());
         Ok(())
-    }
-
-    #[test]
-    fn utc_is_rfc3339() {
-        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(utc(1_796_439_396), "2026-12-05T02:56:36Z");
     }
 }

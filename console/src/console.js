@@ -1,6 +1,6 @@
-// diode-recv console: polls state.json every 2 s and swaps in the sections the server rendered (and
-// escaped); filters the received files by the search box; copies a replay line. No inline script anywhere
-// (the page's CSP is default-src 'self').
+// Every diode console (diode-recv, diode-send, diode-chat): polls state.json every 2 s and swaps in the
+// sections the server rendered (and escaped); filters the rows marked data-search by the search box, where
+// the page has one; copies a replay line. No inline script anywhere (the page's CSP is default-src 'self').
 "use strict";
 (function () {
   const live = document.getElementById("live");
@@ -8,6 +8,7 @@
   const conn = document.getElementById("conn");
 
   function filter() {
+    if (!search) return;
     const q = search.value.trim().toLowerCase();
     for (const tr of live.querySelectorAll("tr[data-search]")) {
       tr.hidden = q !== "" && !tr.dataset.search.includes(q);
@@ -49,6 +50,6 @@
       }
     }
   });
-  search.addEventListener("input", filter);
+  if (search) search.addEventListener("input", filter);
   setInterval(poll, 2000);
 })();
