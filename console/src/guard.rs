@@ -83,9 +83,15 @@ async fn signed_in(gate: &Gate, users: &Arc<Users>, creds: Option<(String, Vec<u
         return false;
     };
     let users = users.clone();
-    tokio::task::spawn_blocking(move || users.check(&name, &password))
+    // the name as given, quoted and cut short (it comes from anyone who can reach the port); never the password
+    let shown: String = name.chars().take(64).collect();
+    let ok = tokio::task::spawn_blocking(move || users.check(&name, &password))
         .await
-        .unwrap_or(false)
+        .unwrap_or(false);
+    if !ok {
+        tracing::warn!(user = ?shown, "console sign-in refused: unknown user or wrong password");
+    }
+    ok
 }
 
 async fn guard(State(gate): State<Arc<Gate>>, req: Request, next: Next) -> Response {

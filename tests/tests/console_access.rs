@@ -7,11 +7,12 @@
 
 use diode_tests::chat::adapter_config;
 use diode_tests::console;
-use diode_tests::{bin, Site};
+use diode_tests::{bin, wait_for, Site};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -106,7 +107,7 @@ fn beyond_loopback_a_console_serves_https_to_people_who_sign_in() {
             .arg(site.path("console.key"))
             .arg("--users")
             .arg(&users);
-        let (_console, at) = console::start(&mut c, site.dir.path(), "https");
+        let (console_d, at) = console::start(&mut c, site.dir.path(), "https");
         assert!(at.ip().is_unspecified(), "{name} listens on {at}");
         let at = std::net::SocketAddr::from(([127, 0, 0, 1], at.port()));
         let http = client(at);
@@ -153,7 +154,24 @@ fn beyond_loopback_a_console_serves_https_to_people_who_sign_in() {
             .text()
             .unwrap()
             .contains(&format!("<title>{name} console</title>")));
-        println!("{name} console: 401 without or with a wrong password, 200 signed in, over TLS");
+        // a refused sign-in is logged with the name given, never the password
+        let log = wait_for(
+            "the refused sign-ins in the log",
+            Duration::from_secs(5),
+            || {
+                let log = console_d.log_text();
+                log.contains("user=\"eve\"").then_some(log)
+            },
+        );
+        assert!(
+            log.contains("console sign-in refused") && log.contains("user=\"ada\""),
+            "{log}"
+        );
+        assert!(
+            !log.contains("not the password") && !log.contains(PASSWORD),
+            "{log}"
+        );
+        println!("{name} console: 401 without or with a wrong password (logged, without it), 200 signed in, over TLS");
     }
 
     // a users file that others can read is refused at start, as a key file is
