@@ -73,6 +73,7 @@ fuzz_target!(|data: &[u8]| {
             max_bytes: 1 << 20,
         },
         pending_frames: 16,
+        defer_decode: data.first().is_some_and(|b| b & 0x80 != 0),
     };
     let mut ep = receiver::Endpoint::new(cfg, session_table(), Persisted::default(), 0);
     let mut files = Files::default();
@@ -210,10 +211,15 @@ fn drive(ep: &mut receiver::Endpoint, files: &mut Files, now: u64) {
                 key,
                 block,
                 offset,
-                buf,
+                mut buf,
                 len,
+                recover,
             } => {
-                let r = files.write_at(key, offset, &buf[..len.min(buf.len())]);
+                let mut decoder = None;
+                let r = match recover.map(|r| r.rebuild(&mut buf, &mut decoder)) {
+                    Some(Err(e)) => Err(format!("cannot rebuild: {e}")),
+                    _ => files.write_at(key, offset, &buf[..len.min(buf.len())]),
+                };
                 ep.handle_written(key, block, buf, r, now);
             }
             Event::Verify {

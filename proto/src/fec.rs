@@ -217,45 +217,95 @@ impl BlockAssembly {
 
     /// Rebuild missing data shards if needed and return the data shards back to back.
     pub fn decode(&mut self, decoder: &mut Option<ReedSolomonDecoder>) -> Result<&[u8], FecError> {
+        self.check_ready()?;
+        if self.data_count < self.data {
+            self.recovery().rebuild(&mut self.buf, decoder)?;
+            for p in &mut self.present[..self.data] {
+                *p = true;
+            }
+            self.data_count = self.data;
+        }
+        Ok(&self.buf[..self.data * self.shard_size])
+    }
+
+    /// Bytes of the data shards back to back (the block's data, padded to whole shards).
+    pub fn data_len(&self) -> usize {
+        self.data * self.shard_size
+    }
+
+    fn check_ready(&self) -> Result<(), FecError> {
         if !self.ready() {
             return Err(FecError::Decode(format!(
                 "{} of {} shards",
                 self.count, self.data
             )));
         }
-        let s = self.shard_size;
-        if self.data_count < self.data {
-            let err = |e: reed_solomon_simd::Error| FecError::Decode(e.to_string());
-            let rs = match decoder.as_mut() {
-                Some(rs) => {
-                    rs.reset(self.data, self.parity, s).map_err(err)?;
-                    rs
-                }
-                None => {
-                    decoder.insert(ReedSolomonDecoder::new(self.data, self.parity, s).map_err(err)?)
-                }
-            };
-            for i in 0..self.shards() {
-                if !self.present[i] {
-                    continue;
-                }
-                let shard = &self.buf[i * s..(i + 1) * s];
-                if i < self.data {
-                    rs.add_original_shard(i, shard).map_err(err)?;
-                } else {
-                    rs.add_recovery_shard(i - self.data, shard).map_err(err)?;
-                }
-            }
-            let result = rs.decode().map_err(err)?;
-            for (i, shard) in result.restored_original_iter() {
-                if i < self.data {
-                    self.buf[i * s..(i + 1) * s].copy_from_slice(shard);
-                    self.present[i] = true;
-                }
-            }
-            self.data_count = self.data;
+        Ok(())
+    }
+
+    fn recovery(&self) -> Recovery {
+        Recovery {
+            data: self.data,
+            parity: self.parity,
+            shard_size: self.shard_size,
+            present: self.present.clone(),
         }
-        Ok(&self.buf[..self.data * s])
+    }
+
+    /// A ready block's buffer (shards at their places: data, then parity) and, when data shards are
+    /// missing, what rebuilding them needs: the decoding is left to whoever holds the buffer (the
+    /// receiver's writer thread), so that it does not hold up the thread that takes frames.
+    pub fn into_parts(self) -> Result<(Vec<u8>, Option<Recovery>), FecError> {
+        self.check_ready()?;
+        let recovery = (self.data_count < self.data).then(|| self.recovery());
+        Ok((self.buf, recovery))
+    }
+}
+
+/// What rebuilding a block's missing data shards needs besides its buffer: the shape and which shards
+/// are present. `BlockAssembly::into_parts` makes it; `rebuild` runs the Reed-Solomon decoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub data: usize,
+    pub parity: usize,
+    pub shard_size: usize,
+    pub present: Vec<bool>,
+}
+
+impl Recovery {
+    /// Write the missing data shards into `buf` (laid out as `BlockAssembly` holds it). At least `data`
+    /// shards must be present.
+    pub fn rebuild(&self, buf: &mut [u8], decoder: &mut Decoder) -> Result<(), FecError> {
+        let s = self.shard_size;
+        let shards = self.data + self.parity;
+        if self.present.len() != shards || buf.len() < shards * s {
+            return Err(FecError::Decode("a block of another shape".into()));
+        }
+        let err = |e: reed_solomon_simd::Error| FecError::Decode(e.to_string());
+        let rs = match decoder.as_mut() {
+            Some(rs) => {
+                rs.reset(self.data, self.parity, s).map_err(err)?;
+                rs
+            }
+            None => {
+                decoder.insert(ReedSolomonDecoder::new(self.data, self.parity, s).map_err(err)?)
+            }
+        };
+        for (i, _) in self.present.iter().enumerate().filter(|(_, p)| **p) {
+            let shard = &buf[i * s..(i + 1) * s];
+            if i < self.data {
+                rs.add_original_shard(i, shard).map_err(err)?;
+            } else {
+                rs.add_recovery_shard(i - self.data, shard).map_err(err)?;
+            }
+        }
+        let result = rs.decode().map_err(err)?;
+        for (i, shard) in result.restored_original_iter() {
+            if i < self.data {
+                buf[i * s..(i + 1) * s].copy_from_slice(shard);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -491,6 +491,27 @@ impl Assembly {
         Ok((offset, b.into_buffer(), len.min(data_len)))
     }
 
+    /// As `take_ready`, with the decoding left to the caller: also returns what rebuilding the missing
+    /// data shards needs (None when all are there); `len` counts the data once rebuilt.
+    pub fn take_ready_undecoded(
+        &mut self,
+        block: u32,
+    ) -> Result<(u64, Vec<u8>, usize, Option<crate::fec::Recovery>), FecError> {
+        let len = self.geometry.block_len(self.meta.size, block as u64) as usize;
+        let offset = self.block_offset(block);
+        let Some(b) = self.active.remove(&block) else {
+            return Err(FecError::Decode(format!("block {block} not active")));
+        };
+        if !b.ready() {
+            self.active.insert(block, b);
+            return Err(FecError::Decode(format!("block {block} is not ready")));
+        }
+        let data_len = b.data_len();
+        let (buf, recovery) = b.into_parts()?;
+        self.writing.insert(block);
+        Ok((offset, buf, len.min(data_len), recovery))
+    }
+
     /// The writer is done with a block taken by `take_ready`: on success it is done; on failure it is
     /// missing again (a later pass or replay brings it). The buffer returns to the pool.
     pub fn written(&mut self, block: u32, ok: bool, buffer: Vec<u8>) {

@@ -41,6 +41,10 @@ pub struct Config {
     pub limits: Limits,
     /// Shards held before their metadata at most, over all objects.
     pub pending_frames: usize,
+    /// Leave the Reed-Solomon decoding of a block with missing data shards to the driver
+    /// (`Event::WriteBlock::recover`), which can run it on another thread than the one that takes
+    /// frames; otherwise the endpoint decodes before it hands the block out.
+    pub defer_decode: bool,
 }
 
 /// The few disk operations the reassembly needs at once: an unfinished block's data shards set aside to
@@ -131,12 +135,15 @@ pub enum Event {
         why: String,
     },
     /// A block is whole: write `buf[..len]` at `offset` of the object's data, then `handle_written`.
+    /// With `recover` (only when `Config::defer_decode`), first rebuild the missing data shards in `buf`
+    /// with `Recovery::rebuild`; if that fails, answer `handle_written` with the error.
     WriteBlock {
         key: ObjectKey,
         block: u32,
         offset: u64,
         buf: Vec<u8>,
         len: usize,
+        recover: Option<crate::fec::Recovery>,
     },
     /// A block could not be kept (decoding failed, or setting it aside failed); it stays missing.
     BlockLost {
@@ -565,13 +572,21 @@ impl Endpoint {
                 }
             }
         }
-        match o.asm.take_ready(block, &mut self.decoder) {
-            Ok((offset, buf, len)) => self.events.push_back(Event::WriteBlock {
+        let taken = if self.cfg.defer_decode {
+            o.asm.take_ready_undecoded(block)
+        } else {
+            o.asm
+                .take_ready(block, &mut self.decoder)
+                .map(|(offset, buf, len)| (offset, buf, len, None))
+        };
+        match taken {
+            Ok((offset, buf, len, recover)) => self.events.push_back(Event::WriteBlock {
                 key,
                 block,
                 offset,
                 buf,
                 len,
+                recover,
             }),
             Err(e) => {
                 o.asm.discard(block);
@@ -899,6 +914,7 @@ mod tests {
                 max_bytes: 1 << 40,
             },
             pending_frames: 8,
+            defer_decode: false,
         }
     }
 

@@ -255,6 +255,8 @@ struct Rx {
     /// The object, once delivered (verified against its hash).
     delivered: Option<ObjectMeta>,
     now: u64,
+    /// The driver's Reed-Solomon decoder: this endpoint leaves decoding to its driver, as diode-recv's does.
+    decoder: diode_proto::fec::Decoder,
 }
 
 /// How long without frames before the receiver sets an object's blocks aside (`stall_secs`).
@@ -278,6 +280,7 @@ impl Rx {
                 max_bytes: 1 << 50,
             },
             pending_frames: 1 << 20,
+            defer_decode: true,
         };
         Rx {
             ep: receiver::Endpoint::new(cfg, table, receiver::Persisted::default(), 0),
@@ -286,6 +289,7 @@ impl Rx {
             finished: Vec::new(),
             delivered: None,
             now: 0,
+            decoder: None,
         }
     }
 
@@ -311,9 +315,13 @@ impl Rx {
                     key,
                     block,
                     offset,
-                    buf,
+                    mut buf,
                     len,
+                    recover,
                 } => {
+                    if let Some(r) = recover {
+                        r.rebuild(&mut buf, &mut self.decoder).unwrap();
+                    }
                     let off = offset as usize;
                     self.disk.out[off..off + len].copy_from_slice(&buf[..len]);
                     self.finished.push(block);

@@ -370,6 +370,8 @@ struct SimReceiver {
     delivered: Vec<(ObjectKey, Option<String>)>,
     refused: Vec<ObjectKey>,
     down_until: u64,
+    /// The driver's Reed-Solomon decoder, for blocks the endpoint left undecoded.
+    decoder: diode_proto::fec::Decoder,
 }
 
 /// What the scenario saw, to judge it.
@@ -637,10 +639,20 @@ impl World<'_> {
                     key,
                     block,
                     offset,
-                    buf,
+                    mut buf,
                     len,
+                    recover,
                 } => {
-                    let result = if self.rx.disk.full {
+                    // the decoding the endpoint left to its driver (defer_decode), as the writer does
+                    let rebuilt = match recover {
+                        Some(r) => r
+                            .rebuild(&mut buf, &mut self.rx.decoder)
+                            .map_err(|e| format!("cannot rebuild the block: {e}")),
+                        None => Ok(()),
+                    };
+                    let result = if let Err(e) = rebuilt {
+                        Err(e)
+                    } else if self.rx.disk.full {
                         Err("No space left on device".to_string())
                     } else if let Some(f) = self.rx.disk.files.get_mut(&key) {
                         write(f, offset, &buf[..len]);
@@ -890,6 +902,8 @@ fn run(sc: &Scenario) -> Result<(), String> {
             max_bytes: 1 << 40,
         },
         pending_frames: if sc.has(Fault::SmallMemory) { 16 } else { 2048 },
+        // both ways of decoding: in the endpoint, or left to the driver (as diode-recv does)
+        defer_decode: rng.random_bool(0.5),
     };
     let table = SessionTable::new(
         rcv_key.clone(),
@@ -930,6 +944,7 @@ fn run(sc: &Scenario) -> Result<(), String> {
             delivered: Vec::new(),
             refused: Vec::new(),
             down_until: 0,
+            decoder: None,
         },
         rcv_key,
         rcv_cfg,

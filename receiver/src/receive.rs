@@ -182,6 +182,8 @@ impl Receiver {
                 max_bytes: (cfg.max_partial_mb as u64).saturating_mul(1 << 20),
             },
             pending_frames: PENDING_MAX,
+            // Reed-Solomon decoding on the writer thread, not the one that takes frames off the socket
+            defer_decode: true,
         };
         let now = Instant::now();
         Ok(Receiver {
@@ -350,6 +352,7 @@ impl Receiver {
                 offset,
                 buf,
                 len,
+                recover,
             } => {
                 let Some(p) = self.files.get(&key) else {
                     let now = self.now_ms();
@@ -367,6 +370,7 @@ impl Receiver {
                     offset,
                     buf,
                     len,
+                    recover,
                     file: p.file(),
                     direct: p.direct(),
                     geo: writer::Geometry {

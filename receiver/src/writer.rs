@@ -34,6 +34,8 @@ pub enum Job {
         offset: u64,
         buf: Vec<u8>,
         len: usize,
+        /// Data shards to rebuild first (Reed-Solomon), off the receive thread: the endpoint leaves it here.
+        recover: Option<diode_proto::fec::Recovery>,
         file: Arc<File>,
         /// The same file with O_DIRECT (large objects): whole pages are written through it.
         direct: Option<Arc<File>>,
@@ -123,23 +125,33 @@ impl Writer {
 fn run(jobs: Receiver<Job>, done: mpsc::Sender<Done>) {
     let mut running: HashMap<Key, Running> = HashMap::new();
     let mut aligned = Aligned::default();
+    let mut decoder: diode_proto::fec::Decoder = None;
     for job in jobs {
         let reply = match job {
             Job::Write {
                 key,
                 block,
                 offset,
-                buf,
+                mut buf,
                 len,
+                recover,
                 file,
                 direct,
                 geo,
             } => {
-                let r = running.entry(key).or_default();
-                let data = &buf[..len.min(buf.len())];
-                let direct = direct.as_deref().map(|d| (d, &mut aligned));
-                let result = write_block(r, &file, direct, block, offset, data, &geo)
-                    .map_err(|e| e.to_string());
+                let rebuilt = match &recover {
+                    Some(rc) => rc
+                        .rebuild(&mut buf, &mut decoder)
+                        .map_err(|e| format!("cannot rebuild block {block}: {e}")),
+                    None => Ok(()),
+                };
+                let result = rebuilt.and_then(|()| {
+                    let r = running.entry(key).or_default();
+                    let data = &buf[..len.min(buf.len())];
+                    let direct = direct.as_deref().map(|d| (d, &mut aligned));
+                    write_block(r, &file, direct, block, offset, data, &geo)
+                        .map_err(|e| e.to_string())
+                });
                 Done::Written {
                     key,
                     block,
