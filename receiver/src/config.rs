@@ -53,6 +53,10 @@ pub struct Config {
     /// into the page cache.
     #[serde(default = "d_direct_io")]
     pub direct_io: bool,
+    /// Rebuild blocks with lost data shards (Reed-Solomon) on the writer thread instead of the thread
+    /// that takes frames off the socket.
+    #[serde(default)]
+    pub decode_on_writer: bool,
     /// Approval envelopes: absent means envelopes are not accepted (each stays a partial object with an
     /// error that status shows, until the section is configured and the receiver restarted).
     pub approvals: Option<ApprovalsConfig>,

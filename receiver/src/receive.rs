@@ -182,8 +182,8 @@ impl Receiver {
                 max_bytes: (cfg.max_partial_mb as u64).saturating_mul(1 << 20),
             },
             pending_frames: PENDING_MAX,
-            // Reed-Solomon decoding on the writer thread, not the one that takes frames off the socket
-            defer_decode: true,
+            // Reed-Solomon decoding on the writer thread, when asked (recv.example.toml says when it pays)
+            defer_decode: cfg.decode_on_writer,
         };
         let now = Instant::now();
         Ok(Receiver {

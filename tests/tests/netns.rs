@@ -812,7 +812,8 @@ fn jumbo_frames_at_mtu_9000_cross_with_loss_byte_exact() {
 }
 
 /// Several ports: the sender sends each batch to the next of 4 ports and the receiver listens on all 4,
-/// so that a NIC's receive-side scaling spreads the frames over queues and cores. Through 1 % loss every
+/// so that a NIC's receive-side scaling spreads the frames over queues and cores (and blocks with lost
+/// shards are rebuilt on the receiver's writer thread: `decode_on_writer`). Through 1 % loss every
 /// file arrives byte-exact, and every port carried its share (the receiver counts frames per socket).
 #[test]
 fn four_ports_share_the_frames_and_every_file_arrives() {
@@ -823,7 +824,8 @@ fn four_ports_share_the_frames_and_every_file_arrives() {
     let site = Site::across(
         &link,
         &[("rate", "1Gbit".into()), ("ports", 4.into())],
-        &[("ports", 4.into())],
+        // and the receiver decodes on its writer thread (decode_on_writer), so that path crosses loss too
+        &[("ports", 4.into()), ("decode_on_writer", true.into())],
     );
     let _r = site.start("recv");
     let _s = site.start("send");
