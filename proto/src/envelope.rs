@@ -223,17 +223,34 @@ impl SignedEnvelope {
     /// is ed25519-dalek's `verify_strict`, which refuses malleable and small-order forms).
     pub fn verify_signature(&self, trusted: &[VerifyingKey]) -> Result<(), Reject> {
         self.envelope.check_shape()?;
-        let key = trusted
-            .iter()
-            .find(|k| k.id_hex() == self.signer)
-            .ok_or_else(|| Reject::UnknownKey(self.signer.clone()))?;
-        let raw = hex::decode(&self.signature).map_err(|_| Reject::BadSignature)?;
-        let raw: [u8; 64] = raw.try_into().map_err(|_| Reject::BadSignature)?;
-        let sig = ed25519_dalek::Signature::from_bytes(&raw);
-        key.key
-            .verify_strict(&self.envelope.canonical(), &sig)
-            .map_err(|_| Reject::BadSignature)
+        check_signature(
+            trusted,
+            &self.signer,
+            &self.signature,
+            &self.envelope.canonical(),
+        )
     }
+}
+
+/// The signer (a key id, 16 hex digits) among `trusted`, and its Ed25519 signature (128 hex digits) over
+/// `msg`, checked with `verify_strict`: what every signed document here (envelope, request, outcome) ends
+/// its checks with.
+pub fn check_signature(
+    trusted: &[VerifyingKey],
+    signer: &str,
+    signature: &str,
+    msg: &[u8],
+) -> Result<(), Reject> {
+    let key = trusted
+        .iter()
+        .find(|k| k.id_hex() == signer)
+        .ok_or_else(|| Reject::UnknownKey(signer.to_string()))?;
+    let raw = hex::decode(signature).map_err(|_| Reject::BadSignature)?;
+    let raw: [u8; 64] = raw.try_into().map_err(|_| Reject::BadSignature)?;
+    if !key.verify_bytes(msg, &raw) {
+        return Err(Reject::BadSignature);
+    }
+    Ok(())
 }
 
 /// What the high side requires of an approval for one environment.

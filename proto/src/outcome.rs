@@ -11,7 +11,7 @@
 //! (the first 32 hex digits of the record's hash).
 
 use crate::audit::{self, Link};
-use crate::envelope::{is_hex_id, Reject, SigningKey, VerifyingKey};
+use crate::envelope::{check_signature, is_hex_id, Reject, SigningKey, VerifyingKey};
 use crate::object::invisible;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -227,15 +227,12 @@ impl SignedOutcome {
     /// Check shape, signer and signature (verify_strict). Returns the record's facts.
     pub fn verify(&self, trusted: &[VerifyingKey]) -> Result<Facts, Reject> {
         let facts = self.outcome.facts()?;
-        let key = trusted
-            .iter()
-            .find(|k| k.id_hex() == self.signer)
-            .ok_or_else(|| Reject::UnknownKey(self.signer.clone()))?;
-        let raw = hex::decode(&self.signature).map_err(|_| Reject::BadSignature)?;
-        let raw: [u8; 64] = raw.try_into().map_err(|_| Reject::BadSignature)?;
-        if !key.verify_bytes(&self.outcome.canonical(), &raw) {
-            return Err(Reject::BadSignature);
-        }
+        check_signature(
+            trusted,
+            &self.signer,
+            &self.signature,
+            &self.outcome.canonical(),
+        )?;
         Ok(facts)
     }
 }

@@ -6,7 +6,9 @@
 //!
 //! On the wire (and on disk) a request is the JSON of `SignedRequest`, in a file `<id>.request`.
 
-use crate::envelope::{digest_ok, is_hex_id, Artifact, Reject, SigningKey, VerifyingKey};
+use crate::envelope::{
+    check_signature, digest_ok, is_hex_id, Artifact, Reject, SigningKey, VerifyingKey,
+};
 use serde::{Deserialize, Serialize};
 
 /// Domain separation for request signatures.
@@ -120,15 +122,12 @@ impl SignedRequest {
         max_age: u64,
     ) -> Result<(), Reject> {
         self.request.check_shape()?;
-        let key = trusted
-            .iter()
-            .find(|k| k.id_hex() == self.signer)
-            .ok_or_else(|| Reject::UnknownKey(self.signer.clone()))?;
-        let raw = hex::decode(&self.signature).map_err(|_| Reject::BadSignature)?;
-        let raw: [u8; 64] = raw.try_into().map_err(|_| Reject::BadSignature)?;
-        if !key.verify_bytes(&self.request.canonical(), &raw) {
-            return Err(Reject::BadSignature);
-        }
+        check_signature(
+            trusted,
+            &self.signer,
+            &self.signature,
+            &self.request.canonical(),
+        )?;
         let created = self.request.created_at;
         if created > now.saturating_add(skew) {
             return Err(Reject::Future {
