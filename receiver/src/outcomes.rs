@@ -19,7 +19,7 @@ use diode_proto::envelope::{SignerRole, SigningKey};
 use diode_proto::outcome::{Outcome, MAX_OUTCOME_BYTES};
 use serde_json::json;
 use std::fs;
-use std::io::BufRead;
+use std::io::{BufRead, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 /// Records written out per look, so that a long backlog (outcomes turned on over an old log) neither
@@ -32,6 +32,8 @@ pub struct Reporter {
     name: String,
     position: PathBuf,
     sent: u64,
+    /// The record after `sent` starts at this byte of the log (seq, offset), once a look has read there.
+    resume: Option<(u64, u64)>,
 }
 
 impl Reporter {
@@ -56,6 +58,7 @@ impl Reporter {
             name: cfg.name.clone(),
             position,
             sent,
+            resume: None,
         })
     }
 
@@ -65,24 +68,39 @@ impl Reporter {
         if head.count <= self.sent {
             return Ok(0);
         }
-        let f = match fs::File::open(audit.path()) {
+        let mut f = match fs::File::open(audit.path()) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(e) => {
                 return Err(e).with_context(|| format!("cannot read {}", audit.path().display()))
             }
         };
+        // where the next record starts, when known from the last look: the log is only appended to, so
+        // a look reads what is new, not the whole log again
+        let (mut seq, mut offset) = match self.resume {
+            Some((s, o)) if s == self.sent => (s, o),
+            _ => (0, 0),
+        };
+        f.seek(SeekFrom::Start(offset))
+            .with_context(|| format!("cannot read {}", audit.path().display()))?;
+        let mut reader = std::io::BufReader::new(f);
         let mut written = 0;
         let mut skipped = Vec::new();
-        for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-            let seq = i as u64 + 1;
+        let mut line = String::new();
+        while written + skipped.len() < BATCH {
+            line.clear();
+            let n = reader
+                .read_line(&mut line)
+                .with_context(|| format!("cannot read {}", audit.path().display()))?;
+            if n == 0 || !line.ends_with('\n') {
+                break; // the end, or a record still being written
+            }
+            offset += n as u64;
+            seq += 1;
             if seq <= self.sent {
                 continue;
             }
-            if written + skipped.len() >= BATCH {
-                break;
-            }
-            let line = line.with_context(|| format!("cannot read {}", audit.path().display()))?;
+            let line = line.trim_end_matches('\n').to_string();
             let signed = Outcome {
                 receiver: self.name.clone(),
                 record: line,
@@ -105,6 +123,7 @@ impl Reporter {
                 Err(why) => skipped.push((seq, why.to_string())),
             }
             self.sent = seq;
+            self.resume = Some((seq, offset));
             write_atomic(&self.position, format!("{seq}\n").as_bytes(), 0o644)?;
         }
         for (seq, why) in skipped {
