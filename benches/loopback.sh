@@ -2,7 +2,8 @@
 # End-to-end throughput benchmark (not a test): the real daemons move one file (default 1 GiB) from the
 # outbox to the inbox over 127.0.0.1. Prints goodput (file bytes / time from the move into the outbox to
 # the atomic rename into the inbox, so hashing on both sides counts), the CPU seconds each daemon used for
-# it, and the receiver's peak RSS. Usage: benches/loopback.sh [SIZE_MB] [RATE]
+# it, and the receiver's peak RSS. Usage: benches/loopback.sh [SIZE_MB] [RATE]; SEND_EXTRA / RECV_EXTRA:
+# lines added to send.toml / recv.toml (e.g. SEND_EXTRA="seal_threads = 0")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MB=${1:-1024}; RATE=${2:-5Gbit}
@@ -20,6 +21,7 @@ inbox = "in"
 state = "rs"
 key = "k/receiver.key"
 senders = ["k/sender.pub"]
+${RECV_EXTRA:-}
 T
 cat >"$D/send.toml" <<T
 target = "127.0.0.1:47990"
@@ -28,6 +30,7 @@ state = "ss"
 key = "k/sender.key"
 receiver = "k/receiver.pub"
 rate = "$RATE"
+${SEND_EXTRA:-}
 T
 mkdir -p "$D/out"
 head -c $((MB << 20)) /dev/urandom >"$D/file.bin"

@@ -9,6 +9,7 @@ pub mod link;
 pub mod mapped;
 pub mod pace;
 pub mod sandbox;
+pub mod threads;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -9,7 +9,7 @@
 //! files; `proto/tests/sim.rs` drives it with a simulated link, disk and crashes on a virtual clock. A
 //! restart is [`Endpoint::new`] with what the driver persisted ([`Persisted`]).
 
-use crate::frame::{self, FrameKind, SEALED_HEADER_LEN, TAG_LEN};
+use crate::frame::{self, FrameKind, SealedHeader, SEALED_HEADER_LEN, TAG_LEN};
 use crate::keys::KeyId;
 use crate::object::{decode_heartbeat, Assembly, AssemblyState, ObjectKind, ObjectMeta, Step};
 use crate::reception::{
@@ -381,49 +381,60 @@ impl Endpoint {
                 Ok(AnnounceOutcome::Known) => {}
                 Err(d) => self.drop(d),
             },
-            Ok(_) => {
-                let (objects, completed, refused) = (&self.objects, &self.completed, &self.refused);
-                let early_room = self.pending.has_room();
-                let mut no_room = false;
-                let r = self.table.open(f, now, |h, sender| {
-                    let key = (sender, h.object);
-                    let known = match objects.get(&key) {
-                        Some(o) => Known::InProgress(&o.asm),
-                        None if completed.contains(&key) || refused.contains(&key) => Known::Done,
-                        None => Known::Unknown,
-                    };
-                    let worth = worth_opening(h, known, early_room);
-                    no_room = worth == Worth::SkipNoRoom;
-                    worth == Worth::Open
-                });
-                match r {
-                    Err(d) => self.drop(d),
-                    Ok(Opened::Redundant) => {
-                        if no_room {
-                            self.drop(DropReason::ShardBeforeMeta);
+            Ok(_) => self.sealed(f, now, spill, false),
+        }
+    }
+
+    /// A sealed frame that an [`Opener`](crate::session::Opener) of the session its header names has
+    /// already authenticated and decrypted in place, on a thread of the driver's (`Opener::open` returned
+    /// true): handled as [`handle_datagram`](Self::handle_datagram) handles that frame, without opening
+    /// it again. A frame the opener refused goes to `handle_noise(DropReason::BadSeal, 1)`; one whose
+    /// session had no opener yet, to `handle_datagram`.
+    pub fn handle_opened(&mut self, f: &mut [u8], now: u64, spill: &mut dyn Spill) {
+        self.sealed(f, now, spill, true)
+    }
+
+    fn sealed(&mut self, f: &mut [u8], now: u64, spill: &mut dyn Spill, opened: bool) {
+        let (objects, completed, refused) = (&self.objects, &self.completed, &self.refused);
+        let early_room = self.pending.has_room();
+        let mut no_room = false;
+        let wanted = |h: &SealedHeader, sender: KeyId| {
+            let key = (sender, h.object);
+            let known = match objects.get(&key) {
+                Some(o) => Known::InProgress(&o.asm),
+                None if completed.contains(&key) || refused.contains(&key) => Known::Done,
+                None => Known::Unknown,
+            };
+            let worth = worth_opening(h, known, early_room);
+            no_room = worth == Worth::SkipNoRoom;
+            worth == Worth::Open
+        };
+        let r = if opened {
+            self.table.opened(f, now, wanted)
+        } else {
+            self.table.open(f, now, wanted)
+        };
+        match r {
+            Err(d) => self.drop(d),
+            Ok(Opened::Redundant) => {
+                if no_room {
+                    self.drop(DropReason::ShardBeforeMeta);
+                }
+            }
+            Ok(Opened::Fresh(h, sender)) => {
+                self.seen(sender, now);
+                let payload = &f[SEALED_HEADER_LEN..f.len() - TAG_LEN];
+                match h.kind {
+                    FrameKind::Meta => self.on_meta(sender, payload, now, spill),
+                    FrameKind::Shard => {
+                        self.on_shard((sender, h.object), h.block, h.shard, payload, now, spill)
+                    }
+                    FrameKind::Heartbeat => {
+                        if decode_heartbeat(payload).is_none() {
+                            self.drop(DropReason::BadHeartbeat);
                         }
                     }
-                    Ok(Opened::Fresh(h, sender)) => {
-                        self.seen(sender, now);
-                        let payload = &f[SEALED_HEADER_LEN..f.len() - TAG_LEN];
-                        match h.kind {
-                            FrameKind::Meta => self.on_meta(sender, payload, now, spill),
-                            FrameKind::Shard => self.on_shard(
-                                (sender, h.object),
-                                h.block,
-                                h.shard,
-                                payload,
-                                now,
-                                spill,
-                            ),
-                            FrameKind::Heartbeat => {
-                                if decode_heartbeat(payload).is_none() {
-                                    self.drop(DropReason::BadHeartbeat);
-                                }
-                            }
-                            FrameKind::Announce => {}
-                        }
-                    }
+                    FrameKind::Announce => {}
                 }
             }
         }

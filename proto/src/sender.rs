@@ -38,6 +38,9 @@ pub struct Config {
     /// `repeat_small`).
     pub repeats: Vec<u64>,
     pub repeat_small: bool,
+    /// Leave shard frames unsealed ([`Transmit::Plain`]): the driver seals them with [`Endpoint::sealer`]
+    /// on threads of its own. Off: every frame comes sealed.
+    pub defer_seal: bool,
 }
 
 /// Where an object's content comes from.
@@ -101,6 +104,10 @@ impl Job {
 pub enum Transmit {
     /// A frame of this many bytes is at the start of the buffer: send it.
     Frame(usize),
+    /// With `Config::defer_seal`: a shard frame of this many bytes is at the start of the buffer, its
+    /// header written and its payload in clear: seal it with the [`Endpoint::sealer`] of the current
+    /// session (taken before any later `Rekey`), then send it in its turn.
+    Plain(usize),
     /// Start a new session (persist its counter above every earlier one) and give it to `rekeyed`, or
     /// say `rekey_failed`.
     Rekey,
@@ -233,6 +240,11 @@ impl Endpoint {
         &self.session
     }
 
+    /// What seals the current session's [`Transmit::Plain`] frames, on any thread.
+    pub fn sealer(&self) -> crate::session::Sealer {
+        self.session.sealer()
+    }
+
     /// Queue a job: urgent ones go out at once, others after those queued before.
     pub fn send(&mut self, job: Job) {
         if job.urgent {
@@ -353,6 +365,7 @@ impl Endpoint {
                 }
                 Ok(Next::Shard { block, shard, slot }) => {
                     match self.shard(src, buf, block, shard, slot) {
+                        Ok(Some(n)) if self.cfg.defer_seal => return Transmit::Plain(n),
                         Ok(Some(n)) => return Transmit::Frame(n),
                         Ok(None) => {}
                         Err(why) => self.abandon(why),
@@ -587,9 +600,13 @@ impl Endpoint {
             };
             payload.copy_from_slice(parity);
         }
-        let sealed = self
-            .session
-            .seal(FrameKind::Shard, id, block as u32, shard as u16, frame);
+        let sealed = if self.cfg.defer_seal {
+            self.session
+                .prepare(FrameKind::Shard, id, block as u32, shard as u16, frame)
+        } else {
+            self.session
+                .seal(FrameKind::Shard, id, block as u32, shard as u16, frame)
+        };
         Ok(sealed.map(|_| len))
     }
 }
@@ -677,8 +694,62 @@ pub(crate) fn seal_for_test(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{drain, object, sender, what, Memory};
+    use crate::testkit::{drain, object, sender, sender_config, sender_with, what, Memory};
     use std::collections::HashMap;
+
+    /// With `defer_seal`, shard frames come out prepared (header written, payload in clear) and the
+    /// driver seals them on threads of its own: the frames are then, byte for byte, those the endpoint
+    /// seals itself. A sealer of another session refuses a prepared frame (it would not open).
+    #[test]
+    fn frames_sealed_by_the_driver_are_the_frames_the_endpoint_seals() {
+        let (big, c) = object(10, "big.bin", 60_000, true);
+        let mut src = Memory(HashMap::from([(10, c)]));
+        let mut inline = sender(7);
+        inline.send(Job::new(big.clone(), 1, false));
+        let expected = drain(&mut inline, &mut src, 0);
+
+        let cfg = Config {
+            defer_seal: true,
+            ..sender_config()
+        };
+        let mut ep = sender_with(7, cfg);
+        ep.send(Job::new(big, 1, false));
+        let sealer = ep.sealer();
+        let mut buf = vec![0u8; MAX_FRAME];
+        let mut out: Vec<(Vec<u8>, bool)> = Vec::new();
+        loop {
+            match ep.poll_transmit(0, &mut src, &mut buf) {
+                Transmit::Frame(n) => out.push((buf[..n].to_vec(), false)),
+                Transmit::Plain(n) => out.push((buf[..n].to_vec(), true)),
+                Transmit::Rekey => panic!("no rekey expected"),
+                Transmit::Idle(_) => break,
+            }
+        }
+        let plain = out.iter().filter(|(_, p)| *p).count();
+        assert!(plain > 40, "the shards come unsealed ({plain})");
+        let stranger = sender(8).sealer();
+        let (f, _) = out.iter().find(|(_, p)| *p).expect("a prepared frame");
+        assert!(
+            !stranger.seal(&mut f.clone()),
+            "another session's sealer refuses"
+        );
+        // sealed on two other threads, as diode-send's sealing threads do
+        let half = out.len().div_ceil(2);
+        std::thread::scope(|t| {
+            for part in out.chunks_mut(half) {
+                let sealer = sealer.clone();
+                t.spawn(move || {
+                    for (f, p) in part.iter_mut().filter(|(_, p)| *p) {
+                        assert!(sealer.seal(f));
+                        *p = false;
+                    }
+                });
+            }
+        });
+        let got: Vec<Vec<u8>> = out.into_iter().map(|(f, _)| f).collect();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "the same bytes on the wire");
+    }
 
     /// An envelope queued while a large file goes out is sent at the next frame, whole (its announce,
     /// metadata and shards), before the file goes on.

@@ -23,6 +23,7 @@ use hpke::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 const INFO: &[u8] = b"diode-suite v1 session";
 const EXPORT_FRAME_KEY: &[u8] = b"diode-suite v1 frame key";
@@ -50,7 +51,7 @@ pub enum SessionError {
 }
 
 struct Keys {
-    aead: FrameKey,
+    aead: Arc<FrameKey>,
     tag: u64,
 }
 
@@ -88,7 +89,7 @@ where
     let mut tag = [0u8; 8];
     export(EXPORT_TAG, &mut tag)?;
     Ok(Keys {
-        aead: FrameKey::new(&key),
+        aead: Arc::new(FrameKey::new(&key)),
         tag: u64::from_le_bytes(tag),
     })
 }
@@ -196,6 +197,45 @@ impl SenderSession {
         Some(seq)
     }
 
+    /// Lay out `frame` as [`seal`](Self::seal) does, header and sequence number included, but leave the
+    /// payload in clear and the tag unwritten: the driver seals it later, on any thread, with
+    /// [`sealer`](Self::sealer) (docs/protocol.md §9.0). The drivers still send frames in the order of
+    /// their sequence numbers. Returns the sequence number used.
+    pub fn prepare(
+        &mut self,
+        kind: FrameKind,
+        object: u64,
+        block: u32,
+        shard: u16,
+        frame: &mut [u8],
+    ) -> Option<u64> {
+        if frame.len() < SEALED_HEADER_LEN + TAG_LEN {
+            return None;
+        }
+        let seq = self.next_seq;
+        let header = SealedHeader {
+            kind,
+            session: self.keys.tag,
+            seq,
+            object,
+            block,
+            shard,
+        };
+        let head =
+            <&mut [u8; SEALED_HEADER_LEN]>::try_from(&mut frame[..SEALED_HEADER_LEN]).ok()?;
+        header.write(head);
+        self.next_seq += 1;
+        Some(seq)
+    }
+
+    /// What seals this session's [`prepare`](Self::prepare)d frames, on any thread.
+    pub fn sealer(&self) -> Sealer {
+        SessionKey {
+            key: Arc::clone(&self.keys.aead),
+            session: self.keys.tag,
+        }
+    }
+
     /// A new sealed frame carrying `payload`: the one place that lays one out (docs/protocol.md §5.1:
     /// header, payload's ciphertext, tag), for callers that do not seal in a buffer of their own. None
     /// only if sealing fails, which no payload that fits a frame makes it do.
@@ -211,6 +251,47 @@ impl SenderSession {
         frame[SEALED_HEADER_LEN..SEALED_HEADER_LEN + payload.len()].copy_from_slice(payload);
         self.seal(kind, object, block, shard, &mut frame)?;
         Some(frame)
+    }
+}
+
+/// One session's frame key, shared by the threads that seal or open its frames: the sender's sealing
+/// threads seal what [`SenderSession::prepare`] laid out ([`SenderSession::sealer`]); the receiver's
+/// opening threads open frames ahead of the endpoint ([`SessionTable::openers`]), which then takes them
+/// with [`crate::receiver::Endpoint::handle_opened`] and still makes every decision. It seals and opens
+/// only frames whose header names its session.
+#[derive(Clone)]
+pub struct SessionKey {
+    key: Arc<FrameKey>,
+    session: u64,
+}
+
+/// What seals a session's prepared frames.
+pub type Sealer = SessionKey;
+/// What opens a session's frames.
+pub type Opener = SessionKey;
+
+impl SessionKey {
+    /// Seal a prepared frame in place (its header names the session and the sequence number, the
+    /// nonce). False if the frame is too short or of another session: it must not go out.
+    pub fn seal(&self, frame: &mut [u8]) -> bool {
+        self.with_header(frame, frame::seal)
+    }
+
+    /// Authenticate and decrypt a sealed frame of this session in place. False if it is not a sealed
+    /// frame of this session or does not authenticate (then its bytes are not to be used).
+    pub fn open(&self, frame: &mut [u8]) -> bool {
+        self.with_header(frame, frame::open)
+    }
+
+    fn with_header(
+        &self,
+        frame: &mut [u8],
+        op: fn(&FrameKey, &SealedHeader, &mut [u8]) -> bool,
+    ) -> bool {
+        match SealedHeader::parse(frame) {
+            Ok(h) if h.session == self.session => op(&self.key, &h, frame),
+            _ => false,
+        }
     }
 }
 
@@ -366,6 +447,8 @@ pub struct SessionTable {
     tokens: f64,
     tokens_at_ms: u64,
     dirty: bool,
+    /// Changes whenever a session comes or goes (what `openers` gives changes with it).
+    version: u64,
 }
 
 impl SessionTable {
@@ -387,6 +470,7 @@ impl SessionTable {
             tokens: 8.0,
             tokens_at_ms: 0,
             dirty: false,
+            version: 0,
         }
     }
 
@@ -512,6 +596,7 @@ impl SessionTable {
             self.highest.insert(sender, body.counter);
             self.dirty = true;
         }
+        self.version += 1;
         self.sessions.insert(
             tag,
             Established {
@@ -542,6 +627,26 @@ impl SessionTable {
         Ok((tag, body.counter))
     }
 
+    /// Changes whenever a session comes or goes.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// An opener for each session, by the tag that sealed frames carry (for threads that open frames
+    /// before the endpoint sees them).
+    pub fn openers(&self) -> HashMap<u64, Opener> {
+        self.sessions
+            .iter()
+            .map(|(tag, s)| {
+                let o = SessionKey {
+                    key: Arc::clone(&s.keys.aead),
+                    session: *tag,
+                };
+                (*tag, o)
+            })
+            .collect()
+    }
+
     /// Authenticate a sealed frame in place. `wanted` sees the (not yet authenticated) header and
     /// says whether the frame could carry anything new; if not, it is skipped without decryption.
     pub fn open(
@@ -561,13 +666,41 @@ impl SessionTable {
         if !frame::open(&s.keys.aead, &header, frame) {
             return Err(DropReason::BadSeal);
         }
-        if s.frames == 0 || header.seq < s.first_seq {
-            s.first_seq = header.seq;
-        }
-        s.max_seq = s.max_seq.max(header.seq);
-        s.frames += 1;
-        s.last_seen_ms = now_ms;
+        s.count(header.seq, now_ms);
         Ok(Opened::Fresh(header, s.sender))
+    }
+
+    /// A frame an [`Opener`] of its session has already authenticated and decrypted: counted as
+    /// [`open`](Self::open) counts it. `wanted` as there (the work of opening is done, but a frame that
+    /// can carry nothing new is still set aside).
+    pub fn opened(
+        &mut self,
+        frame: &[u8],
+        now_ms: u64,
+        wanted: impl FnOnce(&SealedHeader, KeyId) -> bool,
+    ) -> Result<Opened, DropReason> {
+        let header = SealedHeader::parse(frame).map_err(|_| DropReason::Malformed)?;
+        let Some(s) = self.sessions.get_mut(&header.session) else {
+            return Err(DropReason::UnknownSession);
+        };
+        if !wanted(&header, s.sender) {
+            s.redundant += 1;
+            return Ok(Opened::Redundant);
+        }
+        s.count(header.seq, now_ms);
+        Ok(Opened::Fresh(header, s.sender))
+    }
+}
+
+impl Established {
+    /// One more authenticated frame of this session.
+    fn count(&mut self, seq: u64, now_ms: u64) {
+        if self.frames == 0 || seq < self.first_seq {
+            self.first_seq = seq;
+        }
+        self.max_seq = self.max_seq.max(seq);
+        self.frames += 1;
+        self.last_seen_ms = now_ms;
     }
 }
 
@@ -614,6 +747,48 @@ mod tests {
         ));
         assert_eq!(&f[SEALED_HEADER_LEN..SEALED_HEADER_LEN + 5], b"hello");
         assert_eq!(t.highest().get(&snd.public().id()), Some(&10));
+    }
+
+    /// A frame opened on another thread by the session's opener is counted by the table as one it
+    /// opened itself; a tampered frame does not open, nor does a frame of another session.
+    #[test]
+    fn frames_opened_ahead_are_the_table_s_frames() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let (snd, rcv) = pair(4);
+        let mut s = SenderSession::start(&snd, rcv.public(), 10, 99, &mut rng).unwrap();
+        let mut other = SenderSession::start(&snd, rcv.public(), 11, 99, &mut rng).unwrap();
+        let mut t = SessionTable::new(rcv.clone(), vec![snd.public().clone()], HashMap::new());
+        let v0 = t.version();
+        assert!(t.openers().is_empty());
+        t.on_announce(s.announce(), 0).unwrap();
+        assert_ne!(t.version(), v0, "a new session changes the version");
+        let openers = t.openers();
+        let opener = openers.values().next().unwrap().clone();
+        let mut f = shard_frame(&mut s, b"hello");
+        let mut tampered = shard_frame(&mut s, b"world");
+        tampered[SEALED_HEADER_LEN] ^= 1;
+        let mut foreign = shard_frame(&mut other, b"other");
+        let (ok, bad, alien) = std::thread::scope(|sc| {
+            sc.spawn(|| {
+                (
+                    opener.open(&mut f),
+                    opener.open(&mut tampered),
+                    opener.open(&mut foreign),
+                )
+            })
+            .join()
+            .unwrap()
+        });
+        assert!(ok && !bad && !alien);
+        assert_eq!(&f[SEALED_HEADER_LEN..SEALED_HEADER_LEN + 5], b"hello");
+        assert!(
+            matches!(t.opened(&f, 5, |_, _| true), Ok(Opened::Fresh(h, who)) if h.seq == 0 && who == snd.public().id())
+        );
+        assert_eq!(t.opened(&f, 5, |_, _| false), Ok(Opened::Redundant));
+        assert_eq!(
+            t.opened(&foreign, 5, |_, _| true),
+            Err(DropReason::UnknownSession)
+        );
     }
 
     #[test]

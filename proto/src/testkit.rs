@@ -72,10 +72,16 @@ pub fn sender_config() -> sender::Config {
         rate_bps: 1_000_000,
         repeats: vec![300, 1500],
         repeat_small: false,
+        defer_seal: false,
     }
 }
 
 pub fn sender(counter: u64) -> sender::Endpoint {
+    sender_with(counter, sender_config())
+}
+
+/// A sender whose session is the same for the same counter.
+pub fn sender_with(counter: u64, cfg: sender::Config) -> sender::Endpoint {
     let (s, r) = keys();
     let session = SenderSession::start(
         &s,
@@ -85,7 +91,7 @@ pub fn sender(counter: u64) -> sender::Endpoint {
         &mut StdRng::seed_from_u64(counter),
     )
     .expect("a session");
-    sender::Endpoint::new(sender_config(), session, 0)
+    sender::Endpoint::new(cfg, session, 0)
 }
 
 /// What a frame is, from its clear header: kind, object, block, shard.
@@ -106,6 +112,11 @@ pub fn drain(ep: &mut sender::Endpoint, src: &mut Memory, now: u64) -> Vec<Vec<u
     loop {
         match ep.poll_transmit(now, src, &mut buf) {
             Transmit::Frame(n) => out.push(buf[..n].to_vec()),
+            Transmit::Plain(n) => {
+                let mut f = buf[..n].to_vec();
+                assert!(ep.sealer().seal(&mut f), "a prepared frame seals");
+                out.push(f);
+            }
             Transmit::Rekey => panic!("no rekey expected"),
             Transmit::Idle(_) => return out,
         }

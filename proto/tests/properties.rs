@@ -155,6 +155,7 @@ fn send(spec: &Spec) -> Sent {
         rate_bps: 1_000_000_000,
         repeats: Vec::new(),
         repeat_small: false,
+        defer_seal: false,
     };
     let mut ep = sender::Endpoint::new(cfg, session, 0);
     ep.send(sender::Job::new(meta.clone(), 1, false));

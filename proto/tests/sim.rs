@@ -28,7 +28,8 @@ use diode_proto::object::{Assembly, AssemblyState, ObjectKind, ObjectMeta, HASH_
 use diode_proto::receiver::{self, Persisted, Spill, VerifyError};
 use diode_proto::reception::{Limits, ObjectKey};
 use diode_proto::sender::{self, Job, JobKind, Source, Transmit, MAX_FRAME};
-use diode_proto::{FrameKind, KeyId, SecretKey, SenderSession, SessionTable};
+use diode_proto::session::Opener;
+use diode_proto::{DropReason, FrameKind, KeyId, SecretKey, SenderSession, SessionTable};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use std::cmp::Reverse;
@@ -278,6 +279,8 @@ impl SimSender {
             rate_bps: RATE_BPS,
             repeats: vec![300, 1500],
             repeat_small: true,
+            // both ways of sealing: in the endpoint, or left to the driver (as diode-send does)
+            defer_seal: rng.random_bool(0.5),
         };
         SimSender {
             ep: sender::Endpoint::new(cfg, session, now_us / 1000),
@@ -372,6 +375,11 @@ struct SimReceiver {
     down_until: u64,
     /// The driver's Reed-Solomon decoder, for blocks the endpoint left undecoded.
     decoder: diode_proto::fec::Decoder,
+    /// Open sealed frames ahead of the endpoint, as diode-recv's opening threads do, with openers
+    /// taken from the session table after the frame before (so the first frames of a new session
+    /// find none and go to the endpoint unopened, as they can on those threads).
+    open_ahead: bool,
+    openers: (u64, HashMap<u64, Opener>),
 }
 
 /// What the scenario saw, to judge it.
@@ -419,6 +427,17 @@ impl World<'_> {
     fn sender_step(&mut self) {
         let now = self.now_ms();
         match self.snd.ep.poll_transmit(now, &mut self.src, &mut self.buf) {
+            Transmit::Plain(n) => {
+                // sealed as diode-send's sealing threads do, with the session's sealer
+                let mut frame = self.buf[..n].to_vec();
+                if !self.snd.ep.sealer().seal(&mut frame) {
+                    self.seen
+                        .failures
+                        .push("a prepared frame could not be sealed".to_string());
+                }
+                self.snd.next_us = self.now + n as u64 * 8 * 1_000_000 / RATE_BPS;
+                self.transmit(frame);
+            }
             Transmit::Frame(n) => {
                 let frame = self.buf[..n].to_vec();
                 if diode_proto::frame::peek_kind(&frame) == Ok(FrameKind::Announce) {
@@ -585,7 +604,23 @@ impl World<'_> {
                 continue;
             }
             let now = self.now_ms();
-            self.rx.ep.handle_datagram(&mut f, now, &mut self.rx.disk);
+            let opener = SealedHeader::parse(&f)
+                .ok()
+                .and_then(|h| self.rx.openers.1.get(&h.session));
+            match opener {
+                Some(o) if self.rx.open_ahead => {
+                    if o.open(&mut f) {
+                        self.rx.ep.handle_opened(&mut f, now, &mut self.rx.disk);
+                    } else {
+                        self.rx.ep.handle_noise(DropReason::BadSeal, 1);
+                    }
+                }
+                _ => self.rx.ep.handle_datagram(&mut f, now, &mut self.rx.disk),
+            }
+            let v = self.rx.ep.table().version();
+            if self.rx.open_ahead && v != self.rx.openers.0 {
+                self.rx.openers = (v, self.rx.ep.table().openers());
+            }
             self.check_bounds();
             self.receiver_events();
         }
@@ -764,6 +799,7 @@ impl World<'_> {
             self.rx.counters.clone(),
         );
         self.rx.ep = receiver::Endpoint::new(self.rcv_cfg.clone(), table, persisted, self.now_ms());
+        self.rx.openers = (0, HashMap::new());
         self.rx.down_until = self.now + 50_000;
     }
 
@@ -945,6 +981,8 @@ fn run(sc: &Scenario) -> Result<(), String> {
             refused: Vec::new(),
             down_until: 0,
             decoder: None,
+            open_ahead: rng.random_bool(0.5),
+            openers: (0, HashMap::new()),
         },
         rcv_key,
         rcv_cfg,

@@ -5,6 +5,7 @@ mod approvals;
 mod config;
 mod console;
 mod hook_runner;
+mod opening;
 mod outcomes;
 mod receive;
 mod sandbox;

@@ -7,12 +7,13 @@
 use crate::approvals::Approvals;
 use crate::config::Config;
 use crate::hook_runner::HookRunner;
+use crate::opening::Ahead;
 use crate::status::{self, LimitStatus, ObjectStatus, RefusedStatus, SessionStatus, Status};
 use crate::store::{Partial, PublishError, Storage};
 use crate::writer::{self, Done, Job, Writer};
 use anyhow::{Context, Result};
 use diode_host::atomic::{append_line, write_atomic, Persister};
-use diode_host::link::{serial::SerialRx, udp::UdpRxSet, FramesIn};
+use diode_host::link::{serial::SerialRx, udp::UdpRxSet, FramesIn, LinkKind};
 use diode_proto::envelope::MAX_ENVELOPE_BYTES;
 use diode_proto::journal::format_id;
 use diode_proto::object::{ObjectKind, ObjectMeta};
@@ -40,7 +41,7 @@ pub struct Receiver {
     /// Where partial objects live and how they are written.
     storage: Storage,
     /// Taken by `run`.
-    rx: Option<Box<dyn FramesIn>>,
+    rx: Option<Box<dyn FramesIn + Send>>,
     ep: Endpoint,
     /// The files of each object in progress.
     files: HashMap<Key, Partial>,
@@ -142,7 +143,7 @@ impl Receiver {
             .with_context(|| format!("cannot create {}", cfg.partial_dir().display()))?;
         std::fs::create_dir_all(&cfg.inbox)
             .with_context(|| format!("cannot create {}", cfg.inbox.display()))?;
-        let rx: Box<dyn FramesIn> = match cfg.serial_line()? {
+        let rx: Box<dyn FramesIn + Send> = match cfg.serial_line()? {
             Some(line) => Box::new(SerialRx::open(&line)?),
             None => {
                 let rx = UdpRxSet::bind(&cfg.udp_listens()?, cfg.rcvbuf_mb << 20)?;
@@ -235,10 +236,47 @@ impl Receiver {
     }
 
     pub fn run(&mut self) -> Result<()> {
-        let Some(mut rx) = self.rx.take() else {
+        let Some(rx) = self.rx.take() else {
             anyhow::bail!("the receive loop is already running");
         };
-        tracing::info!(link = %self.cfg.link_name()?, inbox = %self.cfg.inbox.display(), "receiving");
+        // opening on threads pays over a fast UDP link; a serial line is slow enough for one
+        let threads = match self.cfg.line.link {
+            LinkKind::Udp => self.cfg.open_threads.count(),
+            LinkKind::Serial => 0,
+        };
+        tracing::info!(link = %self.cfg.link_name()?, inbox = %self.cfg.inbox.display(), opening_threads = threads, "receiving");
+        if threads == 0 {
+            return self.run_here(rx);
+        }
+        let mut pool = crate::opening::Pool::start(rx, threads, self.ep.table())?;
+        let mut counters = crate::opening::Counters::default();
+        loop {
+            if let Some(mut b) = pool.next(Duration::from_millis(100))? {
+                // the clock is read once per batch of datagrams (when the batch came), not once per frame
+                let t = self.now_ms();
+                b.for_each(|f, ahead| {
+                    match ahead {
+                        Ahead::Raw => self.ep.handle_datagram(f, t, &mut Files(&self.files)),
+                        Ahead::Opened => self.ep.handle_opened(f, t, &mut Files(&self.files)),
+                        Ahead::BadSeal => self.ep.handle_noise(DropReason::BadSeal, 1),
+                    }
+                    self.events();
+                });
+                for (why, n) in b.noise.drain(..) {
+                    self.ep.handle_noise(why, n);
+                }
+                if let Some(c) = b.counters.take() {
+                    counters = c;
+                }
+                pool.done(b);
+                pool.publish(self.ep.table());
+            }
+            self.housekeeping(|| (counters.kernel_drops, counters.per_socket.clone()));
+        }
+    }
+
+    /// The receive loop on this one thread: frames are opened by the endpoint.
+    fn run_here(&mut self, mut rx: Box<dyn FramesIn + Send>) -> Result<()> {
         loop {
             let mut now = None;
             let noise = rx.recv(&mut |f| {
@@ -250,31 +288,38 @@ impl Receiver {
             for (why, n) in noise {
                 self.ep.handle_noise(why, n);
             }
-            self.drain_writer();
-            let t = self.now_ms();
-            if t >= self.ep.poll_timeout() {
-                self.ep.handle_timeout(t, &mut Files(&self.files));
-                self.events();
+            self.housekeeping(|| (rx.kernel_drops(), rx.per_socket()));
+        }
+    }
+
+    /// Between batches of frames: the writer's replies, the endpoint's timers, and once a second the
+    /// link's counters (`counters`: the kernel's drops, frames per socket), status and outcomes.
+    fn housekeeping(&mut self, counters: impl FnOnce() -> (Option<u32>, Vec<(String, u64)>)) {
+        self.drain_writer();
+        let t = self.now_ms();
+        if t >= self.ep.poll_timeout() {
+            self.ep.handle_timeout(t, &mut Files(&self.files));
+            self.events();
+        }
+        if self.last_status.elapsed() >= Duration::from_secs(1) {
+            self.last_status = Instant::now();
+            let (kernel_drops, sockets) = counters();
+            self.sockets = sockets;
+            if let Some(c) = kernel_drops {
+                let was = self.kernel.overloaded();
+                let new = self.kernel.note(c);
+                if new > 0 && !was {
+                    // said when it starts, not every second; status and metrics carry the figures
+                    tracing::warn!(dropped = new, "{}", self.kernel.advice());
+                }
             }
-            if self.last_status.elapsed() >= Duration::from_secs(1) {
-                self.last_status = Instant::now();
-                self.sockets = rx.per_socket();
-                if let Some(c) = rx.kernel_drops() {
-                    let was = self.kernel.overloaded();
-                    let new = self.kernel.note(c);
-                    if new > 0 && !was {
-                        // said when it starts, not every second; status and metrics carry the figures
-                        tracing::warn!(dropped = new, "{}", self.kernel.advice());
-                    }
-                }
-                self.log_drops();
-                if let Err(e) = self.write_status() {
-                    tracing::warn!(error = %format!("{e:#}"), "cannot write status");
-                }
-                // records appended by `approvals consume` and the hook runner go back too
-                if let Some(a) = self.approvals.as_mut() {
-                    a.report_outcomes();
-                }
+            self.log_drops();
+            if let Err(e) = self.write_status() {
+                tracing::warn!(error = %format!("{e:#}"), "cannot write status");
+            }
+            // records appended by `approvals consume` and the hook runner go back too
+            if let Some(a) = self.approvals.as_mut() {
+                a.report_outcomes();
             }
         }
     }

@@ -143,8 +143,8 @@ pub fn daemon(cfg: &Config) -> Result<()> {
         }
         status.tick(
             intake.urgent.len() + intake.bulk.len(),
-            tx.frames_sent,
-            tx.line_bytes,
+            tx.frames_sent(),
+            tx.line_bytes(),
         );
         files.close_unneeded(|id| tx.ep.needs(id));
     }
