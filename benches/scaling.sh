@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # How each side scales with worker threads (issue 18), measured on its own: the other side is replaced by
 # the cheapest stand-in that still consumes or produces real datagrams over 127.0.0.1.
-#  - sender: `diode-send file` sends SIZE_MB unpaced to a socat that reads and discards the datagrams;
+#  - sender: `diode-send file` sends SIZE_MB unpaced to `diode-blast --sink`, which takes the datagrams off
+#    its socket in GRO batches and discards them;
 #    `seal_threads` = each count. Prints its MB/s (its own measure, from the first frame to the last)
 #    and CPU-s/GB (user + system of the diode-send process).
 #  - receiver: diode-blast (tests/src/bin/diode-blast.rs) encodes and seals SIZE_MB in memory first, then
@@ -15,7 +16,6 @@ cd "$(dirname "$0")/.."
 MB=${1:-1024}; THREADS=${2:-0 1 2}; RATE=${3:-5Gbit}
 if [ -z "${DIODE_BIN_DIR:-}" ]; then cargo build --release -q --bins; fi
 B=${DIODE_BIN_DIR:-$PWD/target/release}
-command -v socat >/dev/null || { echo "socat is needed (apt-get install socat)"; exit 1; }
 
 D=$(mktemp -d -t diode-scaling.XXXXXX)
 PIDS=
@@ -26,7 +26,7 @@ head -c $((MB << 20)) /dev/urandom >"$D/file.bin"
 cpu() { awk '{print $14 + $15}' /proc/$1/stat; }
 tck=$(getconf CLK_TCK)
 
-echo "== sender alone: diode-send file, $MB MiB unpaced, to a socat that discards (threads: $THREADS)"
+echo "== sender alone: diode-send file, $MB MiB unpaced, to diode-blast --sink (threads: $THREADS)"
 for t in $THREADS; do
   cat >"$D/send.toml" <<T
 target = "127.0.0.1:47991"
@@ -37,7 +37,7 @@ receiver = "k/receiver.pub"
 rate = "100Gbit"
 seal_threads = $t
 T
-  socat -u UDP-RECV:47991,rcvbuf=8388608 /dev/null & SOC=$!; PIDS="$PIDS $SOC"
+  "$B/diode-blast" --sink 127.0.0.1:47991 & SOC=$!; PIDS="$PIDS $SOC"
   sleep 0.3
   TIMEFORMAT="%U %S"
   { time "$B/diode-send" --config "$D/send.toml" file "$D/file.bin" >"$D/send.out" 2>"$D/send.err"; } 2>"$D/time"

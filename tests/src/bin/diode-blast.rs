@@ -5,9 +5,12 @@
 //!
 //! Usage: diode-blast --key sender.key --receiver receiver.pub --target 127.0.0.1:47990 --mb 1024
 //!        --rate 5Gbit [--mtu 1500]
+//!
+//! `diode-blast --sink 127.0.0.1:47991` is the stand-in receiver: it takes datagrams off a socket (GRO
+//! batches, as diode-recv does) and discards them, until it is killed.
 
 use diode_host::keyfile::{load_public, load_secret};
-use diode_host::link::{udp::UdpTx, FramesOut};
+use diode_host::link::{udp::UdpRx, udp::UdpTx, FramesIn, FramesOut};
 use diode_host::pace::{parse_rate, Pacer};
 use diode_proto::frame::shard_size_for_mtu;
 use diode_proto::object::{ObjectKind, ObjectMeta};
@@ -39,8 +42,19 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
+fn sink(addr: &str) -> Result<(), String> {
+    let addr = addr.parse().map_err(|e| format!("--sink: {e}"))?;
+    let mut rx = UdpRx::bind(addr, 8 << 20).map_err(|e| format!("{e:#}"))?;
+    loop {
+        rx.recv(&mut |_| {}).map_err(|e| format!("{e:#}"))?;
+    }
+}
+
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(addr) = arg(&args, "--sink") {
+        return sink(&addr);
+    }
     let need = |n: &str| arg(&args, n).ok_or(format!("{n} is required (see the source's usage)"));
     let me =
         load_secret(&PathBuf::from(need("--key")?), Role::Sender).map_err(|e| e.to_string())?;
