@@ -1,6 +1,6 @@
 //! How many worker threads a daemon's data plane runs (`seal_threads` in send.toml, `open_threads` in
-//! recv.toml): `"auto"` (the default) leaves one core for the rest of the daemon and the other work on
-//! the machine, a number sets it, 0 keeps the work on the daemon's own thread.
+//! recv.toml): `"auto"` (the default) leaves cores for the daemon's own busy threads (`reserve`: the
+//! caller says how many), a number sets it, 0 keeps the work on the daemon's own thread.
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
@@ -12,21 +12,22 @@ pub const MAX_THREADS: usize = 64;
 /// A `threads` setting.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Threads {
-    /// One fewer than the cores this process may run on (at most 16).
+    /// The cores this process may run on less the caller's reserve (at most 16).
     #[default]
     Auto,
     Count(usize),
 }
 
 impl Threads {
-    /// The number of worker threads: 0 means none (the work stays on the calling thread).
-    pub fn count(self) -> usize {
+    /// The number of worker threads, "auto" leaving `reserve` cores to the daemon's other threads: 0
+    /// means none (the work stays on the calling thread).
+    pub fn count(self, reserve: usize) -> usize {
         match self {
             Threads::Count(n) => n,
             Threads::Auto => std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
-                .saturating_sub(1)
+                .saturating_sub(reserve)
                 .min(16),
         }
     }
@@ -35,7 +36,7 @@ impl Threads {
 impl fmt::Display for Threads {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Threads::Auto => write!(f, "auto ({})", self.count()),
+            Threads::Auto => f.write_str("auto"),
             Threads::Count(n) => write!(f, "{n}"),
         }
     }
@@ -94,11 +95,13 @@ mod tests {
         assert_eq!(parse("t = \"auto\""), Ok(Threads::Auto));
         assert_eq!(parse("t = 3"), Ok(Threads::Count(3)));
         assert_eq!(parse("t = \"2\""), Ok(Threads::Count(2)));
-        assert_eq!(parse("t = 0").map(Threads::count), Ok(0));
+        assert_eq!(parse("t = 0").map(|t| t.count(1)), Ok(0));
         for bad in ["t = -1", "t = 65", "t = \"many\"", "t = 1.5"] {
             let e = parse(bad).expect_err(bad);
             assert!(e.contains("\"auto\" or a number of threads"), "{bad}: {e}");
         }
-        assert!(Threads::Auto.count() <= 16);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(Threads::Auto.count(1), (cores - 1).min(16));
+        assert_eq!(Threads::Auto.count(cores), 0, "nothing left: no threads");
     }
 }

@@ -58,7 +58,7 @@ pub struct Config {
     #[serde(default)]
     pub decode_on_writer: bool,
     /// Threads that open (authenticate and decrypt) frames over a UDP link ahead of the daemon's thread:
-    /// "auto" (one fewer than the cores), a number, or 0 (all on the daemon's thread).
+    /// "auto" (two fewer than the cores), a number, or 0 (all on the daemon's thread).
     #[serde(default)]
     pub open_threads: diode_host::threads::Threads,
     /// Approval envelopes: absent means envelopes are not accepted (each stays a partial object with an

@@ -241,7 +241,9 @@ impl Receiver {
         };
         // opening on threads pays over a fast UDP link; a serial line is slow enough for one
         let threads = match self.cfg.line.link {
-            LinkKind::Udp => self.cfg.open_threads.count(),
+            // "auto" leaves a core to the daemon's thread and one to the link thread, each kept busy at
+            // speed: on 2 cores, opening on a third thread measured slower (benches/scaling.sh)
+            LinkKind::Udp => self.cfg.open_threads.count(2),
             LinkKind::Serial => 0,
         };
         tracing::info!(link = %self.cfg.link_name()?, inbox = %self.cfg.inbox.display(), opening_threads = threads, "receiving");

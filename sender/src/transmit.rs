@@ -326,7 +326,9 @@ impl Transmitter {
         let counter = session.counter();
         // sealing on threads of its own pays over a fast UDP link; a serial line is slow enough for one
         let sealers = match kind {
-            LinkKind::Udp => cfg.seal_threads.count(),
+            // "auto" leaves one core to the daemon's thread (reading, hashing, FEC); the sending
+            // thread mostly waits in system calls
+            LinkKind::Udp => cfg.seal_threads.count(1),
             LinkKind::Serial => 0,
         };
         let rules = diode_proto::sender::Config {

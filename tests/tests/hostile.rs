@@ -121,7 +121,18 @@ fn wait_status() {
 
 #[test]
 fn garbage_forgeries_and_foreign_keys_are_dropped_and_counted() {
-    let site = Site::new(&[]);
+    garbage_forgeries_and_foreign_keys(0);
+}
+
+/// The same when the receiver opens frames on 2 threads ahead of the endpoint (`open_threads`): a
+/// forged or altered frame under a known session fails on those threads and counts as bad_seal.
+#[test]
+fn garbage_and_forgeries_opened_on_threads_are_dropped_and_counted() {
+    garbage_forgeries_and_foreign_keys(2);
+}
+
+fn garbage_forgeries_and_foreign_keys(open_threads: i64) {
+    let site = Site::new_with(&[], &[("open_threads", open_threads.into())]);
     let _r = site.start("recv");
     let sender_key = site.sender_key();
     let mut good = Wire::new(&site, &sender_key);
