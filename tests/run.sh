@@ -25,7 +25,7 @@ dpkg -s rsyslog-gnutls >/dev/null 2>&1 || need+=(rsyslog-gnutls)
 command -v openssl >/dev/null || need+=(openssl)
 # promtool, for the alert rules, their unit tests and the metrics format (tests/tests/monitoring.rs)
 command -v promtool >/dev/null || need+=(prometheus)
-# the console in a real headless browser through WebDriver (tests/tests/console.rs)
+# the console in a real headless browser through WebDriver (tests/tests/console.rs, over the emulated link)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
@@ -37,7 +37,7 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 if [ "$(id -u)" != 0 ] && [ "${DIODE_SKIP_NETNS:-}" != 1 ]; then
-  echo "== not root: the emulated-diode tests (tests/tests/netns.rs) will fail; DIODE_SKIP_NETNS=1 skips them knowingly" >&2
+  echo "== not root: the emulated-diode tests (tests/tests/netns.rs, tests/tests/console.rs) will fail; DIODE_SKIP_NETNS=1 skips them knowingly" >&2
 fi
 # The tests build the release profile without link-time optimisation or debug info: the same code, compiled
 # in about half the time (every test binary would otherwise be LTO-linked). Benchmarks and the demo build

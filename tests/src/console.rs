@@ -266,6 +266,16 @@ impl Browser {
             .to_string()
     }
 
+    /// The value a script returns, run in the page by the driver (WebDriver's own channel, not the
+    /// page's: the CSP does not apply to it). For reading what is rendered in one consistent look.
+    pub fn eval(&self, js: &str) -> serde_json::Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(serde_json::json!({ "script": js, "args": [] })),
+        )
+    }
+
     /// A browser on the console at `at`, once the console's own script has run under its CSP (a CSP that
     /// blocked it, or a script error, would leave the marker at "loaded").
     pub fn open(dir: &Path, at: SocketAddr) -> Browser {

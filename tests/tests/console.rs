@@ -1,52 +1,38 @@
-//! `diode-recv console` against the state of a real transfer over 127.0.0.1: the real sender sends
-//! through a relay that drops every frame of one block of one file, so the receiver reports it
-//! incomplete; a file named with `<script>` crosses whole; an approval is accepted and one is refused as
-//! expired. The console, a process of its own, is fetched over HTTP: the page and `state.json` show the
-//! link up, the gap and its exact replay line, the received files, the approvals and the audit chain, with
-//! the security headers, every value escaped and no key material; after the printed replay line is run
-//! the object moves to the received files. (Where a console may listen, and its TLS and sign-in:
+//! `diode-recv console` against the state of a real transfer over the emulated one-way link of
+//! `hardware/diode-link.sh` (tests/src/link.rs): the sender in one network namespace, the receiver in
+//! another, a veth pair between them whose receiver side drops every packet going back. nftables on the
+//! link drops every frame of one block of one file, so the receiver reports it incomplete; a file named
+//! with `<script>` crosses whole; an approval is accepted and one is refused as expired; a large file
+//! crosses paced, slowly enough to be seen in progress. The console, a process of its own on the host's
+//! loopback (it only reads what the receiver writes), is fetched over HTTP and shown in a real headless
+//! Chromium: the link up, its loss at 0 and then rising, the object in progress with its progress bar,
+//! the gap and its exact replay line, the received files, the approvals and the audit chain, with the
+//! security headers, every value escaped and no key material; after the printed replay line is run the
+//! object moves to the received files. (Where a console may listen, and its TLS and sign-in:
 //! `console_access.rs`; the low side's consoles: `console_low.rs`.)
+//!
+//! Needs root for the link, as tests/netns.rs: without it each test fails with the reason, unless
+//! `DIODE_SKIP_NETNS=1`, which skips them loudly. The tests run one at a time.
 
 use diode_tests::console::{self, assert_secure, get, has_escaped, Browser};
 use diode_tests::envelopes::drop_accepted_and_expired;
+use diode_tests::link::Link;
 use diode_tests::{random_bytes, wait_for, Daemon, Site};
 use std::fs;
-use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-/// A UDP relay that forwards every datagram, except Shard frames of block `block` while `dropping`
-/// (frame header: kind at byte 3, block at bytes 28..32 little-endian; docs/protocol.md).
-struct Relay {
-    dropping: Arc<AtomicBool>,
-    dropped: Arc<std::sync::atomic::AtomicU64>,
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Relay {
-    fn start(sock: UdpSocket, to: SocketAddr, block: u32) -> Relay {
-        let dropping = Arc::new(AtomicBool::new(true));
-        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (d, n) = (dropping.clone(), dropped.clone());
-        let out = UdpSocket::bind("127.0.0.1:0").unwrap();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            while let Ok((len, _)) = sock.recv_from(&mut buf) {
-                let f = &buf[..len];
-                let drop = d.load(Ordering::SeqCst)
-                    && len >= 32
-                    && f[3] == 2
-                    && u32::from_le_bytes([f[28], f[29], f[30], f[31]]) == block;
-                if drop {
-                    n.fetch_add(1, Ordering::SeqCst);
-                } else {
-                    let _ = out.send_to(f, to);
-                }
-            }
-        });
-        Relay { dropping, dropped }
-    }
-}
+/// The sender's pace: a 64 MB file takes about 16 s, time for the page to poll it several times.
+const PACE: &str = "40Mbit";
+/// The line rate above the pace, so that the link itself loses nothing.
+const LINE: &str = "125mbit";
 
 fn start_console(site: &Site) -> (Daemon, SocketAddr) {
     let mut c = site.recv_cmd();
@@ -54,85 +40,102 @@ fn start_console(site: &Site) -> (Daemon, SocketAddr) {
     console::start(&mut c, site.dir.path(), "http")
 }
 
-/// The state the console is shown against: a real transfer through the relay, with a file named in
-/// markup received, an approval accepted, one quarantined as expired, and `gappy.bin` incomplete with
-/// block 1 missing; and the console serving it.
+/// The receiver's status entry for the object called `name` in state `state`.
+fn object(site: &Site, name: &str, state: &str) -> Option<serde_json::Value> {
+    site.status_json()["objects"]
+        .as_array()?
+        .iter()
+        .find(|o| o["name"] == name && o["state"] == state)
+        .cloned()
+}
+
+/// The state the console is shown against: the link, both daemons in their namespaces, a file named
+/// in markup received, an approval accepted and one quarantined as expired; and the console serving it.
+/// Nothing has been lost yet.
 struct Scenario {
+    // dropped last: the daemons stop before the namespaces go
+    _daemons: Vec<Daemon>,
     site: Site,
-    relay: Relay,
+    link: Link,
     ok_id: String,
     evil: &'static str,
     big: Vec<(String, Vec<u8>)>,
     replay: String,
-    _daemons: Vec<Daemon>,
     at: SocketAddr,
 }
 
 impl Scenario {
-    fn new() -> Scenario {
-        let relay_sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let relay_addr = relay_sock.local_addr().unwrap();
-        // paced so that the relay's one thread and socket buffer lose nothing of their own
-        let site = Site::new_with(
-            &[
-                ("target", relay_addr.to_string().into()),
-                ("rate", "40Mbit".into()),
-            ],
-            &[],
-        );
-        let relay = Relay::start(
-            relay_sock,
-            format!("127.0.0.1:{}", site.port).parse().unwrap(),
-            1,
-        );
+    /// None only when the emulated-diode tests are skipped knowingly (`DIODE_SKIP_NETNS=1`).
+    fn new(tag: &str) -> Option<Scenario> {
+        let link = Link::up(tag, 0.0)?;
+        link.rate(LINE);
+        let site = Site::across(&link, &[("rate", PACE.into())], &[]);
         let r = site.start("recv");
         let s = site.start("send");
-        // a one-block file (the relay drops block 1 only) whose name is markup
+        site.wait_session(Duration::from_secs(10));
+        // a one-block file whose name is markup
         let evil = "<script>alert(1)<b>x.txt";
         let small = vec![(evil.to_string(), b"not markup".to_vec())];
         site.drop_in(evil, &small[0].1);
         site.wait_inbox(&small, Duration::from_secs(20)).unwrap();
         // an approval accepted, one refused because it expired before it arrived
         let ok = drop_accepted_and_expired(&site, 0x31);
-        // four blocks of 128 x 1408 bytes: block 1 never arrives
-        let big = vec![("gappy.bin".to_string(), random_bytes(3 * 128 * 1408 + 5000))];
-        site.drop_in("gappy.bin", &big[0].1);
-        let o = wait_for(
-            "gappy.bin reported incomplete",
-            Duration::from_secs(30),
-            || {
-                let s = site.status_json();
-                s["objects"]
-                    .as_array()?
-                    .iter()
-                    .find(|o| o["name"] == "gappy.bin" && o["state"] == "incomplete")
-                    .cloned()
-            },
-        );
-        // the block the relay dropped, as the receiver reports it
-        assert_eq!(o["missing"], "1", "{o}");
-        let replay = o["replay"].as_str().expect("a replay line").to_string();
-        assert!(relay.dropped.load(Ordering::SeqCst) > 0);
         wait_for("both envelopes handled", Duration::from_secs(20), || {
             let q = fs::read_dir(site.path("quarantine")).ok()?.count();
             (q == 1 && site.path(&format!("approvals/{}.json", ok.id)).exists()).then_some(())
         });
         let (console, at) = start_console(&site);
-        Scenario {
+        Some(Scenario {
+            _daemons: vec![console, s, r],
             site,
-            relay,
+            link,
             ok_id: ok.id,
             evil,
-            big,
-            replay,
-            _daemons: vec![r, s, console],
+            big: Vec::new(),
+            replay: String::new(),
             at,
-        }
+        })
+    }
+
+    /// A 64 MB file into the outbox, sent at the pace; returns it (name, bytes), to wait for.
+    fn send_paced(&self) -> Vec<(String, Vec<u8>)> {
+        let want = vec![("paced.bin".to_string(), random_bytes(64 << 20))];
+        self.site.drop_in(&want[0].0, &want[0].1);
+        want
+    }
+
+    /// The loss: the link drops every Shard frame of block 1 (raw nftables matches on the clear frame
+    /// header: magic, kind at byte 3, block at 28..32 little-endian; docs/protocol.md), then
+    /// `gappy.bin`, four blocks, crosses it; the receiver reports it incomplete with block 1 missing.
+    fn lose_a_block(&mut self) {
+        let site = &self.site;
+        let block1 = format!("0x{:08x}", u32::from_be_bytes(1u32.to_le_bytes()));
+        self.link.drop_matching(&format!(
+            "udp dport {} @th,64,16 0xd10d @th,88,8 2 @th,288,32 {block1}",
+            site.port
+        ));
+        // four blocks of 128 x 1408 bytes: block 1 never arrives
+        self.big = vec![("gappy.bin".to_string(), random_bytes(3 * 128 * 1408 + 5000))];
+        site.drop_in("gappy.bin", &self.big[0].1);
+        let o = wait_for(
+            "gappy.bin reported incomplete",
+            Duration::from_secs(30),
+            || object(site, "gappy.bin", "incomplete"),
+        );
+        // the block the link dropped, as the receiver reports it
+        assert_eq!(o["missing"], "1", "{o}");
+        self.replay = o["replay"].as_str().expect("a replay line").to_string();
+        let lost = self.link.lost_packets();
+        assert!(lost > 0, "the link dropped nothing");
+        println!(
+            "link {}: dropped {lost} frames of block 1 of gappy.bin; receiver: {o}",
+            self.link.prefix
+        );
     }
 
     /// Run the printed replay line on the low side with the loss gone; the file arrives whole.
     fn replay(&self) {
-        self.relay.dropping.store(false, Ordering::SeqCst);
+        self.link.loss(0.0); // clears the drop rule
         let said = self.site.run_replay_line(&self.replay);
         self.site
             .wait_inbox(&self.big, Duration::from_secs(30))
@@ -144,7 +147,11 @@ impl Scenario {
 
 #[test]
 fn the_console_shows_a_real_transfer_escaped_and_secured_and_follows_the_replay() {
-    let sc = Scenario::new();
+    let _one = one_at_a_time();
+    let Some(mut sc) = Scenario::new("conh") else {
+        return;
+    };
+    sc.lose_a_block();
     let (site, at, evil, replay) = (&sc.site, sc.at, sc.evil, sc.replay.clone());
     let (missing, first) = ("1", 1);
     let host = at.to_string();
@@ -273,18 +280,97 @@ fn the_console_shows_a_real_transfer_escaped_and_secured_and_follows_the_replay(
         "{fps}"
     );
     println!("console at {at}: gap at block 1 shown, replayed with `{replay}`, then received");
+    sc.link.assert_one_way();
 }
 
-/// The page in a real headless Chromium: its own script runs under the CSP (the live marker turns to
-/// "live"), the text a person reads shows the link up, the gap and the replay line, the file name with
-/// `<script>` as text (and no alert opened: the markup never ran), the expired approval's reason and the
-/// audit chain; after the replay, the page moves the object to the received files with no reload.
-/// Screenshots of both states go to docs/console/.
+/// The loss figure of the session in the page's link table ("0.00 %"), as rendered.
+fn shown_loss(b: &Browser) -> Option<f64> {
+    let v = b.eval(
+        "const c = document.querySelector('#links tbody tr td:nth-child(4)'); \
+         return c ? c.innerText : null;",
+    );
+    v.as_str()?.trim().strip_suffix('%')?.trim().parse().ok()
+}
+
+/// The rows of the page's "Objects in progress" table, as rendered: (text, progress bar value).
+fn shown_in_progress(b: &Browser) -> Vec<(String, Option<f64>)> {
+    let v = b.eval(
+        "return [...document.querySelectorAll('#receiving tbody tr')].map(r => { \
+           const p = r.querySelector('progress'); \
+           return [r.innerText, p ? p.value : null]; });",
+    );
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| (r[0].as_str().unwrap_or("").to_string(), r[1].as_f64()))
+        .collect()
+}
+
+/// The page in a real headless Chromium, following a real transfer over the emulated one-way link: its
+/// own script runs under the CSP (the live marker turns to "live"); the link is shown up with 0 % loss;
+/// while a 64 MB file crosses at the pace, the page shows it in progress with a progress bar, its rate
+/// and time left; then the link loses every frame of one block of `gappy.bin`, and the page shows the
+/// loss above 0, the gap and the replay line, the file name with `<script>` as text (and no alert
+/// opened: the markup never ran), the expired approval's reason and the audit chain; after the replay,
+/// the page moves the object to the received files with no reload. Screenshots go to docs/console/.
 #[test]
 fn the_console_in_a_real_headless_chromium() {
-    let sc = Scenario::new();
+    let _one = one_at_a_time();
+    let Some(mut sc) = Scenario::new("conb") else {
+        return;
+    };
     let browser = Browser::open(sc.site.dir.path(), sc.at);
-    browser.assert_shows(&[
+    let docs = console::screenshot_dir();
+    // the link up, nothing lost yet
+    let before = wait_for("the page to show the link", Duration::from_secs(20), || {
+        shown_loss(&browser)
+    });
+    browser.assert_shows(&["UP"]);
+    assert_eq!(before, 0.0, "loss before any frame was dropped");
+    println!("page before the loss: link UP, loss (session) {before:.2} %");
+
+    // a large file at the pace: the page shows it in progress, with its bar, rate and time left
+    let paced = sc.send_paced();
+    let (row, bar) = wait_for(
+        "the page to show paced.bin in progress with a progress bar, rate and time left",
+        Duration::from_secs(30),
+        || {
+            shown_in_progress(&browser)
+                .into_iter()
+                .find(|(t, v)| {
+                    t.contains("paced.bin") && v.is_some_and(|v| v > 0.0) && t.contains(" left")
+                })
+                .map(|(t, v)| (t, v.unwrap_or_default()))
+        },
+    );
+    println!(
+        "page in progress: {:?}, progress bar {bar}/1000",
+        row.replace(['\t', '\n'], " | ")
+    );
+    browser.screenshot(&docs.join("progress.png"));
+    sc.site.wait_inbox(&paced, Duration::from_secs(60)).unwrap();
+    wait_for(
+        "the page to show paced.bin received",
+        Duration::from_secs(20),
+        || {
+            (browser.text_of("#received").contains("paced.bin")
+                && shown_in_progress(&browser).is_empty())
+            .then_some(())
+        },
+    );
+
+    // the loss: the page shows it rising, the gap map and the replay line
+    sc.lose_a_block();
+    let after = wait_for(
+        "the page to show the loss above 0 and gappy.bin incomplete",
+        Duration::from_secs(20),
+        || {
+            let loss = shown_loss(&browser)?;
+            (loss > before && browser.text_of("#incomplete").contains("gappy.bin")).then_some(loss)
+        },
+    );
+    println!("page after the loss: loss (session) {after:.2} % (was {before:.2} %)");
+    let text = browser.assert_shows(&[
         "UP",
         "gappy.bin",
         "Missing blocks: 1",
@@ -294,9 +380,23 @@ fn the_console_in_a_real_headless_chromium() {
         "it had already expired when it arrived",
         "verified: all 2 records chain up to the head",
     ]);
+    let gaps = browser.eval(
+        "return [...document.querySelectorAll('#incomplete svg.gapmap rect.gap')] \
+           .map(r => r.getAttribute('x') + '+' + r.getAttribute('width'));",
+    );
+    assert_eq!(gaps, serde_json::json!(["1+1"]), "the gap map");
+    let replay_shown = browser.text_of("#incomplete code.replay-line");
+    assert_eq!(replay_shown, sc.replay);
+    println!("page gap map: gap rects {gaps}, replay line shown: {replay_shown}");
+    let name_shown = text.lines().find(|l| l.contains(sc.evil)).unwrap_or("");
+    println!("page shows the name as text: {name_shown:?}");
+    let expired = text
+        .lines()
+        .find(|l| l.contains("already expired when it arrived"))
+        .unwrap_or("");
+    println!("page shows the refused approval: {expired:?}");
     // no alert is open: the file name's markup was never run
     browser.assert_no_alert();
-    let docs = console::screenshot_dir();
     browser.screenshot(&docs.join("incomplete.png"));
 
     sc.replay();
@@ -312,6 +412,11 @@ fn the_console_in_a_real_headless_chromium() {
     );
     let received = browser.text_of("#received");
     assert!(received.contains("gappy.bin"), "{received}\n{text}");
+    let row = received
+        .lines()
+        .find(|l| l.contains("gappy.bin"))
+        .unwrap_or("");
+    println!("page after the replay: no incomplete object; received: {row:?}");
     browser.screenshot(&docs.join("received.png"));
     // the search box keeps the rows whose name or hash matches, across the page's own updates
     browser.type_into("#search", "GAPPY");
@@ -330,4 +435,5 @@ fn the_console_in_a_real_headless_chromium() {
         "chromium rendered the console; screenshots in {}",
         docs.display()
     );
+    sc.link.assert_one_way();
 }
