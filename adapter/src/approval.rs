@@ -103,6 +103,43 @@ pub struct NewRequest {
     pub version: String,
     pub environment: String,
     pub digest: String,
+    /// Why this deploy, as the requester put it (a ticket or change number, a sentence): cleaned and
+    /// bounded by `clean_reason`; never signed into the envelope (it has no place for it).
+    pub reason: Option<String>,
+}
+
+/// The longest reason a person or a pipeline may give here, in characters (the form says so too).
+/// Signed requests from the reverse diode are bounded by their own format instead.
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// A reason as it is kept and shown: control characters (but line breaks, and tabs as spaces) and
+/// invisible format characters (bidi overrides, zero-width characters: `diode_proto::object::invisible`)
+/// taken out, surrounding blanks trimmed; None if nothing is left. Longer than `max` characters
+/// after that: refused, never cut (a cut reason could say something else).
+pub fn clean_reason(reason: Option<&str>, max: usize) -> Result<Option<String>, Refusal> {
+    let Some(raw) = reason else {
+        return Ok(None);
+    };
+    let cleaned: String = raw
+        .chars()
+        .filter_map(|c| match c {
+            '\n' => Some('\n'),
+            '\t' => Some(' '),
+            c if c.is_control() || diode_proto::object::invisible(c) => None,
+            c => Some(c),
+        })
+        .collect();
+    let cleaned = cleaned.trim();
+    if cleaned.is_empty() {
+        return Ok(None);
+    }
+    let n = cleaned.chars().count();
+    if n > max {
+        return Err(Refusal::BadRequest(format!(
+            "the reason is {n} characters long; at most {max} are kept (a ticket or change number will do)"
+        )));
+    }
+    Ok(Some(cleaned.to_string()))
 }
 
 /// Why an action was refused. `code()` is the stable word in audit records.
@@ -336,7 +373,7 @@ impl Engine {
     /// A new deployment request. Outer error: the adapter failed (disk, database); inner: refused.
     pub fn request(&self, who: Requester, new: NewRequest) -> Result<Result<Request, Refusal>> {
         let id = format!("req-{}", &random_hex()[..16]);
-        self.create(who, new, id, None, Map::new())
+        self.create(who, new, id, Map::new())
     }
 
     /// A signed request from a pipeline inside the air gap, as read from the reverse receiver's inbox
@@ -398,9 +435,10 @@ impl Engine {
             version: r.artifact.version.clone(),
             environment: r.environment.clone(),
             digest: r.artifact.digest.clone(),
+            reason: Some(r.reason.clone()),
         };
         Ok(self
-            .create(requester, new, r.id.clone(), Some(r.reason.clone()), extra)?
+            .create(requester, new, r.id.clone(), extra)?
             .map(|r| Taken::New(Box::new(r))))
     }
 
@@ -409,9 +447,9 @@ impl Engine {
         who: Requester,
         new: NewRequest,
         id: String,
-        reason: Option<String>,
         extra: Map<String, Value>,
     ) -> Result<Result<Request, Refusal>> {
+        let signed = matches!(who, Requester::Signed { .. });
         let who_json = match &who {
             Requester::Chat(a) => {
                 json!({"source": a.source.word(), "user": a.user_id, "name": a.name})
@@ -425,8 +463,13 @@ impl Engine {
                 json!({"source": "reverse", "signer": signer, "requester": requester})
             }
         };
-        match self.check_request(&who, &new) {
-            Ok((env, requester, person, name, source)) => {
+        // a signed request's reason is bounded by its format (and was signed as it is)
+        let max = if signed { usize::MAX } else { MAX_REASON_CHARS };
+        let checked = self
+            .check_request(&who, &new)
+            .and_then(|ok| clean_reason(new.reason.as_deref(), max).map(|reason| (ok, reason)));
+        match checked {
+            Ok(((env, requester, person, name, source), reason)) => {
                 let now = self.clock.now();
                 let req = Request {
                     id,
@@ -463,6 +506,10 @@ impl Engine {
                 f.insert("rule".into(), env.describe().into());
                 f.insert("deadline_at".into(), req.deadline_at.into());
                 f.insert("envelope_id".into(), req.envelope_id.clone().into());
+                if let Some(reason) = &req.reason {
+                    f.insert("reason".into(), reason.clone().into());
+                }
+                // (a signed request's `extra` carries its reason as it was signed)
                 f.extend(extra);
                 let store = self.store();
                 self.audit("request", f)?;
@@ -470,7 +517,7 @@ impl Engine {
                 Ok(Ok(req))
             }
             Err(r) => {
-                let id = reason.is_some().then_some(id);
+                let id = signed.then_some(id);
                 let stranger = match &who {
                     Requester::Chat(a) => self.stranger(a.source, &a.user_id),
                     _ => None,
@@ -1011,4 +1058,28 @@ impl Engine {
 pub fn rfc3339(t: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
         .to_string()
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_is_cleaned_of_control_and_invisible_characters_and_bounded() {
+        let clean = |r: &str| clean_reason(Some(r), 20);
+        assert_eq!(clean_reason(None, 20), Ok(None));
+        assert_eq!(clean("  \u{200b}\u{202e} \r\n"), Ok(None), "nothing left");
+        assert_eq!(
+            clean(" CHG-1\u{202e}2\r\n\tnow\u{7} "),
+            Ok(Some("CHG-12\n now".into()))
+        );
+        assert_eq!(
+            clean(&"é".repeat(20)),
+            Ok(Some("é".repeat(20))),
+            "characters, not bytes"
+        );
+        assert!(
+            matches!(clean(&"é".repeat(21)), Err(Refusal::BadRequest(m)) if m.contains("21 characters"))
+        );
+    }
 }

@@ -128,6 +128,10 @@ struct RequestArgs {
     /// The person the pipeline asks for (their key, Slack or Teams id), who then may not approve
     #[arg(long, conflicts_with = "id")]
     on_behalf_of: Option<String>,
+    /// Why this deploy, e.g. a ticket or change number (at most 500 characters; shown to the
+    /// reviewers and audited, not signed into the envelope)
+    #[arg(long, conflicts_with = "id")]
+    reason: Option<String>,
     /// A request made before (its request id), instead of asking anew
     #[arg(long)]
     id: Option<String>,
@@ -350,6 +354,7 @@ async fn request(a: RequestArgs) -> Result<Option<Answer>> {
                 environment,
                 digest,
                 on_behalf_of: a.on_behalf_of,
+                reason: a.reason,
             };
             let v = client.create(&ask).await?;
             let id = v["request_id"]

@@ -34,6 +34,9 @@ struct Body {
     digest: String,
     #[serde(default)]
     on_behalf_of: Option<String>,
+    /// Why this deploy (a ticket or change number): optional here, at most `MAX_REASON_CHARS`.
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 fn error(status: StatusCode, code: &str, message: String) -> Response {
@@ -98,7 +101,7 @@ pub async fn create(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 format!(
-                    "body must be JSON {{app, version, environment, digest, on_behalf_of?}}: {e}"
+                    "body must be JSON {{app, version, environment, digest, on_behalf_of?, reason?}}: {e}"
                 ),
             )
         }
@@ -113,6 +116,7 @@ pub async fn create(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
         version: b.version,
         environment: b.environment,
         digest: b.digest,
+        reason: b.reason,
     };
     match app.engine.request(who, new) {
         Err(e) => internal(e, "record the request"),
@@ -196,6 +200,8 @@ pub fn status_json(v: &View) -> Value {
         "environment": r.environment,
         "digest": r.digest,
         "requester": r.requester,
+        // why, as the requester put it; null when none was given
+        "reason": r.reason,
         "created_at": r.created_at,
         "deadline_at": r.deadline_at,
         "state": r.status.word(),

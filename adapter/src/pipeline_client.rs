@@ -18,6 +18,8 @@ pub struct Ask {
     pub environment: String,
     pub digest: String,
     pub on_behalf_of: Option<String>,
+    /// Why this deploy (a ticket or change number); sent only when given.
+    pub reason: Option<String>,
 }
 
 /// How a wait ended.
@@ -114,13 +116,16 @@ impl Client {
 
     /// Ask for a deployment; the adapter's answer (`request_id`, `environment`, `channel`, `deadline_at`).
     pub async fn create(&self, ask: &Ask) -> Result<Value> {
-        let body = json!({
+        let mut body = json!({
             "app": ask.app,
             "version": ask.version,
             "environment": ask.environment,
             "digest": ask.digest,
             "on_behalf_of": ask.on_behalf_of,
         });
+        if let Some(reason) = &ask.reason {
+            body["reason"] = json!(reason);
+        }
         let req = self.http.post(self.url(None)?).json(&body);
         Ok(self.call(req, "POST /v1/requests").await?)
     }

@@ -30,7 +30,7 @@ use std::sync::Arc;
 /// Five minutes either way, as for Slack.
 pub const WINDOW_SECS: u64 = 300;
 
-const USAGE: &str = "Usage: @Deploy request <app> <version> <environment> <sha256:digest>";
+const USAGE: &str = "Usage: @Deploy request <app> <version> <environment> <sha256:digest> [reason]";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WebhookError {
@@ -205,7 +205,8 @@ fn answer(app: &App, a: Activity) -> anyhow::Result<Response> {
     if words.is_empty() || words == ["request"] {
         return Ok(form_reply(app, &user));
     }
-    let [verb, app_name, version, env, digest] = words[..] else {
+    // `request <app> <version> <env> <digest> [reason words...]`
+    let [verb, app_name, version, env, digest, ref reason @ ..] = words[..] else {
         return Ok(reply(USAGE.into()));
     };
     if verb != "request" {
@@ -222,6 +223,7 @@ fn answer(app: &App, a: Activity) -> anyhow::Result<Response> {
         version: version.into(),
         environment: env.into(),
         digest: digest.into(),
+        reason: (!reason.is_empty()).then(|| reason.join(" ")),
     };
     Ok(match app.engine.request(who, new)? {
         Err(refusal) => reply(format!("Request refused: {refusal}.")),
@@ -242,8 +244,19 @@ fn pending_text(app: &App, user: &str) -> anyhow::Result<String> {
     let inbox = crate::inbox::of(&app.engine, Source::Teams, user)?;
     let line = |v: &crate::approval::View| {
         let r = &v.request;
+        let reason = r
+            .reason
+            .as_deref()
+            // one line per entry: the reason's own line breaks become spaces
+            .map(|t| {
+                format!(
+                    "; reason: {}",
+                    t.split_whitespace().collect::<Vec<_>>().join(" ")
+                )
+            })
+            .unwrap_or_default();
         format!(
-            "- {} {} to {} (request {}), asked by {}: approvals {} of {} ({}), deadline {}",
+            "- {} {} to {} (request {}), asked by {}: approvals {} of {} ({}), deadline {}{reason}",
             r.app,
             r.version,
             r.environment,

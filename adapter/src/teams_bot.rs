@@ -434,7 +434,17 @@ fn request_from_card(app: &App, a: &Value, data: &Value) -> Response {
         app: field("app"),
         version: field("version"),
         digest: field("digest"),
+        reason: Some(field("reason")),
     };
+    // the form asks for a reason (`isRequired`); a submission without one is refused like the card
+    // would have refused it
+    let max = crate::approval::MAX_REASON_CHARS;
+    if matches!(
+        crate::approval::clean_reason(new.reason.as_deref(), max),
+        Ok(None)
+    ) {
+        return invoke_response("Request refused: say why (a ticket or change number will do).");
+    }
     let actor = teams_actor(app, a);
     match app
         .engine

@@ -500,7 +500,8 @@ pub fn render(v: &View, buttons: bool) -> Value {
 }
 
 /// The request form (Adaptive Card 1.4): the environment among those the person may request in, the
-/// application, the version and the digest, submitted with Action.Execute (verb `request`) to the bot.
+/// application, the version, the digest and the reason (required in the form, at most
+/// `MAX_REASON_CHARS`), submitted with Action.Execute (verb `request`) to the bot.
 pub fn request_form(envs: &[String]) -> Value {
     let choices: Vec<Value> = envs
         .iter()
@@ -524,6 +525,11 @@ pub fn request_form(envs: &[String]) -> Value {
              "placeholder": "sha256: and 64 hex digits", "isRequired": true,
              "regex": "^sha256:[0-9a-f]{64}$",
              "errorMessage": "sha256: followed by 64 lowercase hex digits"},
+            {"type": "Input.Text", "id": "reason", "label": "Reason",
+             "placeholder": "Why this deploy: a ticket or change number, or a sentence",
+             "isMultiline": true, "isRequired": true,
+             "maxLength": crate::approval::MAX_REASON_CHARS,
+             "errorMessage": "Say why: a ticket or change number will do"},
         ],
         "actions": [{"type": "Action.Execute", "title": "Request", "verb": "request"}],
     })

@@ -625,6 +625,17 @@ async fn pipeline_requests_but_never_approves_and_a_rejection_is_an_envelope() {
         site.refusals(),
         ["token_scope", "self_approval", "not_rejecter"]
     );
+    // a reason is optional here, and bounded: one too long is refused, nothing made
+    let long = json!({"app": "billing", "version": "2.0.1", "environment": "prod",
+                      "digest": DIGEST, "reason": "x".repeat(501)});
+    let (status, ans) = site.pipeline(CI_TOKEN, long).await;
+    assert_eq!(
+        (status, ans["error"].as_str()),
+        (422, Some("bad_request")),
+        "{ans}"
+    );
+    println!("over-long reason from the API: {status} {ans}");
+    assert_eq!(site.events("request").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2633,7 +2644,7 @@ async fn teams_pending_lists_the_inbox_and_the_card_form_makes_a_request() {
 
     // the form submitted through the bot: a bad digest is refused in the invoke response
     let jwt = bot_jwt(BOT_APP_ID, now + 600, SERVICE_URL);
-    let submit = |activity: &str, digest: &str| {
+    let submit = |activity: &str, digest: &str, reason: &str| {
         json!({
             "type": "invoke", "name": "adaptiveCard/action", "id": activity,
             "channelId": "msteams", "serviceUrl": SERVICE_URL,
@@ -2641,22 +2652,61 @@ async fn teams_pending_lists_the_inbox_and_the_card_form_makes_a_request() {
             "conversation": {"id": "19:prod@thread.skype"},
             "recipient": {"id": format!("28:{BOT_APP_ID}")},
             "value": {"action": {"type": "Action.Execute", "verb": "request",
-                "data": {"environment": "staging", "app": "web", "version": "2.0", "digest": digest}},
+                "data": {"environment": "staging", "app": "web", "version": "2.0", "digest": digest,
+                         "reason": reason}},
                 "trigger": "manual"}
         })
     };
     let r = site
-        .bot_post(jwt.clone(), &submit("f:form-bad", "sha256:abc"))
+        .bot_post(jwt.clone(), &submit("f:form-bad", "sha256:abc", "CHG-1"))
         .await;
     let v: Value = r.json().await.unwrap();
     assert!(
         v["value"].as_str().unwrap().starts_with("Request refused"),
         "{v}"
     );
+    // the card's reason field: required (a crafted submission without one is refused), and bounded
+    let form_reason = &card["body"][5];
+    assert_eq!(
+        (
+            &form_reason["id"],
+            &form_reason["isRequired"],
+            &form_reason["maxLength"]
+        ),
+        (&json!("reason"), &json!(true), &json!(500)),
+        "{card}"
+    );
+    let v: Value = site
+        .bot_post(jwt.clone(), &submit("f:form-blank", DIGEST, " \u{200b} "))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(v["value"].as_str().unwrap().contains("say why"), "{v}");
+    let v: Value = site
+        .bot_post(
+            jwt.clone(),
+            &submit("f:form-long", DIGEST, &"x".repeat(501)),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let said = v["value"].as_str().unwrap();
+    assert!(
+        said.starts_with("Request refused") && said.contains("501 characters"),
+        "{v}"
+    );
+    println!("over-long reason from the Teams card: {said}");
     assert_eq!(site.events("request").len(), 1, "only Dan's request so far");
 
-    // a good one: made and posted; the same activity again is not taken twice
-    let good = submit("f:form-good", DIGEST);
+    // a good one: made and posted; the same activity again is not taken twice. Its reason, with a
+    // bidi override and a line break, is kept without the override
+    let good = submit(
+        "f:form-good",
+        DIGEST,
+        "CHG-4711: \u{202e}rollout\nof the new web tier",
+    );
     let v: Value = site
         .bot_post(jwt.clone(), &good)
         .await
@@ -2675,6 +2725,36 @@ async fn teams_pending_lists_the_inbox_and_the_card_form_makes_a_request() {
     let requests = site.events("request");
     assert_eq!(requests.len(), 2, "{requests:?}");
     assert_eq!(requests[1]["who"]["source"], "teams", "{}", requests[1]);
+    let reason = "CHG-4711: rollout\nof the new web tier";
+    assert_eq!(requests[1]["reason"], reason, "audited: {}", requests[1]);
+    assert!(
+        requests[0].get("reason").is_none(),
+        "Dan typed none: {}",
+        requests[0]
+    );
+    // stored, shown in the Slack message of the request, and told to a pipeline asking about it
+    let rid = requests[1]["request_id"].as_str().unwrap().to_string();
+    let post = site.slack.wait_count("chat.postMessage", 2).await.remove(1);
+    assert_eq!(request_id_of(&post), rid);
+    assert!(
+        post.body
+            .to_string()
+            .contains("*Reason*\\nCHG-4711: rollout\\nof the new web tier"),
+        "{}",
+        post.body
+    );
+    let v: Value = site
+        .http
+        .get(site.url(&format!("/v1/requests/{rid}")))
+        .bearer_auth(CI_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["reason"], reason, "{v}");
+    println!("GET /v1/requests/{rid}: reason {}", v["reason"]);
 
     // and her inbox now lists her own request
     let body = teams_activity(
@@ -2684,13 +2764,13 @@ async fn teams_pending_lists_the_inbox_and_the_card_form_makes_a_request() {
         "<at>Deploy</at> pending",
     );
     let answer: Value = webhook(body).await.unwrap().json().await.unwrap();
+    let text = answer["text"].as_str().unwrap();
+    assert!(text.contains("Your open requests (1)"), "{answer}");
     assert!(
-        answer["text"]
-            .as_str()
-            .unwrap()
-            .contains("Your open requests (1)"),
+        text.contains("reason: CHG-4711: rollout of the new web tier"),
         "{answer}"
     );
+    println!("@Deploy pending: {text}");
 }
 
 // ---- outcomes from the high side, through the reverse diode ----------------------------------------------

@@ -81,13 +81,14 @@ fn a_pipeline_asks_looks_and_waits_with_the_exit_codes_of_approvals_wait() {
     fs::write(site.path("adapter.toml"), toml::to_string(&cfg).unwrap()).unwrap();
     let (_chat, addr) = start_chat(&site);
 
-    // 1. asked, not waited for: the request id on stdout, and the request pending
+    // 1. asked, not waited for: the request id on stdout, and the request pending (with its reason)
     let o = ask(
         &mut request_cmd(&site, &addr, "pipeline-ci.token"),
         "billing",
         "1.4.2",
         "staging",
     )
+    .args(["--reason", "CHG-9001 nightly train"])
     .output()
     .unwrap();
     show("ask", &o);
@@ -103,6 +104,7 @@ fn a_pipeline_asks_looks_and_waits_with_the_exit_codes_of_approvals_wait() {
         (&v["state"], &v["app"], &v["environment"]),
         (&"pending".into(), &"billing".into(), &"staging".into())
     );
+    assert_eq!(v["reason"], "CHG-9001 nightly train", "{v}");
     assert_eq!(v["votes"], Value::Array(vec![]));
     assert_eq!(v["approvals_needed"], 1);
     for k in ["decision", "envelope_id", "outcome"] {

@@ -3,11 +3,13 @@
 //! `views.open` with the trigger_id Slack gave, listing only the environments the person may request in;
 //! a submission with a bad digest or missing fields is answered with `response_action: errors` naming
 //! each field (the modal stays open with what was typed); one the policy refuses names why; a good one
-//! is posted for approval like a typed request. Someone outside the policy gets no form.
+//! is posted for approval like a typed request. Someone outside the policy gets no form. The form's
+//! reason is required and bounded (none, or one too long, is refused beside it alone); a good one
+//! reaches the message (escaped for mrkdwn), the App Home, `GET /v1/requests/{id}` and the audit record.
 
 use diode_tests::chat::{
-    adapter_config, click, form, request_id_of, slack_post_answer, start_chat, trigger_id,
-    FakeSlack, DIGEST,
+    adapter_config, api_get, click, form, request_id_of, slack_post_answer, start_chat, trigger_id,
+    FakeSlack, DIGEST, PIPELINE_TOKEN,
 };
 use diode_tests::Site;
 use serde_json::{json, Value};
@@ -24,7 +26,14 @@ fn command(user: &str, text: &str, trigger: &str) -> String {
     ])
 }
 
-fn submission(user: &str, env: &str, app: &str, version: &str, digest: &str) -> String {
+fn submission(
+    user: &str,
+    env: &str,
+    app: &str,
+    version: &str,
+    digest: &str,
+    reason: &str,
+) -> String {
     let text = |v: &str| json!({"type": "plain_text_input", "value": v});
     let payload = json!({
         "type": "view_submission",
@@ -38,6 +47,7 @@ fn submission(user: &str, env: &str, app: &str, version: &str, digest: &str) -> 
                 "app": {"value": text(app)},
                 "version": {"value": text(version)},
                 "digest": {"value": text(digest)},
+                "reason": {"value": text(reason)},
             }}
         }
     });
@@ -74,6 +84,12 @@ fn the_request_form_opens_refuses_in_place_and_posts_a_good_request() {
     );
     assert_eq!(opened["view"]["callback_id"], "deploy_request");
     assert_eq!(options(&opened), ["prod", "staging"]);
+    // the reason: a multiline text the form requires (not `optional`), bounded
+    let reason_block = &opened["view"]["blocks"][4];
+    assert_eq!(reason_block["block_id"], "reason", "{opened}");
+    assert_eq!(reason_block["element"]["multiline"], true);
+    assert_eq!(reason_block["element"]["max_length"], 500);
+    assert!(reason_block.get("optional").is_none());
 
     // Eve (on-call) may request only where no requester role is set: staging
     let (code, _) = slack_post_answer(
@@ -111,7 +127,7 @@ fn the_request_form_opens_refuses_in_place_and_posts_a_good_request() {
     let (code, answer) = slack_post_answer(
         &addr,
         "/slack/interactions",
-        &submission("U0DAN", "prod", "billing", "", "sha256:abc"),
+        &submission("U0DAN", "prod", "billing", "", "sha256:abc", "CHG-1"),
     );
     assert_eq!(code, 200);
     assert_eq!(answer["response_action"], "errors", "{answer}");
@@ -124,15 +140,38 @@ fn the_request_form_opens_refuses_in_place_and_posts_a_good_request() {
     );
     assert!(answer["errors"]["version"].is_string(), "{answer}");
     assert!(
-        answer["errors"].get("app").is_none(),
-        "the app was fine: {answer}"
+        answer["errors"].get("app").is_none() && answer["errors"].get("reason").is_none(),
+        "the app and the reason were fine: {answer}"
     );
+
+    // no reason, then one too long: refused beside the reason alone; an `errors` answer leaves the
+    // modal open with everything typed in it (no view is sent back to replace it)
+    for (reason, says) in [
+        (" \u{200b} ", "Say why"),
+        (&*"x".repeat(501), "501 characters"),
+    ] {
+        let (code, answer) = slack_post_answer(
+            &addr,
+            "/slack/interactions",
+            &submission("U0DAN", "prod", "billing", "1.4.2", DIGEST, reason),
+        );
+        assert_eq!(code, 200);
+        assert_eq!(answer["response_action"], "errors", "{answer}");
+        let errors = answer["errors"].as_object().unwrap();
+        assert_eq!(errors.keys().collect::<Vec<_>>(), ["reason"], "{answer}");
+        assert!(
+            errors["reason"].as_str().unwrap().contains(says),
+            "{answer}"
+        );
+        assert!(answer.get("view").is_none(), "{answer}");
+        println!("reason {:?}...: {answer}", &reason[..reason.len().min(8)]);
+    }
 
     // Eve asks for prod through a crafted submission: the policy refuses, beside the environment
     let (_, answer) = slack_post_answer(
         &addr,
         "/slack/interactions",
-        &submission("U0EVE", "prod", "billing", "1.4.2", DIGEST),
+        &submission("U0EVE", "prod", "billing", "1.4.2", DIGEST, "CHG-2"),
     );
     assert_eq!(answer["response_action"], "errors", "{answer}");
     assert!(
@@ -148,10 +187,18 @@ fn the_request_form_opens_refuses_in_place_and_posts_a_good_request() {
     );
 
     // a good one: the modal closes (an empty answer) and the request is posted for approval
+    // (its reason mentions the channel: escaped, so that Slack does not notify it)
     let (code, answer) = slack_post_answer(
         &addr,
         "/slack/interactions",
-        &submission("U0DAN", "prod", "billing", "1.4.2", DIGEST),
+        &submission(
+            "U0DAN",
+            "prod",
+            "billing",
+            "1.4.2",
+            DIGEST,
+            "CHG-4711 <!channel> quarterly fix\u{202e}",
+        ),
     );
     assert_eq!((code, answer), (200, Value::Null));
     let post = slack.wait("chat.postMessage", 1).remove(0);
@@ -160,6 +207,33 @@ fn the_request_form_opens_refuses_in_place_and_posts_a_good_request() {
     assert!(
         !request_id_of(&post).is_empty(),
         "Approve and Reject buttons for it"
+    );
+    let shown = "CHG-4711 &lt;!channel&gt; quarterly fix";
+    assert!(
+        post.to_string().contains(&format!("*Reason*\\n{shown}")),
+        "{post}"
+    );
+    assert!(!post.to_string().contains("<!channel>"), "{post}");
+    // stored as typed (less the bidi override), told to a pipeline that asks, and audited
+    let (code, asked) = api_get(
+        &addr,
+        &format!("/v1/requests/{}", request_id_of(&post)),
+        Some(PIPELINE_TOKEN),
+    );
+    assert_eq!(code, 200, "{asked}");
+    assert_eq!(
+        asked["reason"], "CHG-4711 <!channel> quarterly fix",
+        "{asked}"
+    );
+    println!(
+        "GET /v1/requests/{}: reason {}",
+        asked["request_id"], asked["reason"]
+    );
+    let audit = fs::read_to_string(site.path("state/audit.jsonl")).unwrap();
+    assert!(
+        audit.lines().any(|l| l.contains("\"event\":\"request\"")
+            && l.contains("\"reason\":\"CHG-4711 <!channel> quarterly fix\"")),
+        "{audit}"
     );
 
     // App Home: Slack checks the events URL, then Ada (a release manager) opens her Home: the request
@@ -198,6 +272,7 @@ fn the_request_form_opens_refuses_in_place_and_posts_a_good_request() {
         text.contains("Waiting for your vote (1)") && text.contains(&id),
         "{text}"
     );
+    assert!(text.contains(&format!("_Reason:_ {shown}")), "{text}");
     let before = homes("U0ADA").len();
     // the same event again (Slack retries): taken once
     assert_eq!(
@@ -237,7 +312,7 @@ fn the_request_form_opens_refuses_in_place_and_posts_a_good_request() {
         "the vote published her Home once more, the repeated event did not"
     );
 
-    // the typed form still works
+    // the typed form still works, with and without a reason after the digest
     let text = format!("request billing 1.4.3 staging {DIGEST}");
     let (code, _) = slack_post_answer(
         &addr,
@@ -245,5 +320,18 @@ fn the_request_form_opens_refuses_in_place_and_posts_a_good_request() {
         &command("U0DAN", &text, &trigger_id()),
     );
     assert_eq!(code, 200);
-    slack.wait("chat.postMessage", 2);
+    let typed = slack.wait("chat.postMessage", 2).remove(1);
+    assert!(!typed.to_string().contains("*Reason*"), "{typed}");
+    let text = format!("request billing 1.4.4 staging {DIGEST} hotfix for  INC-42");
+    let (code, _) = slack_post_answer(
+        &addr,
+        "/slack/commands",
+        &command("U0DAN", &text, &trigger_id()),
+    );
+    assert_eq!(code, 200);
+    let typed = slack.wait("chat.postMessage", 3).remove(2);
+    assert!(
+        typed.to_string().contains("*Reason*\\nhotfix for INC-42"),
+        "{typed}"
+    );
 }

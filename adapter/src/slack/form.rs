@@ -1,10 +1,12 @@
 //! The request form: `/deploy` with no arguments and the global shortcut "Request a deployment" open a
 //! modal (`views.open`, within the 3 s a trigger_id lives) with the environments the person may request
-//! in as a select, and app, version and digest as text. Its submission (`view_submission`) is checked
+//! in as a select, app, version and digest as text, and the reason (why this deploy: a ticket or change
+//! number, a sentence) as a multiline text the form requires: reviewers decide on it, and a person
+//! filling a form can always say why (the API and the typed command leave it optional). Its submission (`view_submission`) is checked
 //! here and by the engine; what is wrong is shown beside its field (`response_action: errors`), so the
 //! person keeps what they typed; a request that passes is posted for approval like a typed one.
 
-use crate::approval::{Actor, NewRequest, Requester};
+use crate::approval::{clean_reason, Actor, NewRequest, Requester, MAX_REASON_CHARS};
 use crate::policy::{Policy, Source};
 use crate::server::App;
 use serde_json::{json, Map, Value};
@@ -59,6 +61,9 @@ pub fn view(envs: &[String]) -> Value {
             input("version", "Version", None, plain(100)),
             input("digest", "Artifact digest", Some("sha256: followed by the 64 hex digits of the artifact"),
                 plain(71)),
+            input("reason", "Reason", Some("Why this deploy: a ticket or change number, or a sentence"),
+                json!({"type": "plain_text_input", "action_id": "value", "multiline": true,
+                       "max_length": MAX_REASON_CHARS})),
         ]
     })
 }
@@ -86,6 +91,7 @@ pub fn submit(app: &App, actor: Actor, view: &Value) -> anyhow::Result<Option<Va
         app: field(view, "app"),
         version: field(view, "version"),
         digest: field(view, "digest"),
+        reason: Some(field(view, "reason")),
     };
     let mut errors = Map::new();
     if new.environment.is_empty() {
@@ -104,6 +110,18 @@ pub fn submit(app: &App, actor: Actor, view: &Value) -> anyhow::Result<Option<Va
                 "Expected sha256: followed by 64 lowercase hex digits (as sha256sum prints them)."
             ),
         );
+    }
+    match clean_reason(new.reason.as_deref(), MAX_REASON_CHARS) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            errors.insert(
+                "reason".into(),
+                json!("Say why: a ticket or change number will do."),
+            );
+        }
+        Err(r) => {
+            errors.insert("reason".into(), json!(format!("Too long: {r}.")));
+        }
     }
     if !errors.is_empty() {
         return Ok(Some(json!({"response_action": "errors", "errors": errors})));
@@ -171,5 +189,10 @@ mod tests {
         let m = view(&["prod".into(), "staging".into()]);
         assert_eq!(m["callback_id"], CALLBACK);
         assert_eq!(m["blocks"][0]["element"]["options"][1]["value"], "staging");
+        let reason = &m["blocks"][4];
+        assert_eq!(reason["block_id"], "reason");
+        assert_eq!(reason["element"]["multiline"], true);
+        assert_eq!(reason["element"]["max_length"], MAX_REASON_CHARS);
+        assert!(reason.get("optional").is_none(), "required in the form");
     }
 }

@@ -5,7 +5,7 @@
 //! with Approve / Reject (the same buttons as the channel message), and the viewer's own open requests
 //! with the votes so far and the deadline.
 
-use super::blocks::{button, mrkdwn, when, APPROVE, REJECT};
+use super::blocks::{button, esc, mrkdwn, when, APPROVE, REJECT};
 use crate::approval::Engine;
 use crate::policy::Source;
 use crate::server::App;
@@ -27,8 +27,8 @@ pub fn view(engine: &Engine, user_id: &str) -> anyhow::Result<Value> {
     for v in &waiting {
         let r = &v.request;
         blocks.push(json!({"type": "section", "text": mrkdwn(format!(
-            "*{} {}* to *{}*, asked by {}\n`{}`\nApprovals {} of {}: {}. Deadline {}",
-            r.app, r.version, r.environment, r.requester_name, r.digest,
+            "*{} {}* to *{}*, asked by {}\n`{}`{}\nApprovals {} of {}: {}. Deadline {}",
+            r.app, r.version, r.environment, r.requester_name, r.digest, reason_line(r),
             v.votes.len(), v.approvals, v.approvals_text(), when(r.deadline_at)))}));
         let confirm = format!(
             "{} {} to *{}*, digest `{}`",
@@ -51,11 +51,19 @@ pub fn view(engine: &Engine, user_id: &str) -> anyhow::Result<Value> {
     for v in &mine {
         let r = &v.request;
         blocks.push(json!({"type": "section", "text": mrkdwn(format!(
-            "*{} {}* to *{}*: approvals {} of {} ({}). Deadline {}",
+            "*{} {}* to *{}*: approvals {} of {} ({}). Deadline {}{}",
             r.app, r.version, r.environment, v.votes.len(), v.approvals, v.approvals_text(),
-            when(r.deadline_at)))}));
+            when(r.deadline_at), reason_line(r)))}));
     }
     Ok(json!({"type": "home", "blocks": blocks}))
+}
+
+/// The request's reason on a line of its own, escaped for mrkdwn (nothing when it has none).
+fn reason_line(r: &crate::store::Request) -> String {
+    r.reason
+        .as_deref()
+        .map(|t| format!("\n_Reason:_ {}", esc(t)))
+        .unwrap_or_default()
 }
 
 /// The Slack users a change to `request` concerns: those who may vote on it and who asked for it.

@@ -23,7 +23,7 @@ use serde_json::json;
 use std::sync::Arc;
 
 const USAGE: &str =
-    "Usage: /deploy (a form), or /deploy request <app> <version> <environment> <sha256:digest>";
+    "Usage: /deploy (a form), or /deploy request <app> <version> <environment> <sha256:digest> [reason]";
 
 fn internal(e: anyhow::Error) -> Response {
     tracing::error!("{e:#}");
@@ -139,7 +139,8 @@ pub(crate) fn run_command(app: &App, cmd: Command) -> anyhow::Result<serde_json:
             _ => eph(USAGE.into()),
         });
     }
-    let [verb, app_name, version, env, digest] = words[..] else {
+    // `request <app> <version> <env> <digest> [reason words...]`
+    let [verb, app_name, version, env, digest, ref reason @ ..] = words[..] else {
         return Ok(eph(USAGE.into()));
     };
     if verb != "request" {
@@ -156,6 +157,7 @@ pub(crate) fn run_command(app: &App, cmd: Command) -> anyhow::Result<serde_json:
         version: version.into(),
         environment: env.into(),
         digest: digest.into(),
+        reason: (!reason.is_empty()).then(|| reason.join(" ")),
     };
     match app.engine.request(who, new) {
         Err(e) => Err(e),
