@@ -440,7 +440,12 @@ pub fn render(v: &View, buttons: bool) -> Value {
         ]}),
     ];
     if let Some(reason) = &r.reason {
-        body.push(json!({"type": "TextBlock", "wrap": true, "text": format!("Reason: {reason}")}));
+        // the requester's own words: TextRuns of a RichTextBlock take no markdown (a TextBlock would
+        // turn `[text](url)` into a link on the card)
+        body.push(json!({"type": "RichTextBlock", "inlines": [
+            {"type": "TextRun", "text": "Reason: ", "weight": "Bolder"},
+            {"type": "TextRun", "text": reason},
+        ]}));
     }
     let status = match r.status {
         Status::Pending => None,
@@ -533,4 +538,63 @@ pub fn request_form(envs: &[String]) -> Value {
         ],
         "actions": [{"type": "Action.Execute", "title": "Request", "verb": "request"}],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Request, Status};
+
+    /// A reason is shown as the requester wrote it: in a TextRun, which Teams does not read as
+    /// markdown, so a reason written as a link or with emphasis is text on the card, not a link.
+    #[test]
+    fn a_reason_is_text_on_the_card_never_markdown() {
+        let reason = "[urgent fix](https://evil.example/x) **now**";
+        let v = View {
+            request: Request {
+                id: "req-1".into(),
+                app: "web".into(),
+                version: "2.0".into(),
+                environment: "prod".into(),
+                digest: format!("sha256:{}", "a".repeat(64)),
+                requester: "29:ada".into(),
+                requester_person: Some("ada".into()),
+                requester_name: "Ada".into(),
+                source: "teams".into(),
+                created_at: 0,
+                deadline_at: 3600,
+                status: Status::Pending,
+                envelope_id: "e".repeat(32),
+                decided_at: None,
+                decided_by: None,
+                reminders: 0,
+                tier: 0,
+                channel: "19:prod".into(),
+                ts: None,
+                dirty: false,
+                reason: Some(reason.into()),
+            },
+            votes: Vec::new(),
+            rule: "1 of release-manager".into(),
+            approvals: 1,
+            outcomes: Vec::new(),
+        };
+        let card = render(&v, true);
+        let text = card.to_string();
+        let runs: Vec<&Value> = card["body"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["type"] == "RichTextBlock")
+            .collect();
+        assert_eq!(runs.len(), 1, "{card}");
+        assert_eq!(runs[0]["inlines"][1]["text"], reason);
+        // nowhere in a TextBlock or a fact, where markdown would apply
+        let in_markdown = card["body"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["type"] != "RichTextBlock" && b.to_string().contains("evil.example"));
+        assert!(!in_markdown, "{text}");
+    }
 }
