@@ -6,7 +6,8 @@
 # per GB of each daemon, the receiver's peak RSS, frames the kernel dropped at the receiver's socket
 # (the receiver fell behind), and whether the file arrived whole without a replay.
 # Usage (root): benches/link.sh [SIZE_MB] [RATE] [LOSS_PCT...]   e.g. benches/link.sh 1024 10Gbit 0 1 5
-# Environment: DIODE_MTU (default 1500; 9000 for jumbo frames), DIODE_BIN_DIR (binaries to use).
+# Environment: DIODE_MTU (default 1500; 9000 for jumbo frames), DIODE_BIN_DIR (binaries to use),
+# SEND_EXTRA / RECV_EXTRA (lines added to send.toml / recv.toml, e.g. RECV_EXTRA="open_threads = 1").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MB=${1:-1024}; RATE=${2:-10Gbit}; shift $(( $# > 2 ? 2 : $# )) || true
@@ -36,6 +37,7 @@ inbox = "in"
 state = "rs"
 key = "k/receiver.key"
 senders = ["k/sender.pub"]
+${RECV_EXTRA:-}
 T
   cat >"$W/send.toml" <<T
 target = "$DIODE_IP_R:47990"
@@ -45,6 +47,7 @@ key = "k/sender.key"
 receiver = "k/receiver.pub"
 rate = "$RATE"
 mtu = $MTU
+${SEND_EXTRA:-}
 T
   ip netns exec "$DIODE_NS_R" "$B/diode-recv" --config "$W/recv.toml" 2>"$W/recv.log" & RP=$!
   ip netns exec "$DIODE_NS_S" "$B/diode-send" --config "$W/send.toml" 2>"$W/send.log" & SP=$!

@@ -31,7 +31,7 @@ pub struct Config {
     pub sandbox: bool,
     #[serde(default = "d_gso")]
     pub gso: String,
-    /// Threads that seal frames over a UDP link: "auto" (one fewer than the cores), a number, or 0 (all
+    /// Threads that seal frames over a UDP link: "auto" (two fewer than the cores), a number, or 0 (all
     /// on the daemon's thread).
     #[serde(default)]
     pub seal_threads: diode_host::threads::Threads,

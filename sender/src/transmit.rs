@@ -326,9 +326,10 @@ impl Transmitter {
         let counter = session.counter();
         // sealing on threads of its own pays over a fast UDP link; a serial line is slow enough for one
         let sealers = match kind {
-            // "auto" leaves one core to the daemon's thread (reading, hashing, FEC); the sending
-            // thread mostly waits in system calls
-            LinkKind::Udp => cfg.seal_threads.count(1),
+            // "auto" leaves a core to the daemon's thread (reading, hashing, FEC) and one to the sending
+            // thread (its system calls), each kept busy at speed: none on 2 cores, where both daemons
+            // sharing them (benches/loopback.sh) measured slower with one (README, Performance)
+            LinkKind::Udp => cfg.seal_threads.count(2),
             LinkKind::Serial => 0,
         };
         let rules = diode_proto::sender::Config {
