@@ -75,6 +75,8 @@ fuzz_target!(|data: &[u8]| {
         pending_frames: 16,
         defer_decode: data.first().is_some_and(|b| b & 0x80 != 0),
     };
+    // frames opened ahead of the endpoint by the session's opener, as diode-recv's opening threads do
+    let open_ahead = data.first().is_some_and(|b| b & 0x40 != 0);
     let mut ep = receiver::Endpoint::new(cfg, session_table(), Persisted::default(), 0);
     let mut files = Files::default();
     let mut now = NOW * 1000;
@@ -188,7 +190,19 @@ fuzz_target!(|data: &[u8]| {
         };
         if let Some(mut f) = frame {
             now += 1;
-            ep.handle_datagram(&mut f, now, &mut files);
+            let opener = diode_proto::SealedHeader::parse(&f)
+                .ok()
+                .and_then(|h| ep.table().openers().remove(&h.session));
+            match opener {
+                Some(o) if open_ahead => {
+                    if o.open(&mut f) {
+                        ep.handle_opened(&mut f, now, &mut files);
+                    } else {
+                        ep.handle_noise(diode_proto::DropReason::BadSeal, 1);
+                    }
+                }
+                _ => ep.handle_datagram(&mut f, now, &mut files),
+            }
         }
         drive(&mut ep, &mut files, now);
         let cap = MEMORY + 520 * SHARD * (DATA + PARITY);
