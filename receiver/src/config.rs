@@ -61,6 +61,10 @@ pub struct Config {
     /// "auto" (two fewer than the cores), a number, or 0 (all on the daemon's thread).
     #[serde(default)]
     pub open_threads: diode_host::threads::Threads,
+    /// Threads beside the writer that rebuild blocks with lost shards (Reed-Solomon) over a UDP link:
+    /// "auto" (three fewer than the cores), a number, or 0 (decoding as `decode_on_writer` says).
+    #[serde(default)]
+    pub decode_threads: diode_host::threads::Threads,
     /// Approval envelopes: absent means envelopes are not accepted (each stays a partial object with an
     /// error that status shows, until the section is configured and the receiver restarted).
     pub approvals: Option<ApprovalsConfig>,

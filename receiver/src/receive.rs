@@ -172,6 +172,17 @@ impl Receiver {
             delivered: delivered_before(&cfg),
             refused: refused_before(&cfg),
         };
+        // "auto" leaves the cores the daemon's thread, the link thread and the writer keep busy at speed
+        let decoders = match cfg.line.link {
+            LinkKind::Udp => cfg.decode_threads.count(3),
+            LinkKind::Serial => 0,
+        };
+        if decoders > 0 {
+            tracing::info!(
+                decoding_threads = decoders,
+                "blocks with lost shards are rebuilt on threads beside the writer"
+            );
+        }
         let rules = diode_proto::receiver::Config {
             stall_ms: cfg.stall_secs.saturating_mul(1000),
             expire_ms: cfg.expire_hours.saturating_mul(3_600_000),
@@ -183,8 +194,9 @@ impl Receiver {
                 max_bytes: (cfg.max_partial_mb as u64).saturating_mul(1 << 20),
             },
             pending_frames: PENDING_MAX,
-            // Reed-Solomon decoding on the writer thread, when asked (recv.example.toml says when it pays)
-            defer_decode: cfg.decode_on_writer,
+            // Reed-Solomon decoding on the writer thread, when asked (recv.example.toml says when it pays),
+            // or on the decoding threads beside it
+            defer_decode: cfg.decode_on_writer || decoders > 0,
         };
         let now = Instant::now();
         Ok(Receiver {
@@ -204,7 +216,7 @@ impl Receiver {
             received_bytes: 0,
             approvals: Approvals::open(&cfg, hooks)?,
             storage,
-            writer: Writer::spawn().context("cannot start the writer thread")?,
+            writer: Writer::spawn(decoders).context("cannot start the writer thread")?,
             persist,
             cfg,
         })

@@ -864,7 +864,8 @@ fn four_ports_share_the_frames_and_every_file_arrives() {
 /// Sealing and opening on worker threads (issue 18): the sender seals on 2 threads (`seal_threads`)
 /// and the receiver opens on 2 (`open_threads`), over the emulated one-way link with 1 % per-datagram
 /// loss, with a rekey every 10 s so that frames prepared under one session are sealed with its key while
-/// the next begins. Every file arrives byte-exact, no frame fails to open (a frame sealed with the wrong
+/// the next begins, and blocks with lost shards are rebuilt on 2 threads beside the writer
+/// (`decode_threads`). Every file arrives byte-exact, no frame fails to open (a frame sealed with the wrong
 /// key, or sent in clear, would count as bad_seal), and both logs say the threads ran.
 #[test]
 fn sealing_and_opening_on_threads_through_loss_every_file_arrives() {
@@ -879,7 +880,8 @@ fn sealing_and_opening_on_threads_through_loss_every_file_arrives() {
             ("seal_threads", 2.into()),
             ("rekey_secs", 10.into()),
         ],
-        &[("open_threads", 2.into())],
+        // and blocks with lost shards rebuilt on 2 threads beside the writer
+        &[("open_threads", 2.into()), ("decode_threads", 2.into())],
     );
     let recv = site.start("recv");
     let send = site.start("send");
@@ -907,8 +909,9 @@ fn sealing_and_opening_on_threads_through_loss_every_file_arrives() {
     let (s, r) = (send.log_text(), recv.log_text());
     assert!(s.contains("sealing_threads=2"), "{s}");
     assert!(r.contains("opening_threads=2"), "{r}");
+    assert!(r.contains("decoding_threads=2"), "{r}");
     println!(
-        "{} files byte-exact through 1% loss and a rekey, sealed on 2 threads and opened on 2; {} of {} packets lost on the link; bad_seal 0",
+        "{} files byte-exact through 1% loss and a rekey, sealed on 2 threads, opened on 2, rebuilt on 2; {} of {} packets lost on the link; bad_seal 0",
         want.len(),
         link.lost_packets(),
         link.fwd_packets()
