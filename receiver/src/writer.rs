@@ -409,7 +409,11 @@ mod tests {
         let mut enc = diode_proto::BlockEncoder::new();
         for b in 0..blocks + 1 {
             // one more block, the sixth again, with too few shards to rebuild
-            let (i, bad) = if b == blocks { (blocks - 1, true) } else { (b, false) };
+            let (i, bad) = if b == blocks {
+                (blocks - 1, true)
+            } else {
+                (b, false)
+            };
             let part = &content[i * shard * data..(i + 1) * shard * data];
             let mut par = Vec::new();
             enc.encode(part, shard, parity, &mut par).unwrap();
@@ -462,7 +466,15 @@ mod tests {
             .collect();
         assert_eq!(
             written,
-            vec![(0, true), (1, true), (2, true), (3, true), (4, true), (5, true), (5, false)]
+            vec![
+                (0, true),
+                (1, true),
+                (2, true),
+                (3, true),
+                (4, true),
+                (5, true),
+                (5, false)
+            ]
         );
         let failed = replies.iter().find_map(|d| match d {
             Done::Written { result: Err(e), .. } => Some(e.clone()),
