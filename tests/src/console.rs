@@ -258,12 +258,22 @@ impl Browser {
         );
     }
 
+    /// The rendered text of the first element `css` selects, read in one script call: the page
+    /// re-renders every 2 s, so an element found by one WebDriver call may be gone ("stale element
+    /// reference") by the next.
     pub fn text_of(&self, css: &str) -> String {
-        let id = self.element(css);
-        self.call("GET", &format!("/element/{id}/text"), None)
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        let v = self.call(
+            "POST",
+            "/execute/sync",
+            Some(serde_json::json!({
+                "script": "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;",
+                "args": [css],
+            })),
+        );
+        match v.as_str() {
+            Some(t) => t.to_string(),
+            None => panic!("no element {css}: {v}"),
+        }
     }
 
     /// The value a script returns, run in the page by the driver (WebDriver's own channel, not the
