@@ -655,19 +655,7 @@ impl SessionTable {
         now_ms: u64,
         wanted: impl FnOnce(&SealedHeader, KeyId) -> bool,
     ) -> Result<Opened, DropReason> {
-        let header = SealedHeader::parse(frame).map_err(|_| DropReason::Malformed)?;
-        let Some(s) = self.sessions.get_mut(&header.session) else {
-            return Err(DropReason::UnknownSession);
-        };
-        if !wanted(&header, s.sender) {
-            s.redundant += 1;
-            return Ok(Opened::Redundant);
-        }
-        if !frame::open(&s.keys.aead, &header, frame) {
-            return Err(DropReason::BadSeal);
-        }
-        s.count(header.seq, now_ms);
-        Ok(Opened::Fresh(header, s.sender))
+        self.admit(frame, now_ms, wanted, true)
     }
 
     /// A frame an [`Opener`] of its session has already authenticated and decrypted: counted as
@@ -675,9 +663,20 @@ impl SessionTable {
     /// can carry nothing new is still set aside).
     pub fn opened(
         &mut self,
-        frame: &[u8],
+        frame: &mut [u8],
         now_ms: u64,
         wanted: impl FnOnce(&SealedHeader, KeyId) -> bool,
+    ) -> Result<Opened, DropReason> {
+        self.admit(frame, now_ms, wanted, false)
+    }
+
+    /// The session a sealed frame names, whether it is wanted, and (`decrypt`) its opening here.
+    fn admit(
+        &mut self,
+        frame: &mut [u8],
+        now_ms: u64,
+        wanted: impl FnOnce(&SealedHeader, KeyId) -> bool,
+        decrypt: bool,
     ) -> Result<Opened, DropReason> {
         let header = SealedHeader::parse(frame).map_err(|_| DropReason::Malformed)?;
         let Some(s) = self.sessions.get_mut(&header.session) else {
@@ -686,6 +685,9 @@ impl SessionTable {
         if !wanted(&header, s.sender) {
             s.redundant += 1;
             return Ok(Opened::Redundant);
+        }
+        if decrypt && !frame::open(&s.keys.aead, &header, frame) {
+            return Err(DropReason::BadSeal);
         }
         s.count(header.seq, now_ms);
         Ok(Opened::Fresh(header, s.sender))
@@ -782,11 +784,11 @@ mod tests {
         assert!(ok && !bad && !alien);
         assert_eq!(&f[SEALED_HEADER_LEN..SEALED_HEADER_LEN + 5], b"hello");
         assert!(
-            matches!(t.opened(&f, 5, |_, _| true), Ok(Opened::Fresh(h, who)) if h.seq == 0 && who == snd.public().id())
+            matches!(t.opened(&mut f, 5, |_, _| true), Ok(Opened::Fresh(h, who)) if h.seq == 0 && who == snd.public().id())
         );
-        assert_eq!(t.opened(&f, 5, |_, _| false), Ok(Opened::Redundant));
+        assert_eq!(t.opened(&mut f, 5, |_, _| false), Ok(Opened::Redundant));
         assert_eq!(
-            t.opened(&foreign, 5, |_, _| true),
+            t.opened(&mut foreign, 5, |_, _| true),
             Err(DropReason::UnknownSession)
         );
     }
