@@ -41,6 +41,26 @@ pub fn port() -> u16 {
         .expect("free port")
 }
 
+/// A free TCP port below the kernel's ephemeral range, for a server that a test stops and starts again
+/// on the same port. A port the OS hands out (as `port` does) is from that range, and while the server
+/// is down any outgoing connection may be given it as its own port, a client retrying the stopped
+/// server among them (it then connects to itself): the restart fails with "address in use" (seen in
+/// CI). Below the range no connection takes it.
+pub fn server_port() -> u16 {
+    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (low / 2, low);
+    for _ in 0..1000 {
+        let p = from + rand::random::<u16>() % (to - from);
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free TCP port in {from}..{to}")
+}
+
 pub struct Daemon {
     pub child: Child,
     pub log: PathBuf,

@@ -11,7 +11,7 @@
 use diode_tests::chat::{
     adapter_config, break_glass, read_http, secret, start_chat, FakeSlack, DIGEST,
 };
-use diode_tests::{port, wait_for, Daemon, Site};
+use diode_tests::{server_port, wait_for, Daemon, Site};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
@@ -185,21 +185,38 @@ fn sign(site: &Site, n: usize) {
     }
 }
 
+/// Records the adapter has recorded as confirmed by a target: the count in its position file
+/// (`state/audit.jsonl.forwarded-<target>`, "<records> <offset> <hash>").
+fn confirmed(site: &Site, target: &str) -> usize {
+    fs::read_to_string(site.path(&format!("state/audit.jsonl.forwarded-{target}")))
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Wait until every record of the audit log has been received (`received`: seq -> the copies a
-/// collector has), then check each was received once and is what `expect` says for that record.
+/// collector has) and the adapter has recorded the collector's confirmation (its position for
+/// `target`), then check each was received once and is what `expect` says for that record.
+///
+/// Waiting for the position too is what makes the next outage or kill one of "normal operation": a
+/// kill -9 that lands after the collector took a batch but before the adapter wrote down the
+/// confirmation sends that batch again (at least once; adapter/src/audit_forward/mod.rs), and a
+/// collector stopped in that moment does too. Without it the test raced that window (seen in CI: a
+/// record received twice after a collector stopped the instant its lines were written).
 fn all_received_once<T: std::fmt::Debug + PartialEq>(
     site: &Site,
+    target: &str,
     when: &str,
     received: impl Fn() -> BTreeMap<u64, Vec<T>>,
     expect: impl Fn(u64, &str) -> T,
 ) -> usize {
     let want = audit_lines(site);
     let got = wait_for(
-        &format!("every audit record at the collector ({when})"),
+        &format!("every audit record at the collector, confirmed ({when})"),
         Duration::from_secs(30),
         || {
             let got = received();
-            (got.len() >= want.len()).then_some(got)
+            (got.len() >= want.len() && confirmed(site, target) >= want.len()).then_some(got)
         },
     );
     for (i, line) in want.iter().enumerate() {
@@ -226,7 +243,7 @@ fn syslog_line(seq: u64, line: &str) -> String {
 fn every_audit_record_reaches_rsyslog_over_tls_once_across_outages_and_kills() {
     let site = Site::new(&[]);
     let (_slack, api) = FakeSlack::start();
-    let collector = Rsyslog::new(&site.path("rsyslog"), port());
+    let collector = Rsyslog::new(&site.path("rsyslog"), server_port());
     let mut cfg = adapter_config(site.dir.path(), &site.outbox(), &api);
     let mut syslog = toml::Table::new();
     syslog.insert(
@@ -246,7 +263,13 @@ fn every_audit_record_reaches_rsyslog_over_tls_once_across_outages_and_kills() {
     let rsyslog = collector.start();
     let (chat, _addr) = start_chat(&site);
     sign(&site, 2);
-    let n0 = all_received_once(&site, "running", || collector.received(), syslog_line);
+    let n0 = all_received_once(
+        &site,
+        "syslog",
+        "running",
+        || collector.received(),
+        syslog_line,
+    );
 
     // the collector is down for a while: nothing is lost, nothing doubled once it is back
     collector.stop(rsyslog);
@@ -259,6 +282,7 @@ fn every_audit_record_reaches_rsyslog_over_tls_once_across_outages_and_kills() {
     let rsyslog = collector.start();
     let n1 = all_received_once(
         &site,
+        "syslog",
         "after an outage",
         || collector.received(),
         syslog_line,
@@ -272,6 +296,7 @@ fn every_audit_record_reaches_rsyslog_over_tls_once_across_outages_and_kills() {
     let (chat, _addr) = start_chat(&site);
     let n2 = all_received_once(
         &site,
+        "syslog",
         "after a kill -9",
         || collector.received(),
         syslog_line,
@@ -289,6 +314,7 @@ fn every_audit_record_reaches_rsyslog_over_tls_once_across_outages_and_kills() {
     let rsyslog = collector.start();
     let n3 = all_received_once(
         &site,
+        "syslog",
         "after an outage and a kill -9",
         || collector.received(),
         syslog_line,
@@ -321,6 +347,7 @@ fn every_audit_record_reaches_rsyslog_over_tls_once_across_outages_and_kills() {
     let (_chat, _addr) = start_chat(&site);
     let n4 = all_received_once(
         &site,
+        "syslog",
         "once the name is right",
         || collector.received(),
         syslog_line,
@@ -398,7 +425,7 @@ impl FakeHec {
 fn every_audit_record_reaches_an_http_collector_once_across_an_outage_and_a_kill() {
     let site = Site::new(&[]);
     let (_slack, api) = FakeSlack::start();
-    let hec_port = port();
+    let hec_port = server_port();
     let mut cfg = adapter_config(site.dir.path(), &site.outbox(), &api);
     let mut hec = toml::Table::new();
     hec.insert(
@@ -437,7 +464,7 @@ fn every_audit_record_reaches_an_http_collector_once_across_an_outage_and_a_kill
     let collector = FakeHec::start(hec_port, events.clone());
     let (chat, _addr) = start_chat(&site);
     sign(&site, 1);
-    let n0 = all_received_once(&site, "running", received, expect);
+    let n0 = all_received_once(&site, "hec", "running", received, expect);
 
     // the collector is down for a while
     collector.stop();
@@ -452,7 +479,7 @@ fn every_audit_record_reaches_an_http_collector_once_across_an_outage_and_a_kill
         },
     );
     let collector = FakeHec::start(hec_port, events.clone());
-    let n1 = all_received_once(&site, "after an outage", received, expect);
+    let n1 = all_received_once(&site, "hec", "after an outage", received, expect);
     assert_eq!(n1, n0 + 2);
 
     // the adapter is killed; what is written meanwhile follows when it is back
@@ -460,7 +487,7 @@ fn every_audit_record_reaches_an_http_collector_once_across_an_outage_and_a_kill
     chat.kill9();
     sign(&site, 1);
     let (_chat, _addr) = start_chat(&site);
-    let n2 = all_received_once(&site, "after a kill -9", received, expect);
+    let n2 = all_received_once(&site, "hec", "after a kill -9", received, expect);
     assert_eq!(n2, n1 + 1);
     collector.stop();
 }
