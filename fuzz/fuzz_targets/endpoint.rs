@@ -229,7 +229,7 @@ fn drive(ep: &mut receiver::Endpoint, files: &mut Files, now: u64) {
                 len,
                 recover,
             } => {
-                let mut decoder = None;
+                let mut decoder = diode_proto::fec::Decoder::default();
                 let r = match recover.map(|r| r.rebuild(&mut buf, &mut decoder)) {
                     Some(Err(e)) => Err(format!("cannot rebuild: {e}")),
                     _ => files.write_at(key, offset, &buf[..len.min(buf.len())]),

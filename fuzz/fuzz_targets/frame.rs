@@ -125,7 +125,7 @@ fn shard(block: u32, shard: u16, payload: &[u8]) {
             return;
         }
     }
-    let mut decoder = None;
+    let mut decoder = diode_proto::fec::Decoder::default();
     if let Ok((_, buf, len)) = asm.take_ready(block, &mut decoder) {
         assert!(len <= buf.len());
         asm.written(block, true, buf);

@@ -8,7 +8,6 @@
 
 use crate::fec::{BlockAssembly, FecError, Geometry};
 use crate::keys::KeyId;
-use reed_solomon_simd::ReedSolomonDecoder;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
@@ -457,7 +456,7 @@ impl Assembly {
     pub fn finish_block(
         &mut self,
         block: u32,
-        decoder: &mut Option<ReedSolomonDecoder>,
+        decoder: &mut crate::fec::Decoder,
     ) -> Result<(u64, &[u8]), FecError> {
         let len = self.geometry.block_len(self.meta.size, block as u64) as usize;
         let offset = self.block_offset(block);
@@ -475,7 +474,7 @@ impl Assembly {
     pub fn take_ready(
         &mut self,
         block: u32,
-        decoder: &mut Option<ReedSolomonDecoder>,
+        decoder: &mut crate::fec::Decoder,
     ) -> Result<(u64, Vec<u8>, usize), FecError> {
         let len = self.geometry.block_len(self.meta.size, block as u64) as usize;
         let offset = self.block_offset(block);

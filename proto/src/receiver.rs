@@ -290,7 +290,7 @@ impl Endpoint {
             refused: persisted.refused.into_iter().collect(),
             paths,
             drops: BTreeMap::new(),
-            decoder: None,
+            decoder: crate::fec::Decoder::default(),
             links: HashMap::new(),
             events: VecDeque::new(),
             frames_since_check: 0,

@@ -290,7 +290,7 @@ impl Rx {
             finished: Vec::new(),
             delivered: None,
             now: 0,
-            decoder: None,
+            decoder: diode_proto::fec::Decoder::default(),
         }
     }
 

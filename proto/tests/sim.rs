@@ -980,7 +980,12 @@ fn run(sc: &Scenario) -> Result<(), String> {
             delivered: Vec::new(),
             refused: Vec::new(),
             down_until: 0,
-            decoder: None,
+            // solving for few lost shards (the default) or the crate's decoder always
+            decoder: diode_proto::fec::Decoder::new(if rng.random_bool(0.5) {
+                diode_proto::fec::FEW
+            } else {
+                0
+            }),
             open_ahead: rng.random_bool(0.5),
             openers: (0, HashMap::new()),
         },

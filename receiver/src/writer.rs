@@ -189,7 +189,8 @@ fn run(jobs: Receiver<Job>, done: mpsc::Sender<Done>, decoders: usize) {
     let mut running: HashMap<Key, Running> = HashMap::new();
     let mut aligned = Aligned::default();
     // one decoder for the writer and one per decoding thread, each kept between blocks
-    let mut decoder: Vec<diode_proto::fec::Decoder> = (0..=decoders).map(|_| None).collect();
+    let mut decoder: Vec<diode_proto::fec::Decoder> =
+        (0..=decoders).map(|_| Default::default()).collect();
     let mut next: Option<Job> = None;
     loop {
         let job = match next.take() {
