@@ -7,7 +7,8 @@
 # (the receiver fell behind), and whether the file arrived whole without a replay.
 # Usage (root): benches/link.sh [SIZE_MB] [RATE] [LOSS_PCT...]   e.g. benches/link.sh 1024 10Gbit 0 1 5
 # Environment: DIODE_MTU (default 1500; 9000 for jumbo frames), DIODE_BIN_DIR (binaries to use),
-# SEND_EXTRA / RECV_EXTRA (lines added to send.toml / recv.toml, e.g. RECV_EXTRA="open_threads = 1").
+# SEND_EXTRA / RECV_EXTRA (lines added to send.toml / recv.toml, e.g. RECV_EXTRA="open_threads = 1"),
+# PROFILE=DIR (cpu-clock profiles of both daemons per loss rate into DIR, for `perf report -i`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MB=${1:-1024}; RATE=${2:-10Gbit}; shift $(( $# > 2 ? 2 : $# )) || true
@@ -52,6 +53,13 @@ T
   ip netns exec "$DIODE_NS_R" "$B/diode-recv" --config "$W/recv.toml" 2>"$W/recv.log" & RP=$!
   ip netns exec "$DIODE_NS_S" "$B/diode-send" --config "$W/send.toml" 2>"$W/send.log" & SP=$!
   sleep 1.5
+  PERF_PIDS=
+  if [ -n "${PROFILE:-}" ]; then
+    mkdir -p "$PROFILE"
+    perf record -q -F 499 -e cpu-clock -g -p $RP -o "$PROFILE/recv-$loss.perf" 2>/dev/null & PERF_PIDS="$!"
+    perf record -q -F 499 -e cpu-clock -g -p $SP -o "$PROFILE/send-$loss.perf" 2>/dev/null & PERF_PIDS="$PERF_PIDS $!"
+    sleep 0.5
+  fi
   r0=$(cpu $RP); s0=$(cpu $SP); t0=$(date +%s.%N)
   cp "$D/file.bin" "$W/out/.file.bin" && mv "$W/out/.file.bin" "$W/out/file.bin"
   end=$((SECONDS + 120)); ok=whole
@@ -61,6 +69,7 @@ T
     sleep 0.02
   done
   t1=$(date +%s.%N); r1=$(cpu $RP); s1=$(cpu $SP)
+  [ -z "$PERF_PIDS" ] || { kill -INT $PERF_PIDS 2>/dev/null || true; wait $PERF_PIDS 2>/dev/null || true; }
   rss=$(awk '/VmHWM/ {print $2}' /proc/$RP/status)
   sleep 1.2  # one more status write, with the kernel's drop count
   kdrops=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("kernel",{}).get("total","?"))' "$W/rs/status.json" 2>/dev/null || echo "?")

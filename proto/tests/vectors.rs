@@ -316,7 +316,9 @@ fn wire_vectors_of_protocol_3_are_unchanged_and_open() {
         }
     }
     assert!(ready, "four of the eight shards make the block ready");
-    let (offset, bytes) = asm.finish_block(0, &mut Default::default()).expect("decode");
+    let (offset, bytes) = asm
+        .finish_block(0, &mut Default::default())
+        .expect("decode");
     assert_eq!((offset, bytes), (0, &content()[..]));
 
     // the serial line gives the heartbeat frame back (a sender starts the line with a delimiter)
