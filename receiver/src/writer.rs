@@ -354,6 +354,7 @@ impl Running {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_block(
     r: &mut Running,
     (kept, ahead_bytes): (&mut usize, usize),
