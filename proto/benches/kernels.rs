@@ -8,8 +8,8 @@
 //!   `Assembly::wants` filter and the opened shards to `Assembly::insert` until `finish_block`; the
 //!   data shards complete the block, so no decoding, and the 24 parity frames are skipped unopened.
 //! - `open+fec_decode/2_data_lost`, `/10_data_lost`: the same with 2 or 10 data shards lost, so as
-//!   many parity shards are opened and the block is rebuilt (2 lost, what 1 % per-datagram loss
-//!   leaves on average: solved for; 10: more than `fec::FEW`, reed-solomon-simd's decoder).
+//!   many parity shards are opened and the block is rebuilt (2 lost is about what 1 % per-datagram loss
+//!   leaves; both are solved for, being at most `fec::FEW`).
 //! - `rebuild/<solver>/<e>_lost`: `Recovery::rebuild` alone (what the receiver's writer or decoding
 //!   threads run) on a block that lost `e` data shards, by solving for them (`few`, the receiver's
 //!   default up to `fec::FEW` lost) or by reed-solomon-simd's decoder (`crate`, `Decoder::new(0)`).

@@ -4,13 +4,13 @@
 //!
 //! Rebuilding a block that lost a few data shards (what per-datagram loss of a percent or two leaves:
 //! 1-3 of 128) does not take the crate's decoder, whose cost is the same for one shard lost as for all
-//! (a transform over every shard of the block: ~0.43 ms for a 128+24 block of 1408-byte shards here).
+//! (a transform over every shard of the block: ~0.27 ms for a 128+24 block of 1408-byte shards here).
 //! The code is linear over GF(2^16), position by position, so each parity shard is a fixed combination
 //! of the data shards, `p_r = sum_i c[r][i] * d_i`; with `e` data shards lost and `e` parity shards
 //! present, subtracting what the present data contribute leaves `e` equations in the `e` unknowns,
 //! solved with the inverse of an `e` x `e` matrix of those coefficients. That is about `e` multiply-adds
-//! of each present shard, in the crate's own SIMD field arithmetic (`engine::Engine::mul`): ~16 µs per
-//! data shard lost at 128+24, 27x faster than the crate for one lost, 15x for two. The coefficients are read off one encoding by the crate itself
+//! of each present shard, in the crate's own SIMD field arithmetic (`engine::Engine::mul`): 11 µs for one
+//! data shard lost at 128+24 (25x faster than the crate), 17 µs for two, 166 µs for 16. The coefficients are read off one encoding by the crate itself
 //! (data shard `i` the unit at symbol `i`, zero elsewhere), so this follows the crate's code exactly;
 //! the tests check it against the crate's decoder byte for byte. More than `FEW` lost, or a matrix that
 //! will not invert (an MDS code has none), and the crate decodes.
@@ -23,7 +23,7 @@ use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 
 /// Most lost data shards a block is rebuilt from by solving for them (see the module's text); beyond
 /// this the crate's decoder is as fast or faster at 128+24 shards (`cargo bench -p diode-proto --bench
-/// kernels -- rebuild`: solving takes ~16 µs per shard lost, the crate ~0.43 ms whatever is lost).
+/// kernels -- rebuild`: solving 16 lost takes 166 µs, the crate 271 µs whatever is lost).
 pub const FEW: usize = 16;
 
 /// What rebuilding blocks keeps between them: the crate's decoder (its tables) and, for few lost
