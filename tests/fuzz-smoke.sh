@@ -9,7 +9,7 @@
 #   DIODE_FUZZ_SECS   seconds per target (default 3)
 #   DIODE_FUZZ_CHAT   1: also the slack and teams targets, which build the adapter's whole HTTP/TLS/SQLite
 #                     stack instrumented (about 7 more CPU-minutes; docs/fuzzing.md). Default 0: the
-#                     eight protocol targets.
+#                     nine protocol targets.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 secs=${DIODE_FUZZ_SECS:-3}
