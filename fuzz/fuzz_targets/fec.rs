@@ -17,11 +17,19 @@ fuzz_target!(|input: &[u8]| {
     let [a, b, c, rest @ ..] = input else {
         return;
     };
-    let (k, m, s) = (1 + *a as usize % 48, 1 + *b as usize % 24, 2 * (1 + *c as usize % 100));
+    let (k, m, s) = (
+        1 + *a as usize % 48,
+        1 + *b as usize % 24,
+        2 * (1 + *c as usize % 100),
+    );
     let forged = a & 0x80 != 0;
     let (bitmap, content) = rest.split_at(rest.len().min((k + m).div_ceil(8)));
     let mut present: Vec<bool> = (0..k + m)
-        .map(|i| bitmap.get(i / 8).is_none_or(|byte| byte & (1 << (i % 8)) != 0))
+        .map(|i| {
+            bitmap
+                .get(i / 8)
+                .is_none_or(|byte| byte & (1 << (i % 8)) != 0)
+        })
         .collect();
     // a ready block: at least k shards present (the first absent ones are added back)
     let mut short = k.saturating_sub(present.iter().filter(|p| **p).count());
@@ -38,7 +46,10 @@ fuzz_target!(|input: &[u8]| {
         content.iter().copied().cycle().take(k * s).collect()
     };
     let mut parity = Vec::new();
-    if BlockEncoder::new().encode(&data, s, m, &mut parity).is_err() {
+    if BlockEncoder::new()
+        .encode(&data, s, m, &mut parity)
+        .is_err()
+    {
         return;
     }
     if forged {
