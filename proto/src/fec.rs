@@ -55,6 +55,12 @@ impl Decoder {
 
 /// Parity coefficients kept per block shape; a few shapes (full blocks, an object's tail) recur.
 const SHAPES_KEPT: usize = 8;
+/// Largest block solved for: finding the coefficients encodes `k` shards of `2k` bytes and keeps
+/// `k * m` of them, so a block shape a compromised sender may declare (up to 32768 + 32768 shards)
+/// would cost gigabytes. Bounded here to 2 MiB of encoding and 512 KiB of coefficients per shape (the
+/// default 128 + 24 needs 32 KiB and 6 KiB); larger blocks go to the crate's decoder.
+const FEW_MAX_DATA: usize = 1024;
+const FEW_MAX_COEFFICIENTS: usize = 1 << 18;
 
 /// A block shape (data, parity shards) and its parity coefficients.
 type Shape = ((usize, usize), Vec<GfElement>);
@@ -343,7 +349,10 @@ impl Recovery {
         if lost == 0 {
             return Ok(());
         }
-        if lost <= decoder.max_few {
+        if lost <= decoder.max_few
+            && self.data <= FEW_MAX_DATA
+            && self.data * self.parity <= FEW_MAX_COEFFICIENTS
+        {
             let few = decoder.few.get_or_insert_with(|| Few {
                 engine: DefaultEngine::new(),
                 shapes: Vec::new(),
@@ -680,6 +689,10 @@ mod tests {
         let mut dec = Decoder::default();
         lose_and_rebuild(128, 24, 1408, &lost, &kept, &mut dec, &mut rng);
         assert!(dec.rs.is_some());
+        // a block too large to solve for (its coefficients would cost too much memory) goes to the crate
+        let mut large = Decoder::default();
+        lose_and_rebuild(FEW_MAX_DATA + 1, 4, 64, &[9], &[1], &mut large, &mut rng);
+        assert!(large.rs.is_some() && large.few.is_none());
         // and a decoder told never to solve decodes the few case the crate's way, to the same bytes
         let mut crate_only = Decoder::new(0);
         lose_and_rebuild(128, 24, 1408, &[5], &[3], &mut crate_only, &mut rng);
