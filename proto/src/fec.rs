@@ -345,6 +345,9 @@ impl Recovery {
         if self.present.len() != shards || buf.len() < shards * s {
             return Err(FecError::Decode("a block of another shape".into()));
         }
+        if !s.is_multiple_of(2) {
+            return Err(FecError::ShardSize(s));
+        }
         let lost = self.present[..self.data].iter().filter(|p| !**p).count();
         if lost == 0 {
             return Ok(());
@@ -663,6 +666,10 @@ mod tests {
             (21, 21, 66),
             (1, 4, 1408),
             (10, 4, 64),
+            // fewer data than parity shards: the crate encodes these another way (its low rate)
+            (2, 4, 1408),
+            (5, 9, 130),
+            (32, 24, 1408),
         ] {
             for e in 1..=FEW.min(m).min(k) {
                 for _ in 0..3 {

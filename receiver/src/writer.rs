@@ -29,6 +29,11 @@ const WRITEBACK_EVERY: u64 = 16 << 20;
 /// ~37 % of the receiver's CPU). At 1 % loss a block waits for its parity at most an interleaving pass,
 /// ~32 blocks of 176 KiB (5.6 MiB) at the default geometry.
 const AHEAD_BYTES: usize = 32 << 20;
+/// How far ahead of its object's running hash a block may be and still be kept: two interleaving passes
+/// at the default. A block further ahead would wait longer than loss makes blocks wait (after a restart
+/// the hash starts again at 0 and the blocks written before never come again: what `finish` reads back
+/// anyway), and would hold memory that other objects' blocks use better.
+const AHEAD_BLOCKS: u32 = 64;
 
 pub struct Geometry {
     pub size: u64,
@@ -387,7 +392,7 @@ fn write_block(
             r.hashed += 1;
         }
     } else if block > r.hashed && !r.ahead.contains_key(&block) {
-        let keep = *kept + data.len() <= ahead_bytes;
+        let keep = *kept + data.len() <= ahead_bytes && block - r.hashed <= AHEAD_BLOCKS;
         if keep {
             *kept += data.len();
         }
@@ -543,7 +548,8 @@ mod tests {
     fn write_backwards(file: File, content: &[u8], block_bytes: usize, ahead: usize) -> Vec<Done> {
         let file = Arc::new(file);
         let key = (KeyId([2; 8]), 3);
-        let (tx, jobs) = mpsc::sync_channel::<Job>(64);
+        // every job queued before the writer runs (on this thread)
+        let (tx, jobs) = mpsc::sync_channel::<Job>(content.len() / block_bytes + 1);
         for b in (0..content.len() / block_bytes).rev() {
             let part = &content[b * block_bytes..(b + 1) * block_bytes];
             tx.send(Job::Write {
@@ -594,6 +600,18 @@ mod tests {
         let replies = write_backwards(write_only, &content, 4096, AHEAD_BYTES);
         assert!(all_ok(&replies), "a block was read back");
         assert_eq!(std::fs::read(&path).unwrap(), content);
+
+        // blocks further ahead than AHEAD_BLOCKS are not kept: read back, which fails here
+        let many: Vec<u8> = (0..(AHEAD_BLOCKS as usize + 6) * 64)
+            .map(|i| (i * 7) as u8)
+            .collect();
+        let _ = std::fs::remove_file(&path);
+        let replies = write_backwards(File::create(&path).unwrap(), &many, 64, AHEAD_BYTES);
+        assert!(!all_ok(&replies));
+        let fits = &many[..(AHEAD_BLOCKS as usize + 1) * 64];
+        let _ = std::fs::remove_file(&path);
+        let replies = write_backwards(File::create(&path).unwrap(), fits, 64, AHEAD_BYTES);
+        assert!(all_ok(&replies), "within the window every block is kept");
 
         // the same with room for one block only: the others are read back from the file, and
         // through a write-only handle that fails, saying so
