@@ -33,20 +33,12 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// A free UDP port on loopback (the OS picks it; the socket is closed again before use).
+/// A free port on loopback, for UDP and TCP alike, below the kernel's ephemeral range. A port the OS
+/// hands out is from that range, and once the test has closed its probe socket any outgoing socket may
+/// be given it as its own: a daemon restarted on it then fails with "address in use" (seen in CI with
+/// a collector restarted on its TCP port, taken meanwhile by the client retrying it, which can connect
+/// to itself). Below the range only another test's pick can take it.
 pub fn port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// A free TCP port below the kernel's ephemeral range, for a server that a test stops and starts again
-/// on the same port. A port the OS hands out (as `port` does) is from that range, and while the server
-/// is down any outgoing connection may be given it as its own port, a client retrying the stopped
-/// server among them (it then connects to itself): the restart fails with "address in use" (seen in
-/// CI). Below the range no connection takes it.
-pub fn server_port() -> u16 {
     let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
@@ -54,11 +46,13 @@ pub fn server_port() -> u16 {
     let (from, to) = (low / 2, low);
     for _ in 0..1000 {
         let p = from + rand::random::<u16>() % (to - from);
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+        if UdpSocket::bind(("127.0.0.1", p)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+        {
             return p;
         }
     }
-    panic!("no free TCP port in {from}..{to}")
+    panic!("no free port in {from}..{to}")
 }
 
 pub struct Daemon {

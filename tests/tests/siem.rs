@@ -11,7 +11,7 @@
 use diode_tests::chat::{
     adapter_config, break_glass, read_http, secret, start_chat, FakeSlack, DIGEST,
 };
-use diode_tests::{server_port, wait_for, Daemon, Site};
+use diode_tests::{port, wait_for, Daemon, Site};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
@@ -243,7 +243,7 @@ fn syslog_line(seq: u64, line: &str) -> String {
 fn every_audit_record_reaches_rsyslog_over_tls_once_across_outages_and_kills() {
     let site = Site::new(&[]);
     let (_slack, api) = FakeSlack::start();
-    let collector = Rsyslog::new(&site.path("rsyslog"), server_port());
+    let collector = Rsyslog::new(&site.path("rsyslog"), port());
     let mut cfg = adapter_config(site.dir.path(), &site.outbox(), &api);
     let mut syslog = toml::Table::new();
     syslog.insert(
@@ -425,7 +425,7 @@ impl FakeHec {
 fn every_audit_record_reaches_an_http_collector_once_across_an_outage_and_a_kill() {
     let site = Site::new(&[]);
     let (_slack, api) = FakeSlack::start();
-    let hec_port = server_port();
+    let hec_port = port();
     let mut cfg = adapter_config(site.dir.path(), &site.outbox(), &api);
     let mut hec = toml::Table::new();
     hec.insert(
