@@ -226,13 +226,17 @@ fn drive(ep: &mut receiver::Endpoint, files: &mut Files, now: u64) {
                 block,
                 offset,
                 mut buf,
+                start,
                 len,
                 recover,
             } => {
                 let mut decoder = diode_proto::fec::Decoder::default();
-                let r = match recover.map(|r| r.rebuild(&mut buf, &mut decoder)) {
+                let r = match recover.map(|r| r.rebuild(buf.get_mut(start..).unwrap_or_default(), &mut decoder)) {
                     Some(Err(e)) => Err(format!("cannot rebuild: {e}")),
-                    _ => files.write_at(key, offset, &buf[..len.min(buf.len())]),
+                    _ => match buf.get(start..start.saturating_add(len)) {
+                        Some(data) => files.write_at(key, offset, data),
+                        None => Err("the block's range is outside its buffer".into()),
+                    },
                 };
                 ep.handle_written(key, block, buf, r, now);
             }

@@ -126,8 +126,9 @@ fn shard(block: u32, shard: u16, payload: &[u8]) {
         }
     }
     let mut decoder = diode_proto::fec::Decoder::default();
-    if let Ok((_, buf, len)) = asm.take_ready(block, &mut decoder) {
-        assert!(len <= buf.len());
+    if let Ok((_, buf, start, len)) = asm.take_ready(block, &mut decoder) {
+        assert!(start + len <= buf.len());
+        assert_eq!(buf[start..].as_ptr() as usize % diode_proto::fec::DATA_ALIGN, 0);
         asm.written(block, true, buf);
         assert!(asm.is_done(block));
     }

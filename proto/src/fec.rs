@@ -207,12 +207,19 @@ impl BlockEncoder {
     }
 }
 
-/// Shards of one block as they arrive, in one buffer (data shards, then parity shards).
+/// Where in memory a block's shards start: on a boundary of this many bytes (a page), so that a
+/// driver can write the block's data with direct I/O straight from the buffer, without copying it to
+/// an aligned one first.
+pub const DATA_ALIGN: usize = 4096;
+
+/// Shards of one block as they arrive, in one buffer (data shards, then parity shards), from
+/// `buf[start]`, the first `DATA_ALIGN`-aligned address in it.
 pub struct BlockAssembly {
     data: usize,
     parity: usize,
     shard_size: usize,
     buf: Vec<u8>,
+    start: usize,
     present: Vec<bool>,
     count: usize,
     data_count: usize,
@@ -226,12 +233,18 @@ impl BlockAssembly {
     /// Like `new`, reusing `buf`'s allocation (its content does not matter: every shard slot is written
     /// before it is read).
     pub fn with_buffer(data: usize, parity: usize, shard_size: usize, mut buf: Vec<u8>) -> Self {
-        buf.resize((data + parity) * shard_size, 0);
+        let bytes = (data + parity) * shard_size;
+        // room to start on an aligned address; the allocation does not move after this
+        if buf.len() < bytes + DATA_ALIGN {
+            buf.resize(bytes + DATA_ALIGN, 0);
+        }
+        let start = buf.as_ptr().align_offset(DATA_ALIGN).min(DATA_ALIGN);
         BlockAssembly {
             data,
             parity,
             shard_size,
             buf,
+            start,
             present: vec![false; data + parity],
             count: 0,
             data_count: 0,
@@ -251,7 +264,8 @@ impl BlockAssembly {
         if shard >= self.shards() || self.present[shard] || bytes.len() != self.shard_size {
             return false;
         }
-        self.buf[shard * self.shard_size..(shard + 1) * self.shard_size].copy_from_slice(bytes);
+        let at = self.start + shard * self.shard_size;
+        self.buf[at..at + self.shard_size].copy_from_slice(bytes);
         self.present[shard] = true;
         self.count += 1;
         if shard < self.data {
@@ -276,20 +290,29 @@ impl BlockAssembly {
             .iter()
             .enumerate()
             .filter(|(_, p)| **p)
-            .map(|(i, _)| (i, &self.buf[i * self.shard_size..(i + 1) * self.shard_size]))
+            .map(|(i, _)| {
+                let at = self.start + i * self.shard_size;
+                (i, &self.buf[at..at + self.shard_size])
+            })
     }
 
     /// Rebuild missing data shards if needed and return the data shards back to back.
     pub fn decode(&mut self, decoder: &mut Decoder) -> Result<&[u8], FecError> {
         self.check_ready()?;
         if self.data_count < self.data {
-            self.recovery().rebuild(&mut self.buf, decoder)?;
+            self.recovery()
+                .rebuild(&mut self.buf[self.start..], decoder)?;
             for p in &mut self.present[..self.data] {
                 *p = true;
             }
             self.data_count = self.data;
         }
-        Ok(&self.buf[..self.data * self.shard_size])
+        Ok(&self.buf[self.start..self.start + self.data * self.shard_size])
+    }
+
+    /// Where the shards start in the buffer (`into_buffer`, `into_parts`).
+    pub fn start(&self) -> usize {
+        self.start
     }
 
     /// Bytes of the data shards back to back (the block's data, padded to whole shards).
@@ -316,9 +339,9 @@ impl BlockAssembly {
         }
     }
 
-    /// A ready block's buffer (shards at their places: data, then parity) and, when data shards are
-    /// missing, what rebuilding them needs: the decoding is left to whoever holds the buffer (the
-    /// receiver's writer thread), so that it does not hold up the thread that takes frames.
+    /// A ready block's buffer (shards at their places from `start()`: data, then parity) and, when data
+    /// shards are missing, what rebuilding them needs: the decoding is left to whoever holds the buffer
+    /// (the receiver's writer thread), so that it does not hold up the thread that takes frames.
     pub fn into_parts(self) -> Result<(Vec<u8>, Option<Recovery>), FecError> {
         self.check_ready()?;
         let recovery = (self.data_count < self.data).then(|| self.recovery());
@@ -597,6 +620,31 @@ mod tests {
         assert_eq!(g.block_count(1408 * 128 + 1), 2);
         assert_eq!(g.data_in(1408 * 128 + 1, 1), 1);
         assert!(Geometry::new(1407, 128, 24).is_err());
+    }
+
+    /// A block's shards start page-aligned in memory, in a fresh buffer and in a recycled one of any
+    /// size or alignment, and what comes out is the shards as they went in.
+    #[test]
+    fn a_block_s_data_starts_page_aligned_in_any_buffer() {
+        let s = 1408;
+        let data: Vec<u8> = (0..4 * s).map(|i| (i * 31 % 253) as u8).collect();
+        for given in [
+            Vec::new(),
+            vec![7u8; 10],
+            vec![1u8; 3 * s + 4097],
+            vec![0u8; 9 * s],
+        ] {
+            let mut b = BlockAssembly::with_buffer(4, 2, s, given);
+            for i in 0..4 {
+                b.insert(i, &data[i * s..(i + 1) * s]);
+            }
+            let start = b.start();
+            assert_eq!(b.decode(&mut Decoder::default()).unwrap(), &data[..]);
+            let (buf, recovery) = b.into_parts().unwrap();
+            assert!(recovery.is_none());
+            assert_eq!(buf[start..].as_ptr() as usize % DATA_ALIGN, 0);
+            assert_eq!(&buf[start..start + 4 * s], &data[..]);
+        }
     }
 
     #[test]

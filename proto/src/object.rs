@@ -468,14 +468,14 @@ impl Assembly {
         Ok((offset, &data[..len.min(data.len())]))
     }
 
-    /// Decode a ready block and take it out for writing: returns its offset, the buffer (whose first
-    /// `len` bytes are the block's data) and `len`. Until `written` is called the block accepts no shards
-    /// and is not done.
+    /// Decode a ready block and take it out for writing: returns its offset, the buffer (whose bytes
+    /// `start..start + len` are the block's data, `start` page-aligned in memory: `fec::DATA_ALIGN`),
+    /// `start` and `len`. Until `written` is called the block accepts no shards and is not done.
     pub fn take_ready(
         &mut self,
         block: u32,
         decoder: &mut crate::fec::Decoder,
-    ) -> Result<(u64, Vec<u8>, usize), FecError> {
+    ) -> Result<(u64, Vec<u8>, usize, usize), FecError> {
         let len = self.geometry.block_len(self.meta.size, block as u64) as usize;
         let offset = self.block_offset(block);
         let b = self
@@ -487,15 +487,17 @@ impl Assembly {
             return Err(FecError::Decode(format!("block {block} not active")));
         };
         self.writing.insert(block);
-        Ok((offset, b.into_buffer(), len.min(data_len)))
+        let start = b.start();
+        Ok((offset, b.into_buffer(), start, len.min(data_len)))
     }
 
     /// As `take_ready`, with the decoding left to the caller: also returns what rebuilding the missing
-    /// data shards needs (None when all are there); `len` counts the data once rebuilt.
+    /// data shards needs (None when all are there; it rebuilds `buf[start..]`); `len` counts the data
+    /// once rebuilt.
     pub fn take_ready_undecoded(
         &mut self,
         block: u32,
-    ) -> Result<(u64, Vec<u8>, usize, Option<crate::fec::Recovery>), FecError> {
+    ) -> Result<(u64, Vec<u8>, usize, usize, Option<crate::fec::Recovery>), FecError> {
         let len = self.geometry.block_len(self.meta.size, block as u64) as usize;
         let offset = self.block_offset(block);
         let Some(b) = self.active.remove(&block) else {
@@ -506,9 +508,10 @@ impl Assembly {
             return Err(FecError::Decode(format!("block {block} is not ready")));
         }
         let data_len = b.data_len();
+        let start = b.start();
         let (buf, recovery) = b.into_parts()?;
         self.writing.insert(block);
-        Ok((offset, buf, len.min(data_len), recovery))
+        Ok((offset, buf, start, len.min(data_len), recovery))
     }
 
     /// The writer is done with a block taken by `take_ready`: on success it is done; on failure it is

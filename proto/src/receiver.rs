@@ -134,14 +134,17 @@ pub enum Event {
         limit: DropReason,
         why: String,
     },
-    /// A block is whole: write `buf[..len]` at `offset` of the object's data, then `handle_written`.
-    /// With `recover` (only when `Config::defer_decode`), first rebuild the missing data shards in `buf`
-    /// with `Recovery::rebuild`; if that fails, answer `handle_written` with the error.
+    /// A block is whole: write `buf[start..start + len]` at `offset` of the object's data, then
+    /// `handle_written` (with the whole `buf`, for reuse). `buf[start]` is on a page boundary in memory
+    /// (`fec::DATA_ALIGN`), so the data can go out with direct I/O as it is. With `recover` (only when
+    /// `Config::defer_decode`), first rebuild the missing data shards in `buf[start..]` with
+    /// `Recovery::rebuild`; if that fails, answer `handle_written` with the error.
     WriteBlock {
         key: ObjectKey,
         block: u32,
         offset: u64,
         buf: Vec<u8>,
+        start: usize,
         len: usize,
         recover: Option<crate::fec::Recovery>,
     },
@@ -588,14 +591,15 @@ impl Endpoint {
         } else {
             o.asm
                 .take_ready(block, &mut self.decoder)
-                .map(|(offset, buf, len)| (offset, buf, len, None))
+                .map(|(offset, buf, start, len)| (offset, buf, start, len, None))
         };
         match taken {
-            Ok((offset, buf, len, recover)) => self.events.push_back(Event::WriteBlock {
+            Ok((offset, buf, start, len, recover)) => self.events.push_back(Event::WriteBlock {
                 key,
                 block,
                 offset,
                 buf,
+                start,
                 len,
                 recover,
             }),

@@ -317,14 +317,15 @@ impl Rx {
                     block,
                     offset,
                     mut buf,
+                    start,
                     len,
                     recover,
                 } => {
                     if let Some(r) = recover {
-                        r.rebuild(&mut buf, &mut self.decoder).unwrap();
+                        r.rebuild(&mut buf[start..], &mut self.decoder).unwrap();
                     }
                     let off = offset as usize;
-                    self.disk.out[off..off + len].copy_from_slice(&buf[..len]);
+                    self.disk.out[off..off + len].copy_from_slice(&buf[start..start + len]);
                     self.finished.push(block);
                     self.ep.handle_written(key, block, buf, Ok(()), self.now);
                 }

@@ -675,13 +675,14 @@ impl World<'_> {
                     block,
                     offset,
                     mut buf,
+                    start,
                     len,
                     recover,
                 } => {
                     // the decoding the endpoint left to its driver (defer_decode), as the writer does
                     let rebuilt = match recover {
                         Some(r) => r
-                            .rebuild(&mut buf, &mut self.rx.decoder)
+                            .rebuild(&mut buf[start..], &mut self.rx.decoder)
                             .map_err(|e| format!("cannot rebuild the block: {e}")),
                         None => Ok(()),
                     };
@@ -690,7 +691,7 @@ impl World<'_> {
                     } else if self.rx.disk.full {
                         Err("No space left on device".to_string())
                     } else if let Some(f) = self.rx.disk.files.get_mut(&key) {
-                        write(f, offset, &buf[..len]);
+                        write(f, offset, &buf[start..start + len]);
                         Ok(())
                     } else {
                         Err("no such file".into())

@@ -410,6 +410,7 @@ impl Receiver {
                 block,
                 offset,
                 buf,
+                start,
                 len,
                 recover,
             } => {
@@ -428,6 +429,7 @@ impl Receiver {
                     block,
                     offset,
                     buf,
+                    start,
                     len,
                     recover,
                     file: p.file(),
