@@ -16,7 +16,7 @@ use crate::reception::{
     judge_meta, worth_opening, EarlyShards, Known, Limits, MetaVerdict, ObjectKey, Versions, Worth,
 };
 use crate::session::{AnnounceOutcome, DropReason, Opened, SessionTable};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 /// How often `handle_timeout` does its round (persist, stall, expiry, retries, link health).
 pub const TICK_MS: u64 = 1000;
@@ -256,14 +256,14 @@ pub fn retry_after_ms(failures: u32) -> u64 {
 pub struct Endpoint {
     cfg: Config,
     table: SessionTable,
-    objects: HashMap<ObjectKey, Object>,
-    completed: HashSet<ObjectKey>,
-    refused: HashSet<ObjectKey>,
+    objects: crate::FastMap<ObjectKey, Object>,
+    completed: crate::FastSet<ObjectKey>,
+    refused: crate::FastSet<ObjectKey>,
     paths: Versions,
     pending: EarlyShards,
     drops: BTreeMap<DropReason, u64>,
     decoder: crate::fec::Decoder,
-    links: HashMap<KeyId, Link>,
+    links: crate::FastMap<KeyId, Link>,
     events: VecDeque<Event>,
     frames_since_check: u32,
     next_tick: u64,
@@ -271,7 +271,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(cfg: Config, table: SessionTable, persisted: Persisted, now: u64) -> Self {
-        let mut completed = HashSet::new();
+        let mut completed = crate::FastSet::default();
         let mut paths = Versions::default();
         for (key, name) in persisted.delivered {
             completed.insert(key);
@@ -294,7 +294,7 @@ impl Endpoint {
             paths,
             drops: BTreeMap::new(),
             decoder: crate::fec::Decoder::default(),
-            links: HashMap::new(),
+            links: Default::default(),
             events: VecDeque::new(),
             frames_since_check: 0,
             next_tick: now,
@@ -904,6 +904,7 @@ mod tests {
     use crate::hash::content_hash;
     use crate::sender::Job;
     use crate::testkit::{drain, keys, object, sender, what, Memory};
+    use std::collections::HashMap;
 
     #[derive(Default)]
     struct NoDisk;

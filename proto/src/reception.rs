@@ -22,7 +22,7 @@ pub type EarlyShard = (u32, u16, Vec<u8>);
 pub struct EarlyShards {
     max: usize,
     frames: usize,
-    held: HashMap<ObjectKey, (u64, Vec<EarlyShard>)>,
+    held: crate::FastMap<ObjectKey, (u64, Vec<EarlyShard>)>,
 }
 
 impl EarlyShards {
@@ -30,7 +30,7 @@ impl EarlyShards {
         EarlyShards {
             max: max_frames,
             frames: 0,
-            held: HashMap::new(),
+            held: Default::default(),
         }
     }
 

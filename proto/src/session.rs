@@ -441,7 +441,7 @@ pub struct SessionTable {
     /// Trusted senders: their public key and the key of their announces' MAC.
     trusted: HashMap<KeyId, (PublicKey, ring::hmac::Key)>,
     highest: HashMap<KeyId, u64>,
-    sessions: HashMap<u64, Established>,
+    sessions: crate::FastMap<u64, Established>,
     /// Announces already handled, by encapsulated key, so a repeat costs no key agreement.
     seen: HashMap<[u8; 32], Result<u64, DropReason>>,
     tokens: f64,
@@ -465,7 +465,7 @@ impl SessionTable {
             me,
             trusted,
             highest,
-            sessions: HashMap::new(),
+            sessions: Default::default(),
             seen: HashMap::new(),
             tokens: 8.0,
             tokens_at_ms: 0,
