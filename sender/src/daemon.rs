@@ -46,7 +46,7 @@ struct Intake<'a> {
 impl Intake<'_> {
     fn poll(&mut self, wait: Duration) {
         for p in self.outbox.poll(wait) {
-            match outbox::wire_name(&self.cfg.outbox, &p) {
+            match outbox::wire_name(self.outbox.root(), &p) {
                 Some(name) if diode_proto::object::safe_name(&name).is_ok() => {
                     if let Some(why) = requests::envelope_only_refusal(self.cfg, &p, &name) {
                         requests::set_aside(self.cfg, &p, &name, &why);

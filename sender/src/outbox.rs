@@ -25,6 +25,11 @@ pub struct Outbox {
 impl Outbox {
     pub fn watch(root: &Path, settle: Duration) -> anyhow::Result<Self> {
         std::fs::create_dir_all(root)?;
+        // events name files by the absolute path the watch was given; the scan by `root` as it is. One
+        // absolute, canonical form for both: with an outbox given as a relative path (`outbox = "out"`
+        // and a relative --config), events' paths were not under `root`, looked hidden, and a file
+        // moved in waited for the scan and `settle` (3.5 s instead of at once).
+        let root = &std::fs::canonicalize(root)?;
         let (txe, events) = channel();
         let mut w = notify::recommended_watcher(move |e| {
             let _ = txe.send(e);
@@ -40,6 +45,11 @@ impl Outbox {
             last_scan: None,
             settle,
         })
+    }
+
+    /// The outbox as watched (absolute, canonical): the paths `poll` returns are under it.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// Wait up to `timeout` for files to become ready; returns them (each once).
@@ -191,4 +201,67 @@ pub fn wire_name(root: &Path, p: &Path) -> Option<String> {
     let rel = p.strip_prefix(root).ok()?;
     let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
     Some(parts?.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Wait up to 2 s (well under `settle`) for the outbox to hand out something.
+    fn taken_within_2s(o: &mut Outbox) -> Vec<PathBuf> {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(2) {
+            let got = o.poll(Duration::from_millis(50));
+            if !got.is_empty() {
+                return got;
+            }
+        }
+        Vec::new()
+    }
+
+    /// A file moved into the outbox, or written and closed there, is taken at once, by its event, not
+    /// after the scan and `settle` (60 s here): with the outbox given absolute and given relative to
+    /// the working folder (a relative --config), and through a symlink. Names are under `root()`.
+    #[test]
+    fn a_file_moved_or_written_in_is_taken_at_once_however_the_outbox_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        std::os::unix::fs::symlink(base.join("real"), base.join("link")).unwrap();
+        std::fs::create_dir_all(base.join("real")).unwrap();
+        // the tests of this crate run in one process: change the working folder only here
+        std::env::set_current_dir(&base).unwrap();
+        for (i, given) in [
+            base.join("abs"),
+            PathBuf::from("rel"),
+            PathBuf::from("link"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut o = Outbox::watch(&given, Duration::from_secs(60)).unwrap();
+            let root = o.root().to_path_buf();
+            assert!(root.is_absolute(), "{}", root.display());
+            // written just now (a fresh mtime, so the scan alone would wait `settle`), then moved in
+            let staged = base.join(format!("staged-{i}.bin"));
+            std::fs::write(&staged, b"moved in").unwrap();
+            std::fs::rename(&staged, given.join("moved.bin")).unwrap();
+            let got = taken_within_2s(&mut o);
+            assert_eq!(
+                got,
+                vec![root.join("moved.bin")],
+                "outbox given as {}",
+                given.display()
+            );
+            assert_eq!(wire_name(o.root(), &got[0]).as_deref(), Some("moved.bin"));
+            // written in place and closed
+            std::fs::write(given.join("written.bin"), b"written").unwrap();
+            let got = taken_within_2s(&mut o);
+            assert_eq!(
+                got,
+                vec![root.join("written.bin")],
+                "outbox given as {}",
+                given.display()
+            );
+        }
+    }
 }
