@@ -265,7 +265,7 @@ impl Receiver {
         let mut pool = crate::opening::Pool::start(rx, threads, self.ep.table())?;
         let mut counters = crate::opening::Counters::default();
         loop {
-            if let Some(mut b) = pool.next(Duration::from_millis(100))? {
+            if let Some(mut b) = pool.next(self.link_wait())? {
                 // the clock is read once per batch of datagrams (when the batch came), not once per frame
                 let t = self.now_ms();
                 b.for_each(|f, ahead| {
@@ -292,6 +292,7 @@ impl Receiver {
     /// The receive loop on this one thread: frames are opened by the endpoint.
     fn run_here(&mut self, mut rx: Box<dyn FramesIn + Send>) -> Result<()> {
         loop {
+            rx.set_wait(self.link_wait());
             let mut now = None;
             let noise = rx.recv(&mut |f| {
                 // the clock is read once per batch of datagrams (when the batch came), not once per frame
@@ -303,6 +304,16 @@ impl Receiver {
                 self.ep.handle_noise(why, n);
             }
             self.housekeeping(|| (rx.kernel_drops(), rx.per_socket()));
+        }
+    }
+
+    /// How long to wait for frames before looking at the writer's replies and the timers: briefly
+    /// while the writer has replies to come (`Writer::busy`), else the link's default.
+    fn link_wait(&self) -> Duration {
+        if self.writer.busy() {
+            Duration::from_millis(2)
+        } else {
+            diode_host::link::LINK_WAIT
         }
     }
 
@@ -340,7 +351,7 @@ impl Receiver {
 
     /// Replies from the writer: blocks on disk (or not), objects verified (or not).
     fn drain_writer(&mut self) {
-        while let Ok(done) = self.writer.done.try_recv() {
+        while let Some(done) = self.writer.try_done() {
             let now = self.now_ms();
             match done {
                 Done::Written {

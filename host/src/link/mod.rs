@@ -133,10 +133,17 @@ pub trait FramesOut {
 pub type Noise = Vec<(diode_proto::DropReason, u64)>;
 
 /// The receiver's side of a link.
+/// How long a link's `recv` waits for frames before it returns empty-handed, by default.
+pub const LINK_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub trait FramesIn {
     /// Wait a short while (at most about 100 ms) for frames and hand each to `on_frame`, one frame per
     /// call, however the link batched them.
     fn recv(&mut self, on_frame: &mut dyn FnMut(&mut [u8])) -> Result<Noise>;
+    /// How long `recv` waits when no frame comes (`LINK_WAIT` unless set): the receive loop shortens
+    /// it while replies of its own are due (the writer's), so that finishing an object does not wait
+    /// out the link's silence after its last frame. A link that cannot change it (serial) ignores it.
+    fn set_wait(&mut self, _wait: std::time::Duration) {}
     /// The socket, where the link is one (the sandbox's probe of it).
     fn socket(&self) -> Option<BorrowedFd<'_>>;
     /// How many datagrams (or GRO batches) the kernel has dropped at this link's socket since it was

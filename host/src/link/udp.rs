@@ -10,7 +10,7 @@ use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use super::{FramesIn, FramesOut, LinkKind, Noise};
+use super::{FramesIn, FramesOut, LinkKind, Noise, LINK_WAIT};
 use diode_proto::frame::IP_UDP_OVERHEAD;
 
 pub struct UdpTx {
@@ -98,6 +98,8 @@ pub struct UdpRx {
     /// GRO batches land here: 8 buffers of `RX_BUF`, reused.
     bufs: Vec<Vec<u8>>,
     meta: [RecvMeta; 8],
+    /// The socket's read timeout (`FramesIn::set_wait`).
+    wait: Duration,
 }
 
 /// Space for one GRO batch: 64 datagrams of up to 1500 bytes fit twice over.
@@ -124,12 +126,13 @@ impl UdpRx {
         // quinn-udp makes the socket non-blocking; the receive loop wants to sleep in the kernel
         // until a datagram comes (or 100 ms pass, for its timers), not spin a core away
         sock.set_nonblocking(false)?;
-        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        sock.set_read_timeout(Some(LINK_WAIT))?;
         Ok(UdpRx {
             sock,
             state,
             bufs: (0..8).map(|_| vec![0u8; RX_BUF]).collect(),
             meta: [RecvMeta::default(); 8],
+            wait: LINK_WAIT,
         })
     }
 
@@ -146,6 +149,8 @@ pub struct UdpRxSet {
     socks: Vec<UdpRx>,
     names: Vec<String>,
     frames: Vec<u64>,
+    /// How long `poll` waits (`FramesIn::set_wait`).
+    wait: Duration,
 }
 
 impl UdpRxSet {
@@ -164,6 +169,7 @@ impl UdpRxSet {
             anyhow::bail!("no UDP address to listen on");
         }
         Ok(UdpRxSet {
+            wait: LINK_WAIT,
             frames: vec![0; socks.len()],
             names: listen.iter().map(|a| a.to_string()).collect(),
             socks,
@@ -198,7 +204,8 @@ impl FramesIn for UdpRxSet {
             .collect();
         // SAFETY: poll reads and writes exactly `fds.len()` pollfd entries of the vector, which lives
         // across the call; the sockets the fds name are owned by `self.socks`.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        let ms = self.wait.as_millis().clamp(1, 1000) as libc::c_int;
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -216,6 +223,12 @@ impl FramesIn for UdpRxSet {
             }
         }
         Ok(noise)
+    }
+    fn set_wait(&mut self, wait: Duration) {
+        self.wait = wait;
+        if let [one] = self.socks.as_mut_slice() {
+            one.set_wait(wait);
+        }
     }
     fn socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         self.socks
@@ -276,6 +289,12 @@ impl FramesIn for UdpRx {
             }
         }
         Ok(Vec::new())
+    }
+    fn set_wait(&mut self, wait: Duration) {
+        let wait = wait.clamp(Duration::from_millis(1), Duration::from_secs(1));
+        if wait != self.wait && self.sock.set_read_timeout(Some(wait)).is_ok() {
+            self.wait = wait;
+        }
     }
     fn socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         Some(std::os::fd::AsFd::as_fd(&self.sock))
