@@ -483,6 +483,57 @@ mod tests {
     use super::*;
     use diode_proto::fec::Recovery;
 
+    /// The writer counts the replies it owes: busy from a `Write` or `Finish` until its reply is taken,
+    /// never for a `Forget` (which has none), so the receive loop waits on the link briefly exactly
+    /// while a reply is due.
+    #[test]
+    fn the_writer_is_busy_while_replies_are_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("object.data");
+        let file = Arc::new(File::create(&path).unwrap());
+        let key = (KeyId([3; 8]), 1);
+        let mut w = Writer::spawn(0).unwrap();
+        assert!(!w.busy());
+        assert!(w.send(Job::Forget { key }));
+        assert!(!w.busy(), "a Forget has no reply");
+        let content = vec![5u8; 4096];
+        assert!(w.send(Job::Write {
+            key,
+            block: 0,
+            offset: 0,
+            buf: content.clone(),
+            start: 0,
+            len: content.len(),
+            recover: None,
+            file: Arc::clone(&file),
+            direct: None,
+            geo: Geometry {
+                size: 4096,
+                block_bytes: 4096,
+            },
+        }));
+        assert!(w.send(Job::Finish {
+            key,
+            file: Arc::clone(&file),
+            hash: diode_proto::hash::content_hash(&content),
+            size: 4096,
+            block_bytes: 4096,
+        }));
+        assert!(w.busy());
+        let mut replies = 0;
+        let t = std::time::Instant::now();
+        while w.busy() && t.elapsed() < std::time::Duration::from_secs(10) {
+            if w.try_done().is_some() {
+                replies += 1;
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        assert_eq!(replies, 2);
+        assert!(!w.busy());
+        assert!(w.try_done().is_none());
+    }
+
     /// A block whose data lies page-aligned in memory (as the endpoint places it) goes to the O_DIRECT
     /// handle as it is: the aligned scratch buffer is never filled. Data at any other address is copied
     /// there first. Both land byte-exact, with the partial pages at the edges through the page cache.

@@ -368,3 +368,62 @@ fn force_rcvbuf(sock: &UdpSocket, bytes: usize) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `set_wait` changes how long `recv` blocks (the socket's read timeout, kept within 1 ms..1 s),
+    /// and frames still come through after it: one socket and a set of two.
+    #[test]
+    fn set_wait_shortens_the_wait_and_frames_still_come() {
+        let mut rx = UdpRx::bind("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        assert_eq!(rx.sock.read_timeout().unwrap(), Some(LINK_WAIT));
+        // the kernel keeps the timeout in scheduler ticks (4 ms at 250 Hz): a few ms, not 100
+        let short = |rx: &UdpRx| {
+            rx.sock
+                .read_timeout()
+                .unwrap()
+                .is_some_and(|t| t <= Duration::from_millis(10))
+        };
+        rx.set_wait(Duration::from_millis(2));
+        assert!(short(&rx), "{:?}", rx.sock.read_timeout());
+        // zero would mean "block forever" to the socket: kept at 1 ms at least
+        rx.set_wait(Duration::ZERO);
+        assert!(short(&rx), "{:?}", rx.sock.read_timeout());
+        let to = rx.sock.local_addr().unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(b"frame", to).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..1000 {
+            rx.recv(&mut |f| got.push(f.to_vec())).unwrap();
+            if !got.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(got, vec![b"frame".to_vec()]);
+        rx.set_wait(LINK_WAIT);
+        assert_eq!(rx.sock.read_timeout().unwrap(), Some(LINK_WAIT));
+
+        let mut set = UdpRxSet::bind(
+            &[
+                "127.0.0.1:0".parse().unwrap(),
+                "127.0.0.1:0".parse().unwrap(),
+            ],
+            1 << 20,
+        )
+        .unwrap();
+        set.set_wait(Duration::from_millis(2));
+        assert_eq!(set.wait, Duration::from_millis(2));
+        tx.send_to(b"second", set.socks[1].sock.local_addr().unwrap())
+            .unwrap();
+        let mut got = Vec::new();
+        for _ in 0..1000 {
+            set.recv(&mut |f| got.push(f.to_vec())).unwrap();
+            if !got.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(got, vec![b"second".to_vec()]);
+    }
+}
