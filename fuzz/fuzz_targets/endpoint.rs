@@ -231,7 +231,9 @@ fn drive(ep: &mut receiver::Endpoint, files: &mut Files, now: u64) {
                 recover,
             } => {
                 let mut decoder = diode_proto::fec::Decoder::default();
-                let r = match recover.map(|r| r.rebuild(buf.get_mut(start..).unwrap_or_default(), &mut decoder)) {
+                let r = match recover
+                    .map(|r| r.rebuild(buf.get_mut(start..).unwrap_or_default(), &mut decoder))
+                {
                     Some(Err(e)) => Err(format!("cannot rebuild: {e}")),
                     _ => match buf.get(start..start.saturating_add(len)) {
                         Some(data) => files.write_at(key, offset, data),

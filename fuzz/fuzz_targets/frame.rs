@@ -114,12 +114,16 @@ fn shard(block: u32, shard: u16, payload: &[u8]) {
     let Ok(mut asm) = Assembly::new(small_meta()) else {
         return;
     };
-    match asm.insert(block, shard, payload) {
+    let mut buffers = diode_proto::object::Buffers::new(1 << 20);
+    match asm.insert(block, shard, payload, &mut buffers) {
         Ok(Step::Stored) | Ok(Step::Ready) => {}
         _ => return,
     }
     let mut i: u16 = 0;
-    while !matches!(asm.insert(block, i, payload), Ok(Step::Ready) | Err(_)) {
+    while !matches!(
+        asm.insert(block, i, payload, &mut buffers),
+        Ok(Step::Ready) | Err(_)
+    ) {
         i = i.wrapping_add(1);
         if i == 0 {
             return;
@@ -128,8 +132,12 @@ fn shard(block: u32, shard: u16, payload: &[u8]) {
     let mut decoder = diode_proto::fec::Decoder::default();
     if let Ok((_, buf, start, len)) = asm.take_ready(block, &mut decoder) {
         assert!(start + len <= buf.len());
-        assert_eq!(buf[start..].as_ptr() as usize % diode_proto::fec::DATA_ALIGN, 0);
-        asm.written(block, true, buf);
+        assert_eq!(
+            buf[start..].as_ptr() as usize % diode_proto::fec::DATA_ALIGN,
+            0
+        );
+        asm.written(block, true);
+        buffers.give(buf);
         assert!(asm.is_done(block));
     }
 }

@@ -319,7 +319,12 @@ fn state_files(dir: &Path) {
     };
     asm.mark_done(0);
     let shard = vec![7u8; 1408];
-    let _ = asm.insert(1, 3, &shard);
+    let _ = asm.insert(
+        1,
+        3,
+        &shard,
+        &mut diode_proto::object::Buffers::new(1 << 20),
+    );
     let _ = asm.evict(1);
     asm.spilled(1, vec![3]);
     let mut state = vec![0u8, 1];

@@ -125,6 +125,7 @@ fn kernels(c: &mut Criterion) {
         ),
     ] {
         let mut check = None;
+        let mut buffers = diode_proto::object::Buffers::new(64 << 20);
         g.bench_function(name, |b| {
             b.iter_batched_ref(
                 || (sealed.clone(), Assembly::new(meta.clone()).unwrap()),
@@ -143,7 +144,9 @@ fn kernels(c: &mut Criterion) {
                         };
                         opened += 1;
                         let payload = &f[SEALED_HEADER_LEN..FRAME - TAG_LEN];
-                        if asm.insert(h.block, h.shard, payload).unwrap() == Step::Ready {
+                        if asm.insert(h.block, h.shard, payload, &mut buffers).unwrap()
+                            == Step::Ready
+                        {
                             let (_, block) = asm.finish_block(h.block, &mut decoder).unwrap();
                             black_box(block);
                             if check.is_none() {

@@ -247,13 +247,52 @@ pub struct Assembly {
     spilled: BTreeMap<u32, Vec<usize>>,
     /// Blocks decoded and handed to a writer, not yet confirmed on disk: neither collecting nor done.
     writing: BTreeSet<u32>,
-    /// Buffers of finished blocks, reused for new ones (a block buffer is ~200 KiB: allocating and
-    /// zeroing one per block showed in profiles).
-    pool: Vec<Vec<u8>>,
 }
 
-/// Block buffers kept for reuse per object.
-const POOL_MAX: usize = 16;
+/// Buffers of written blocks, reused for the next blocks of any object (a block buffer is ~210 KiB at
+/// the default geometry: allocating and zeroing one per block was ~4 % of the receiver). One pool for
+/// all objects, bounded in bytes: a pool per object kept up to 16 buffers for every object in
+/// progress, which nothing bounded (4096 objects of a compromised sender: gigabytes).
+pub struct Buffers {
+    free: Vec<Vec<u8>>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Buffers {
+    /// A pool holding at most `max_bytes` of buffers (their capacity).
+    pub fn new(max_bytes: usize) -> Self {
+        Buffers {
+            free: Vec::new(),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    /// A buffer to reuse (any size: the block sizes it), or an empty one.
+    pub fn take(&mut self) -> Vec<u8> {
+        match self.free.pop() {
+            Some(b) => {
+                self.bytes -= b.capacity();
+                b
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Keep `buf` for reuse if there is room; else it is freed.
+    pub fn give(&mut self, buf: Vec<u8>) {
+        if self.bytes + buf.capacity() <= self.max_bytes {
+            self.bytes += buf.capacity();
+            self.free.push(buf);
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
 
 /// What of an `Assembly` is persisted, so that a restarted receiver loses nothing it had.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -310,7 +349,6 @@ impl Assembly {
             active: BTreeMap::new(),
             spilled: BTreeMap::new(),
             writing: BTreeSet::new(),
-            pool: Vec::new(),
         })
     }
 
@@ -390,24 +428,24 @@ impl Assembly {
         block as u64 * self.geometry.block_bytes()
     }
 
-    fn new_block(&mut self, block: u32) -> BlockAssembly {
+    fn new_block(&mut self, block: u32, buffers: &mut Buffers) -> BlockAssembly {
         let k = self.geometry.data_in(self.meta.size, block as u64);
-        let buf = self.pool.pop().unwrap_or_default();
         BlockAssembly::with_buffer(
             k,
             self.geometry.parity_for(k),
             self.geometry.shard_size,
-            buf,
+            buffers.take(),
         )
     }
 
-    fn recycle(&mut self, b: BlockAssembly) {
-        if self.pool.len() < POOL_MAX {
-            self.pool.push(b.into_buffer());
-        }
-    }
-
-    pub fn insert(&mut self, block: u32, shard: u16, bytes: &[u8]) -> Result<Step, ShardError> {
+    /// Store a shard; a block it starts takes its buffer from `buffers`.
+    pub fn insert(
+        &mut self,
+        block: u32,
+        shard: u16,
+        bytes: &[u8],
+        buffers: &mut Buffers,
+    ) -> Result<Step, ShardError> {
         if block as u64 >= self.blocks {
             return Err(ShardError::Block(block));
         }
@@ -421,7 +459,7 @@ impl Assembly {
             if let Some(on_disk) = self.spilled.get(&block) {
                 return Ok(Step::Restore(on_disk.clone()));
             }
-            let nb = self.new_block(block);
+            let nb = self.new_block(block, buffers);
             if shard as usize >= nb.shards() {
                 return Err(ShardError::Shard(block, shard));
             }
@@ -440,11 +478,11 @@ impl Assembly {
     }
 
     /// Bring back a set-aside block: `shards` are its data shards read from the partial file.
-    pub fn restore(&mut self, block: u32, shards: &[(usize, Vec<u8>)]) {
+    pub fn restore(&mut self, block: u32, shards: &[(usize, Vec<u8>)], buffers: &mut Buffers) {
         let Some(_) = self.spilled.remove(&block) else {
             return;
         };
-        let mut nb = self.new_block(block);
+        let mut nb = self.new_block(block, buffers);
         for (i, bytes) in shards {
             nb.insert(*i, bytes);
         }
@@ -515,13 +553,10 @@ impl Assembly {
     }
 
     /// The writer is done with a block taken by `take_ready`: on success it is done; on failure it is
-    /// missing again (a later pass or replay brings it). The buffer returns to the pool.
-    pub fn written(&mut self, block: u32, ok: bool, buffer: Vec<u8>) {
+    /// missing again (a later pass or replay brings it). Its buffer is the caller's (`Buffers::give`).
+    pub fn written(&mut self, block: u32, ok: bool) {
         if !self.writing.remove(&block) {
             return;
-        }
-        if self.pool.len() < POOL_MAX {
-            self.pool.push(buffer);
         }
         if ok {
             self.mark_done(block);
@@ -534,9 +569,7 @@ impl Assembly {
     }
 
     pub fn mark_done(&mut self, block: u32) {
-        if let Some(b) = self.active.remove(&block) {
-            self.recycle(b);
-        }
+        self.active.remove(&block);
         self.spilled.remove(&block);
         if let Some(d) = self.done.get_mut(block as usize) {
             if !*d {
@@ -568,7 +601,6 @@ impl Assembly {
             .filter(|(i, _)| *i < k)
             .map(|(i, s)| (i, s.to_vec()))
             .collect();
-        self.recycle(b);
         Some(shards)
     }
 
@@ -581,9 +613,7 @@ impl Assembly {
 
     /// Drop an active block entirely (its shards could not be kept, e.g. the disk is full).
     pub fn discard(&mut self, block: u32) {
-        if let Some(b) = self.active.remove(&block) {
-            self.recycle(b);
-        }
+        self.active.remove(&block);
     }
 
     /// Blocks not finished, as inclusive ranges.
@@ -624,6 +654,50 @@ pub fn decode_heartbeat(bytes: &[u8]) -> Option<Heartbeat> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shared pool of block buffers never holds more than its bound in bytes, however many are
+    /// given back (a compromised sender's thousands of objects each finishing blocks), and a buffer
+    /// given back is the one the next block takes (no new allocation).
+    #[test]
+    fn block_buffers_are_reused_and_the_pool_stays_within_its_bytes() {
+        let mut pool = Buffers::new(1 << 20);
+        for _ in 0..10_000 {
+            pool.give(vec![0u8; 200 << 10]);
+            assert!(pool.bytes() <= 1 << 20);
+        }
+        assert_eq!(pool.free.len(), 5);
+        let b = pool.take();
+        let at = b.as_ptr();
+        assert!(b.capacity() >= 200 << 10);
+        pool.give(b);
+        assert_eq!(pool.take().as_ptr(), at);
+        let mut empty = Buffers::new(0);
+        empty.give(vec![1u8; 10]);
+        assert_eq!((empty.bytes(), empty.take().capacity()), (0, 0));
+        // an assembly's block built in a reused buffer holds what was inserted, not the old content
+        let m = ObjectMeta {
+            id: 1,
+            name: "f".into(),
+            size: 3 * 64,
+            hash: [1; 32],
+            kind: ObjectKind::File,
+            shard_size: 64,
+            data_shards: 4,
+            parity_shards: 2,
+            mtime: 0,
+        };
+        let mut a = Assembly::new(m).unwrap();
+        let mut pool = Buffers::new(1 << 20);
+        pool.give(vec![0xAB; 8192]);
+        for i in 0..3u16 {
+            a.insert(0, i, &[i as u8; 64], &mut pool).unwrap();
+        }
+        assert_eq!(pool.bytes(), 0, "the block took the pooled buffer");
+        let (_, buf, start, len) = a.take_ready(0, &mut Default::default()).unwrap();
+        assert_eq!(len, 3 * 64);
+        let want: Vec<u8> = (0..3u8).flat_map(|i| [i; 64]).collect();
+        assert_eq!(&buf[start..start + len], &want[..]);
+    }
 
     #[test]
     fn hostile_names_are_refused() {

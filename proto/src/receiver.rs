@@ -263,6 +263,9 @@ pub struct Endpoint {
     pending: EarlyShards,
     drops: BTreeMap<DropReason, u64>,
     decoder: crate::fec::Decoder,
+    /// Buffers of written blocks for the next ones, all objects together: a quarter of
+    /// `Config::memory_bytes` at most (12 MiB at the default 48: ~55 blocks of the default geometry).
+    buffers: crate::object::Buffers,
     links: crate::FastMap<KeyId, Link>,
     events: VecDeque<Event>,
     frames_since_check: u32,
@@ -284,6 +287,7 @@ impl Endpoint {
             .into_iter()
             .map(|(sender, asm)| ((sender, asm.meta.id), Object::new(asm, now, false)))
             .collect();
+        let buffers = crate::object::Buffers::new(cfg.memory_bytes / 4);
         Endpoint {
             pending: EarlyShards::new(cfg.pending_frames),
             cfg,
@@ -294,6 +298,7 @@ impl Endpoint {
             paths,
             drops: BTreeMap::new(),
             decoder: crate::fec::Decoder::default(),
+            buffers,
             links: Default::default(),
             events: VecDeque::new(),
             frames_since_check: 0,
@@ -559,7 +564,7 @@ impl Endpoint {
         };
         o.last_frame = now;
         loop {
-            match o.asm.insert(block, shard, payload) {
+            match o.asm.insert(block, shard, payload, &mut self.buffers) {
                 Err(_) => return self.drop(DropReason::BadShard),
                 Ok(Step::Restore(which)) => {
                     let base = o.asm.block_offset(block);
@@ -573,7 +578,7 @@ impl Endpoint {
                                 .map(|b| (i, b))
                         })
                         .collect();
-                    o.asm.restore(block, &shards);
+                    o.asm.restore(block, &shards, &mut self.buffers);
                 }
                 Ok(Step::Ready) => break,
                 Ok(_) => {
@@ -626,7 +631,8 @@ impl Endpoint {
         let Some(o) = self.objects.get_mut(&key) else {
             return;
         };
-        o.asm.written(block, result.is_ok(), buf);
+        o.asm.written(block, result.is_ok());
+        self.buffers.give(buf);
         match result {
             Ok(()) => {
                 o.dirty = true;

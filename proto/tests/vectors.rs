@@ -23,8 +23,8 @@
 
 use diode_proto::frame::{FrameKind, SealedHeader, SEALED_HEADER_LEN, TAG_LEN, VERSION};
 use diode_proto::object::{
-    decode_heartbeat, encode_heartbeat, interleave, Assembly, Heartbeat, ObjectKind, ObjectMeta,
-    Step,
+    decode_heartbeat, encode_heartbeat, interleave, Assembly, Buffers, Heartbeat, ObjectKind,
+    ObjectMeta, Step,
 };
 use diode_proto::session::{AnnounceOutcome, Opened, SenderSession, SessionTable};
 use diode_proto::stream::{self, Deframer};
@@ -310,7 +310,7 @@ fn wire_vectors_of_protocol_3_are_unchanged_and_open() {
         // the block from data shards 1 and 3 and parity shards 4 and 6: Reed-Solomon has to rebuild
         if e.kind == FrameKind::Shard && [1, 3, 4, 6].contains(&e.shard) {
             let step = asm
-                .insert(0, e.shard, payload)
+                .insert(0, e.shard, payload, &mut Buffers::new(1 << 20))
                 .expect("a shard of the block");
             ready = step == Step::Ready;
         }
