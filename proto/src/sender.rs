@@ -52,6 +52,29 @@ pub trait Source {
     fn read_at(&mut self, id: u64, offset: u64, buf: &mut [u8]) -> Result<(), String>;
     /// A group of object `id` is about to be read (a lender may take its bytes back here).
     fn begin_group(&mut self, _id: u64) {}
+    /// Compute the parity of a group's blocks, each lent whole (`map` gives its `len` bytes at
+    /// `offset`), and fold their bytes into `hasher` in block order, on threads of the driver's: the
+    /// same bytes `BlockEncoder::encode` and `ContentHasher::update` give on the endpoint's thread.
+    /// Ok(false): not done (no threads, or bytes no longer lent); the endpoint then does it itself.
+    fn encode_group(
+        &mut self,
+        _id: u64,
+        _shard_size: usize,
+        _blocks: &mut [BlockParity<'_>],
+        _hasher: Option<&mut ContentHasher>,
+    ) -> Result<bool, String> {
+        Ok(false)
+    }
+}
+
+/// One block of a group whose parity a driver computes (`Source::encode_group`).
+pub struct BlockParity<'a> {
+    /// Where the block's data starts in the object, and its length (whole shards).
+    pub offset: u64,
+    pub len: usize,
+    pub parity_shards: usize,
+    /// Filled with the parity shards back to back.
+    pub parity: &'a mut Vec<u8>,
 }
 
 /// What a job is.
@@ -628,9 +651,11 @@ fn load_group(
     s.starts.clear();
     s.parity.resize_with(group.len(), Vec::new);
     let mut end = 0;
-    for (i, b) in group.iter().enumerate() {
+    let mut all_lent = true;
+    for b in &group {
         let whole = b.data_shards * size;
         let lent = b.len == whole && src.map(id, b.offset, whole).is_some();
+        all_lent &= lent;
         if lent {
             s.starts.push(None);
         } else {
@@ -644,6 +669,24 @@ fn load_group(
             s.data[start + b.len..end].fill(0);
             s.starts.push(Some(start));
         }
+    }
+    // every block lent: the driver may hash and encode the group on threads of its own
+    let mut done = false;
+    if all_lent && !group.is_empty() {
+        let mut work: Vec<BlockParity> = group
+            .iter()
+            .zip(s.parity.iter_mut())
+            .map(|(b, parity)| BlockParity {
+                offset: b.offset,
+                len: b.data_shards * size,
+                parity_shards: b.parity_shards,
+                parity,
+            })
+            .collect();
+        done = src.encode_group(id, size, &mut work, s.hasher.as_mut())?;
+    }
+    for (i, b) in group.iter().enumerate().filter(|_| !done) {
+        let whole = b.data_shards * size;
         let data: &[u8] = match s.starts[i] {
             Some(start) => &s.data[start..start + whole],
             None => match src.map(id, b.offset, whole) {
@@ -696,6 +739,92 @@ mod tests {
     use super::*;
     use crate::testkit::{drain, object, sender, sender_config, sender_with, what, Memory};
     use std::collections::HashMap;
+
+    /// A source that computes each group's parity on two threads of its own and hashes it meanwhile
+    /// (as diode-send's `Files` does for a mapped file), or declines (`Ok(false)`): the frames, the
+    /// closing metadata with the hash computed during the pass included, are byte for byte those of
+    /// the endpoint doing it all itself. The last group, whose short block is not lent whole, is the
+    /// endpoint's in any case.
+    #[test]
+    fn groups_encoded_by_the_driver_give_the_frames_the_endpoint_gives() {
+        struct Threaded {
+            mem: Memory,
+            decline: bool,
+            groups: usize,
+        }
+        impl Source for Threaded {
+            fn map(&mut self, id: u64, offset: u64, len: usize) -> Option<&[u8]> {
+                self.mem.map(id, offset, len)
+            }
+            fn read_at(&mut self, id: u64, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+                self.mem.read_at(id, offset, buf)
+            }
+            fn encode_group(
+                &mut self,
+                id: u64,
+                shard_size: usize,
+                blocks: &mut [BlockParity<'_>],
+                hasher: Option<&mut ContentHasher>,
+            ) -> Result<bool, String> {
+                if self.decline {
+                    return Ok(false);
+                }
+                let content = self.mem.0.get(&id).ok_or("no object")?;
+                let data: Vec<&[u8]> = blocks
+                    .iter()
+                    .map(|b| &content[b.offset as usize..b.offset as usize + b.len])
+                    .collect();
+                assert!(
+                    blocks.iter().all(|b| b.len % shard_size == 0),
+                    "whole shards"
+                );
+                let half = blocks.len().div_ceil(2);
+                std::thread::scope(|t| {
+                    for (bs, ds) in blocks.chunks_mut(half).zip(data.chunks(half)) {
+                        t.spawn(move || {
+                            let mut enc = BlockEncoder::new();
+                            for (b, d) in bs.iter_mut().zip(ds) {
+                                enc.encode(d, shard_size, b.parity_shards, b.parity)
+                                    .unwrap();
+                            }
+                        });
+                    }
+                    if let Some(h) = hasher {
+                        data.iter().for_each(|d| h.update(d));
+                    }
+                });
+                self.groups += 1;
+                Ok(true)
+            }
+        }
+        let run = |decline: bool| {
+            let (big, c) = object(10, "big.bin", 60_000, true);
+            let mut src = Threaded {
+                mem: Memory(HashMap::from([(10, c)])),
+                decline,
+                groups: 0,
+            };
+            let mut ep = sender(7);
+            ep.send(Job::new(big, 1, false));
+            let mut buf = vec![0u8; MAX_FRAME];
+            let mut out = Vec::new();
+            loop {
+                match ep.poll_transmit(0, &mut src, &mut buf) {
+                    Transmit::Frame(n) => out.push(buf[..n].to_vec()),
+                    Transmit::Plain(_) | Transmit::Rekey => panic!("sealed frames only here"),
+                    Transmit::Idle(_) => break,
+                }
+            }
+            (out, src.groups)
+        };
+        let (inline, none) = run(true);
+        let (threaded, groups) = run(false);
+        assert_eq!(none, 0);
+        // 235 blocks in groups of 2: 117 whole groups lent, the last (one short block) not
+        assert_eq!(groups, 117);
+        assert!(inline.len() > 1000);
+        assert!(inline == threaded, "the frames differ");
+    }
 
     /// With `defer_seal`, shard frames come out prepared (header written, payload in clear) and the
     /// driver seals them on threads of its own: the frames are then, byte for byte, those the endpoint

@@ -90,7 +90,7 @@ impl Intake<'_> {
 pub fn daemon(cfg: &Config) -> Result<()> {
     let journal = Journal::open(cfg)?;
     let mut tx = open_link(cfg)?;
-    let mut files = Files::new(tx.fast_link());
+    let mut files = Files::new(tx.fast_link(), tx.sealing_threads());
     let mut status = Status::new(cfg, cfg.rate_bps()?)?;
     let outbox = outbox::Outbox::watch(&cfg.outbox, Duration::from_secs(cfg.settle_secs))
         .with_context(|| format!("cannot watch {}", cfg.outbox.display()))?;

@@ -37,7 +37,7 @@ pub fn send_files(cfg: &Config, paths: &[PathBuf]) -> Result<()> {
     }
     let journal = Journal::open(cfg)?;
     let mut tx = open_link(cfg)?;
-    let mut src = Files::new(tx.fast_link());
+    let mut src = Files::new(tx.fast_link(), tx.sealing_threads());
     let total: u64 = files
         .iter()
         .map(|(f, _)| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))

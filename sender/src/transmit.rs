@@ -382,6 +382,14 @@ impl Transmitter {
         Ok(t)
     }
 
+    /// Threads sealing frames (`seal_threads`, 0 over serial).
+    pub fn sealing_threads(&self) -> usize {
+        match &self.out {
+            Output::Here(_) => 0,
+            Output::Threads(pool) => pool.to_sealers.len(),
+        }
+    }
+
     /// A UDP link paced at 100 Mbit/s or more: a group of blocks is out in about half a second.
     pub fn fast_link(&self) -> bool {
         self.kind == LinkKind::Udp && self.rate_bps >= 100_000_000
