@@ -130,7 +130,8 @@ fn shard(block: u32, shard: u16, payload: &[u8]) {
         }
     }
     let mut decoder = diode_proto::fec::Decoder::default();
-    if let Ok((_, buf, start, len)) = asm.take_ready(block, &mut decoder) {
+    if let Ok(t) = asm.take_ready(block, &mut decoder) {
+        let (buf, start, len) = (t.buf, t.start, t.len);
         assert!(start + len <= buf.len());
         assert_eq!(
             buf[start..].as_ptr() as usize % diode_proto::fec::DATA_ALIGN,

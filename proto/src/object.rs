@@ -294,6 +294,19 @@ impl Buffers {
     }
 }
 
+/// A ready block taken out for writing (`Assembly::take_ready`, `take_ready_undecoded`).
+pub struct Taken {
+    /// Where the block goes in the object.
+    pub offset: u64,
+    /// The block's data is `buf[start..start + len]`; `start` is page-aligned in memory
+    /// (`fec::DATA_ALIGN`), for direct I/O straight from the buffer.
+    pub buf: Vec<u8>,
+    pub start: usize,
+    pub len: usize,
+    /// What rebuilding the missing data shards in `buf[start..]` needs (`take_ready_undecoded` only).
+    pub recover: Option<crate::fec::Recovery>,
+}
+
 /// What of an `Assembly` is persisted, so that a restarted receiver loses nothing it had.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct AssemblyState {
@@ -506,14 +519,13 @@ impl Assembly {
         Ok((offset, &data[..len.min(data.len())]))
     }
 
-    /// Decode a ready block and take it out for writing: returns its offset, the buffer (whose bytes
-    /// `start..start + len` are the block's data, `start` page-aligned in memory: `fec::DATA_ALIGN`),
-    /// `start` and `len`. Until `written` is called the block accepts no shards and is not done.
+    /// Decode a ready block and take it out for writing. Until `written` is called the block accepts
+    /// no shards and is not done.
     pub fn take_ready(
         &mut self,
         block: u32,
         decoder: &mut crate::fec::Decoder,
-    ) -> Result<(u64, Vec<u8>, usize, usize), FecError> {
+    ) -> Result<Taken, FecError> {
         let len = self.geometry.block_len(self.meta.size, block as u64) as usize;
         let offset = self.block_offset(block);
         let b = self
@@ -526,16 +538,18 @@ impl Assembly {
         };
         self.writing.insert(block);
         let start = b.start();
-        Ok((offset, b.into_buffer(), start, len.min(data_len)))
+        Ok(Taken {
+            offset,
+            buf: b.into_buffer(),
+            start,
+            len: len.min(data_len),
+            recover: None,
+        })
     }
 
-    /// As `take_ready`, with the decoding left to the caller: also returns what rebuilding the missing
-    /// data shards needs (None when all are there; it rebuilds `buf[start..]`); `len` counts the data
-    /// once rebuilt.
-    pub fn take_ready_undecoded(
-        &mut self,
-        block: u32,
-    ) -> Result<(u64, Vec<u8>, usize, usize, Option<crate::fec::Recovery>), FecError> {
+    /// As `take_ready`, with the decoding left to the caller: `recover` says what rebuilding the
+    /// missing data shards needs (None when all are there); `len` counts the data once rebuilt.
+    pub fn take_ready_undecoded(&mut self, block: u32) -> Result<Taken, FecError> {
         let len = self.geometry.block_len(self.meta.size, block as u64) as usize;
         let offset = self.block_offset(block);
         let Some(b) = self.active.remove(&block) else {
@@ -549,7 +563,13 @@ impl Assembly {
         let start = b.start();
         let (buf, recovery) = b.into_parts()?;
         self.writing.insert(block);
-        Ok((offset, buf, start, len.min(data_len), recovery))
+        Ok(Taken {
+            offset,
+            buf,
+            start,
+            len: len.min(data_len),
+            recover: recovery,
+        })
     }
 
     /// The writer is done with a block taken by `take_ready`: on success it is done; on failure it is
@@ -694,7 +714,8 @@ mod tests {
             a.insert(0, i, &[i as u8; 64], &mut pool).unwrap();
         }
         assert_eq!(pool.bytes(), 0, "the block took the pooled buffer");
-        let (_, buf, start, len) = a.take_ready(0, &mut Default::default()).unwrap();
+        let t = a.take_ready(0, &mut Default::default()).unwrap();
+        let (buf, start, len) = (t.buf, t.start, t.len);
         assert_eq!(len, 3 * 64);
         let want: Vec<u8> = (0..3u8).flat_map(|i| [i; 64]).collect();
         assert_eq!(&buf[start..start + len], &want[..]);

@@ -594,19 +594,17 @@ impl Endpoint {
         let taken = if self.cfg.defer_decode {
             o.asm.take_ready_undecoded(block)
         } else {
-            o.asm
-                .take_ready(block, &mut self.decoder)
-                .map(|(offset, buf, start, len)| (offset, buf, start, len, None))
+            o.asm.take_ready(block, &mut self.decoder)
         };
         match taken {
-            Ok((offset, buf, start, len, recover)) => self.events.push_back(Event::WriteBlock {
+            Ok(t) => self.events.push_back(Event::WriteBlock {
                 key,
                 block,
-                offset,
-                buf,
-                start,
-                len,
-                recover,
+                offset: t.offset,
+                buf: t.buf,
+                start: t.start,
+                len: t.len,
+                recover: t.recover,
             }),
             Err(e) => {
                 o.asm.discard(block);
