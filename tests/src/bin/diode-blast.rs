@@ -45,9 +45,12 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 fn sink(addr: &str) -> Result<(), String> {
     let addr = addr.parse().map_err(|e| format!("--sink: {e}"))?;
     let mut rx = UdpRx::bind(addr, 8 << 20).map_err(|e| format!("{e:#}"))?;
-    // each burst (datagrams less than 150 ms apart) is reported once it ends: what the sender managed
+    // each burst (datagrams less than 50 ms apart) is reported once it ends: what the sender managed
     // while it had frames to send, without its pauses (the wait for the receiver before the first
-    // frame, the repeats of a late content hash 0.3 and 1.5 s after the pass)
+    // frame, the repeats of a late content hash 0.3 and 1.5 s after the pass). The link waits 10 ms at
+    // a time, so a gap is seen: with 150 ms and the link's 100 ms wait, the frames the sender sends
+    // ~100 ms apart after a pass joined the pass's burst and stretched it (to 2.000 s, whatever the pass)
+    rx.set_wait(std::time::Duration::from_millis(10));
     let mut burst: Option<(Instant, Instant, u64, u64)> = None;
     loop {
         let mut got = (0u64, 0u64);
@@ -63,7 +66,7 @@ fn sink(addr: &str) -> Result<(), String> {
             b.2 += got.0;
             b.3 += got.1;
         } else if let Some((first, last, n, bytes)) = burst {
-            if now.duration_since(last).as_millis() >= 150 {
+            if now.duration_since(last).as_millis() >= 50 {
                 let secs = last.duration_since(first).as_secs_f64();
                 println!("sink: burst of {n} datagrams, {bytes} bytes in {secs:.3} s");
                 burst = None;
