@@ -142,7 +142,7 @@ pub trait FramesIn {
     fn recv(&mut self, on_frame: &mut dyn FnMut(&mut [u8])) -> Result<Noise>;
     /// How long `recv` waits when no frame comes (`LINK_WAIT` unless set): the receive loop shortens
     /// it while replies of its own are due (the writer's), so that finishing an object does not wait
-    /// out the link's silence after its last frame. A link that cannot change it (serial) ignores it.
+    /// out the link's silence after its last frame. Kept within 1 ms..1 s.
     fn set_wait(&mut self, _wait: std::time::Duration) {}
     /// The socket, where the link is one (the sandbox's probe of it).
     fn socket(&self) -> Option<BorrowedFd<'_>>;

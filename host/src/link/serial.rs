@@ -157,25 +157,28 @@ pub struct SerialRx {
     port: Option<TTYPort>,
     buf: Vec<u8>,
     pub deframer: Deframer,
+    /// How long a read waits (`FramesIn::set_wait`).
+    wait: Duration,
 }
 
 impl SerialRx {
     pub fn open(line: &Line) -> Result<SerialRx> {
-        let port = line.open(Duration::from_millis(100))?;
+        let port = line.open(super::LINK_WAIT)?;
         Ok(SerialRx {
             line: line.clone(),
             port: Some(port),
             buf: vec![0u8; 16 << 10],
             deframer: Deframer::new(),
+            wait: super::LINK_WAIT,
         })
     }
 
-    /// Read what the line has (waiting at most 100 ms) and hand each complete frame to `on_frame`. A port
+    /// Read what the line has (waiting at most `LINK_WAIT`, or what `set_wait` said) and hand each complete frame to `on_frame`. A port
     /// that fails (an unplugged USB adapter) is reopened, once a second, until it is back.
     pub fn recv(&mut self, on_frame: impl FnMut(&mut [u8])) -> Result<()> {
         let Some(port) = self.port.as_mut() else {
             std::thread::sleep(Duration::from_secs(1));
-            match self.line.open(Duration::from_millis(100)) {
+            match self.line.open(self.wait) {
                 Ok(p) => {
                     tracing::info!(device = %self.line.device.display(), "serial port open again");
                     self.port = Some(p);
@@ -219,6 +222,18 @@ impl SerialRx {
 }
 
 impl FramesIn for SerialRx {
+    fn set_wait(&mut self, wait: Duration) {
+        let wait = wait.clamp(Duration::from_millis(1), Duration::from_secs(1));
+        if wait == self.wait {
+            return;
+        }
+        self.wait = wait;
+        if let Some(p) = self.port.as_mut() {
+            if let Err(e) = serialport::SerialPort::set_timeout(p, wait) {
+                tracing::debug!(error = %e, "cannot change the serial port's read timeout");
+            }
+        }
+    }
     fn recv(&mut self, on_frame: &mut dyn FnMut(&mut [u8])) -> Result<Noise> {
         SerialRx::recv(self, on_frame)?;
         // line noise is counted with the other drop reasons
@@ -248,4 +263,53 @@ pub fn check_rate(line: &Line, rate_bps: u64) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `set_wait` sets the port's read timeout (kept within 1 ms..1 s), and frames still come through
+    /// after it: over a real pty pair from socat (tests/run.sh installs it).
+    #[test]
+    fn set_wait_sets_the_serial_read_timeout_and_frames_still_come() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx_path, rx_path) = (dir.path().join("tx"), dir.path().join("rx"));
+        let mut socat = std::process::Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", tx_path.display()))
+            .arg(format!("pty,raw,echo=0,link={}", rx_path.display()))
+            .spawn()
+            .expect("socat (tests/run.sh installs it)");
+        for _ in 0..500 {
+            if tx_path.exists() && rx_path.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let line = |p: &Path| Line {
+            device: p.to_path_buf(),
+            baud: 115_200,
+            parity: Parity::None,
+            stop_bits: StopBits::One,
+        };
+        let mut rx = SerialRx::open(&line(&rx_path)).unwrap();
+        let timeout = |rx: &SerialRx| rx.port.as_ref().map(serialport::SerialPort::timeout);
+        assert_eq!(timeout(&rx), Some(super::super::LINK_WAIT));
+        FramesIn::set_wait(&mut rx, Duration::from_millis(2));
+        assert_eq!(timeout(&rx), Some(Duration::from_millis(2)));
+        FramesIn::set_wait(&mut rx, Duration::ZERO);
+        assert_eq!(timeout(&rx), Some(Duration::from_millis(1)));
+        let mut tx = SerialTx::open(&line(&tx_path)).unwrap();
+        tx.send(b"a frame", 64).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..2000 {
+            FramesIn::recv(&mut rx, &mut |f| got.push(f.to_vec())).unwrap();
+            if !got.is_empty() {
+                break;
+            }
+        }
+        let _ = socat.kill();
+        let _ = socat.wait();
+        assert_eq!(got, vec![b"a frame".to_vec()]);
+    }
 }
