@@ -207,10 +207,14 @@ impl BlockEncoder {
     }
 }
 
-/// Where in memory a block's shards start: on a boundary of this many bytes (a page), so that a
+/// Where in memory a large block's shards start: on a boundary of this many bytes (a page), so that a
 /// driver can write the block's data with direct I/O straight from the buffer, without copying it to
 /// an aligned one first.
 pub const DATA_ALIGN: usize = 4096;
+/// Blocks of at least this many bytes are aligned (at most 1/16 more memory for the room it takes);
+/// smaller ones start at 0 with no room added (a sender choosing tiny blocks must not make the
+/// receiver hold a page for each).
+pub const ALIGN_FROM: usize = 16 * DATA_ALIGN;
 
 /// Shards of one block as they arrive, in one buffer (data shards, then parity shards), from
 /// `buf[start]`, the first `DATA_ALIGN`-aligned address in it.
@@ -234,11 +238,16 @@ impl BlockAssembly {
     /// before it is read).
     pub fn with_buffer(data: usize, parity: usize, shard_size: usize, mut buf: Vec<u8>) -> Self {
         let bytes = (data + parity) * shard_size;
+        let need = Self::buffer_bytes(data, parity, shard_size);
         // room to start on an aligned address; the allocation does not move after this
-        if buf.len() < bytes + DATA_ALIGN {
-            buf.resize(bytes + DATA_ALIGN, 0);
+        if buf.len() < need {
+            buf.resize(need, 0);
         }
-        let start = buf.as_ptr().align_offset(DATA_ALIGN).min(DATA_ALIGN);
+        let start = if need > bytes {
+            buf.as_ptr().align_offset(DATA_ALIGN).min(DATA_ALIGN)
+        } else {
+            0
+        };
         BlockAssembly {
             data,
             parity,
@@ -253,6 +262,22 @@ impl BlockAssembly {
 
     pub fn shards(&self) -> usize {
         self.data + self.parity
+    }
+
+    /// Bytes a buffer for a block of this shape needs: its shards, and room to align them for a block
+    /// of at least `ALIGN_FROM` bytes.
+    pub fn buffer_bytes(data: usize, parity: usize, shard_size: usize) -> usize {
+        let bytes = (data + parity) * shard_size;
+        if bytes >= ALIGN_FROM {
+            bytes + DATA_ALIGN
+        } else {
+            bytes
+        }
+    }
+
+    /// Bytes of memory the block holds (its buffer's capacity: what a memory bound must count).
+    pub fn allocated(&self) -> usize {
+        self.buf.capacity()
     }
 
     pub fn has(&self, shard: usize) -> bool {
@@ -622,29 +647,35 @@ mod tests {
         assert!(Geometry::new(1407, 128, 24).is_err());
     }
 
-    /// A block's shards start page-aligned in memory, in a fresh buffer and in a recycled one of any
-    /// size or alignment, and what comes out is the shards as they went in.
+    /// A large block's shards start page-aligned in memory, in a fresh buffer and in a recycled one of
+    /// any size or alignment, and what comes out is the shards as they went in. A small block starts
+    /// at 0 in a buffer of exactly its shards (no page of room per block), and what a block holds is
+    /// its buffer's capacity, room included.
     #[test]
     fn a_block_s_data_starts_page_aligned_in_any_buffer() {
-        let s = 1408;
-        let data: Vec<u8> = (0..4 * s).map(|i| (i * 31 % 253) as u8).collect();
+        let (s, k, m) = (1408, 48, 8);
+        assert!((k + m) * s >= ALIGN_FROM);
+        let data: Vec<u8> = (0..k * s).map(|i| (i * 31 % 253) as u8).collect();
         for given in [
             Vec::new(),
             vec![7u8; 10],
             vec![1u8; 3 * s + 4097],
-            vec![0u8; 9 * s],
+            vec![0u8; 90 * s],
         ] {
-            let mut b = BlockAssembly::with_buffer(4, 2, s, given);
-            for i in 0..4 {
+            let mut b = BlockAssembly::with_buffer(k, m, s, given);
+            for i in 0..k {
                 b.insert(i, &data[i * s..(i + 1) * s]);
             }
             let start = b.start();
+            assert!(b.allocated() >= (k + m) * s + start);
             assert_eq!(b.decode(&mut Decoder::default()).unwrap(), &data[..]);
             let (buf, recovery) = b.into_parts().unwrap();
             assert!(recovery.is_none());
             assert_eq!(buf[start..].as_ptr() as usize % DATA_ALIGN, 0);
-            assert_eq!(&buf[start..start + 4 * s], &data[..]);
+            assert_eq!(&buf[start..start + k * s], &data[..]);
         }
+        let small = BlockAssembly::with_buffer(2, 0, 64, Vec::new());
+        assert_eq!((small.start(), small.allocated()), (0, 128));
     }
 
     #[test]

@@ -269,10 +269,14 @@ impl Buffers {
         }
     }
 
-    /// A buffer to reuse (any size: the block sizes it), or an empty one.
-    pub fn take(&mut self) -> Vec<u8> {
-        match self.free.pop() {
-            Some(b) => {
+    /// A buffer to reuse for `need` bytes: one holding at least that and at most twice it (a block
+    /// holds its buffer's whole capacity, so a far larger one would be memory spent on little), or an
+    /// empty one.
+    pub fn take(&mut self, need: usize) -> Vec<u8> {
+        let fits = |b: &Vec<u8>| b.capacity() >= need && b.capacity() <= need.saturating_mul(2);
+        match self.free.iter().position(fits) {
+            Some(i) => {
+                let b = self.free.swap_remove(i);
                 self.bytes -= b.capacity();
                 b
             }
@@ -443,12 +447,8 @@ impl Assembly {
 
     fn new_block(&mut self, block: u32, buffers: &mut Buffers) -> BlockAssembly {
         let k = self.geometry.data_in(self.meta.size, block as u64);
-        BlockAssembly::with_buffer(
-            k,
-            self.geometry.parity_for(k),
-            self.geometry.shard_size,
-            buffers.take(),
-        )
+        let (m, s) = (self.geometry.parity_for(k), self.geometry.shard_size);
+        BlockAssembly::with_buffer(k, m, s, buffers.take(BlockAssembly::buffer_bytes(k, m, s)))
     }
 
     /// Store a shard; a block it starts takes its buffer from `buffers`.
@@ -605,10 +605,9 @@ impl Assembly {
     }
 
     pub fn active_bytes(&self) -> usize {
-        self.active
-            .values()
-            .map(|b| b.shards() * self.geometry.shard_size)
-            .sum()
+        // what the blocks' buffers hold, not what their shards need: a reused buffer or the room to align
+        // one is memory too
+        self.active.values().map(BlockAssembly::allocated).sum()
     }
 
     /// Set an unfinished block aside to bound memory: returns its data shards present, which the caller
@@ -686,15 +685,21 @@ mod tests {
             assert!(pool.bytes() <= 1 << 20);
         }
         assert_eq!(pool.free.len(), 5);
-        let b = pool.take();
-        let at = b.as_ptr();
+        let b = pool.take(150 << 10);
         assert!(b.capacity() >= 200 << 10);
-        pool.give(b);
-        let again = pool.take();
+        assert_eq!(pool.free.len(), 4);
+        // the buffer given back is the one taken next
+        let mut one = Buffers::new(1 << 20);
+        one.give(b);
+        let at = one.free[0].as_ptr();
+        let again = one.take(200 << 10);
         assert_eq!(again.as_ptr(), at);
+        // neither a buffer too small nor one more than twice the need is handed out
+        assert_eq!(pool.take(300 << 10).capacity(), 0);
+        assert_eq!(pool.take(90 << 10).capacity(), 0);
         let mut empty = Buffers::new(0);
         empty.give(vec![1u8; 10]);
-        assert_eq!((empty.bytes(), empty.take().capacity()), (0, 0));
+        assert_eq!((empty.bytes(), empty.take(10).capacity()), (0, 0));
         // an assembly's block built in a reused buffer holds what was inserted, not the old content
         let m = ObjectMeta {
             id: 1,
@@ -707,18 +712,51 @@ mod tests {
             parity_shards: 2,
             mtime: 0,
         };
+        let g = m.geometry().unwrap();
+        let need = BlockAssembly::buffer_bytes(3, g.parity_for(3), 64);
         let mut a = Assembly::new(m).unwrap();
         let mut pool = Buffers::new(1 << 20);
-        pool.give(vec![0xAB; 8192]);
+        pool.give(vec![0u8; 100 * need]);
+        pool.give(vec![0xAB; need]);
         for i in 0..3u16 {
             a.insert(0, i, &[i as u8; 64], &mut pool).unwrap();
         }
-        assert_eq!(pool.bytes(), 0, "the block took the pooled buffer");
+        assert_eq!(
+            pool.bytes(),
+            100 * need,
+            "the block took the buffer of its size, not the big one"
+        );
+        assert_eq!(a.active_bytes(), need);
         let t = a.take_ready(0, &mut Default::default()).unwrap();
         let (buf, start, len) = (t.buf, t.start, t.len);
         assert_eq!(len, 3 * 64);
         let want: Vec<u8> = (0..3u8).flat_map(|i| [i; 64]).collect();
         assert_eq!(&buf[start..start + len], &want[..]);
+    }
+
+    /// A sender choosing the smallest blocks (two 64-byte shards, no parity) and sending one shard of
+    /// each: every open block holds exactly its 128 bytes (no page of room to align it), and the
+    /// memory the receiver's bound counts (`active_bytes`) is what the buffers hold.
+    #[test]
+    fn tiny_blocks_hold_no_page_each_and_are_counted_as_held() {
+        let m = ObjectMeta {
+            id: 2,
+            name: "tiny".into(),
+            size: 128 * 10_000,
+            hash: [1; 32],
+            kind: ObjectKind::File,
+            shard_size: 64,
+            data_shards: 2,
+            parity_shards: 0,
+            mtime: 0,
+        };
+        let mut a = Assembly::new(m).unwrap();
+        let mut pool = Buffers::new(1 << 20);
+        for b in 0..10_000u32 {
+            a.insert(b, 0, &[1u8; 64], &mut pool).unwrap();
+        }
+        assert_eq!(a.active_blocks().len(), 10_000);
+        assert_eq!(a.active_bytes(), 10_000 * 128);
     }
 
     #[test]

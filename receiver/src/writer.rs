@@ -152,11 +152,20 @@ impl Writer {
         sent
     }
 
-    /// A reply, if one has come.
+    /// A reply, if one has come. A writer thread that is gone owes nothing any more (the receive loop
+    /// must not keep waking every 2 ms for replies that cannot come).
     pub fn try_done(&mut self) -> Option<Done> {
-        let d = self.done.try_recv().ok()?;
-        self.outstanding = self.outstanding.saturating_sub(1);
-        Some(d)
+        match self.done.try_recv() {
+            Ok(d) => {
+                self.outstanding = self.outstanding.saturating_sub(1);
+                Some(d)
+            }
+            Err(mpsc::TryRecvError::Disconnected) => {
+                self.outstanding = 0;
+                None
+            }
+            Err(mpsc::TryRecvError::Empty) => None,
+        }
     }
 
     /// Replies are still to come: the receive loop then waits on the link only briefly, so that the
@@ -773,6 +782,18 @@ mod tests {
         assert_eq!(replies, 2);
         assert!(!w.busy());
         assert!(w.try_done().is_none());
+        // a writer thread that is gone (its end of the replies dropped) owes nothing any more
+        let (tx, _jobs) = mpsc::sync_channel::<Job>(1);
+        let (done_tx, done) = mpsc::channel::<Done>();
+        let mut gone = Writer {
+            tx,
+            done,
+            outstanding: 3,
+        };
+        assert!(gone.busy());
+        drop(done_tx);
+        assert!(gone.try_done().is_none());
+        assert!(!gone.busy());
     }
 
     /// A block whose data lies page-aligned in memory (as the endpoint places it) goes to the O_DIRECT
