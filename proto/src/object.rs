@@ -701,17 +701,8 @@ mod tests {
         empty.give(vec![1u8; 10]);
         assert_eq!((empty.bytes(), empty.take(10).capacity()), (0, 0));
         // an assembly's block built in a reused buffer holds what was inserted, not the old content
-        let m = ObjectMeta {
-            id: 1,
-            name: "f".into(),
-            size: 3 * 64,
-            hash: [1; 32],
-            kind: ObjectKind::File,
-            shard_size: 64,
-            data_shards: 4,
-            parity_shards: 2,
-            mtime: 0,
-        };
+        // 64-byte shards, 4 + 2: one block of 3 data shards
+        let (m, _) = crate::testkit::object(1, "f", 3 * 64, false);
         let g = m.geometry().unwrap();
         let need = BlockAssembly::buffer_bytes(3, g.parity_for(3), 64);
         let mut a = Assembly::new(m).unwrap();
@@ -740,15 +731,10 @@ mod tests {
     #[test]
     fn tiny_blocks_hold_no_page_each_and_are_counted_as_held() {
         let m = ObjectMeta {
-            id: 2,
-            name: "tiny".into(),
             size: 128 * 10_000,
-            hash: [1; 32],
-            kind: ObjectKind::File,
-            shard_size: 64,
             data_shards: 2,
             parity_shards: 0,
-            mtime: 0,
+            ..crate::testkit::object(2, "tiny", 0, false).0
         };
         let mut a = Assembly::new(m).unwrap();
         let mut pool = Buffers::new(1 << 20);
